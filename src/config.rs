@@ -1,0 +1,629 @@
+//! Pipeline configuration: one strict TOML file per pipeline.
+//!
+//! Every struct denies unknown keys, so a typo is an error that names the key and the line
+//! instead of a silently ignored setting. `docs/config.md` is the reference for users; keep it in
+//! step with the doc comments here.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::transform::scope::{NamespacePattern, PatternError};
+
+/// A configuration that could not be loaded. The message always names the file, and the line
+/// and key when the problem is in the file's content.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed, a key is unknown, or a value has the wrong type.
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the offending key or value.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong, from the parser.
+        message: String,
+    },
+    /// The file parses, but a value is not acceptable.
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Dotted key of the offending setting.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// A whole pipeline: where changes come from, where they go, and how.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Name of the pipeline. Checkpoints are stored under this id, so two pipelines sharing a
+    /// checkpoint store must have different ids.
+    #[serde(default = "default_id")]
+    pub id: String,
+    /// What to do: `full` (copy existing data, then stop), `incremental` (follow changes only),
+    /// or `full+incremental` (copy, then follow changes made since the copy started).
+    #[serde(default)]
+    pub mode: SyncMode,
+    /// The MongoDB deployment changes are read from.
+    pub source: MongoEndpoint,
+    /// The MongoDB deployment changes are written to.
+    pub sink: MongoEndpoint,
+    /// Which namespaces are replicated.
+    #[serde(default)]
+    pub scope: ScopeConfig,
+    /// Namespace renames applied on the way: `"db.coll" = "db2.coll2"` or `"db" = "db2"`.
+    /// A collection rule wins over a database rule.
+    #[serde(default)]
+    pub rename: BTreeMap<String, String>,
+    /// Options of the initial copy.
+    #[serde(default)]
+    pub full_sync: FullSyncConfig,
+    /// Options of change-stream following.
+    #[serde(default)]
+    pub stream: StreamConfig,
+    /// How changes are written to the sink.
+    #[serde(default)]
+    pub apply: ApplyConfig,
+    /// Where the position is saved.
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
+}
+
+fn default_id() -> String {
+    "default".to_string()
+}
+
+/// Which phases a pipeline runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+pub enum SyncMode {
+    /// Copy what exists, then stop.
+    #[serde(rename = "full")]
+    Full,
+    /// Follow changes from the saved or configured position.
+    #[serde(rename = "incremental")]
+    Incremental,
+    /// Copy what exists, then follow every change made since the copy began.
+    #[default]
+    #[serde(rename = "full+incremental")]
+    FullAndIncremental,
+}
+
+impl SyncMode {
+    /// Whether this mode copies existing data.
+    pub fn copies(self) -> bool {
+        matches!(self, SyncMode::Full | SyncMode::FullAndIncremental)
+    }
+    /// Whether this mode follows the change stream.
+    pub fn streams(self) -> bool {
+        matches!(self, SyncMode::Incremental | SyncMode::FullAndIncremental)
+    }
+}
+
+/// Kind of endpoint. Only MongoDB exists so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointType {
+    /// MongoDB, Amazon DocumentDB or Azure Cosmos DB for MongoDB.
+    #[default]
+    Mongodb,
+}
+
+/// A MongoDB-family deployment.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MongoEndpoint {
+    /// Endpoint kind: `"mongodb"`.
+    #[serde(default, rename = "type")]
+    pub kind: EndpointType,
+    /// Connection string, e.g. `mongodb://user:pass@host:27017/?replicaSet=rs0`. Any URI option
+    /// of the driver works here (`tls=true`, `authSource=...`, `retryWrites=false` for DocumentDB).
+    pub uri: String,
+    /// TLS settings beyond what the URI says (DocumentDB needs `ca_file`).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// How long to wait for a reachable server before failing, e.g. `"10s"`.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// TLS options for a MongoDB connection.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Turn TLS on (default true when this table is present).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// PEM file of the certificate authorities to trust (e.g. `global-bundle.pem` for DocumentDB).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM file with the client certificate and key, for X.509 auth or mutual TLS.
+    #[serde(default)]
+    pub certificate_key_file: Option<PathBuf>,
+    /// Accept any server certificate (also skips the host-name check, which SSH tunnels to
+    /// DocumentDB need). Only for testing.
+    #[serde(default)]
+    pub allow_invalid_certificates: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Namespace selection. A namespace is replicated when it matches an `include` pattern (or
+/// `include` is empty) and matches no `exclude` pattern. Patterns: `db.coll` (exact),
+/// `db.*` (a whole database), `/regex/` (matched against `db.coll`). The `admin`, `local`,
+/// `config` databases, strait's own metadata database and `system.*` collections are never
+/// replicated unless an include pattern names them exactly (`admin.x` or `admin.*`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeConfig {
+    /// Patterns of namespaces to replicate; empty means every user namespace.
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// Patterns of namespaces never to replicate.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Start even when an exact `include` names a collection that does not exist on the source.
+    #[serde(default)]
+    pub allow_missing: bool,
+}
+
+/// Options of the initial copy.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FullSyncConfig {
+    /// Chunks copied at the same time, across and within collections.
+    #[serde(default = "default_parallelism")]
+    pub parallelism: usize,
+    /// A collection with more documents than this is split into `_id` ranges of about this size,
+    /// copied in parallel and checkpointed one by one (a restart redoes only unfinished ranges).
+    #[serde(default = "default_chunk_docs")]
+    pub chunk_docs: u64,
+    /// Documents per insert batch.
+    #[serde(default = "default_copy_batch")]
+    pub batch_docs: usize,
+    /// Drop each target collection before copying into it (only on a fresh start, never on resume).
+    #[serde(default)]
+    pub drop_target: bool,
+    /// Copy the source's indexes to the target (built after the collection's data is copied).
+    #[serde(default = "yes")]
+    pub indexes: bool,
+}
+
+fn default_parallelism() -> usize {
+    4
+}
+fn default_chunk_docs() -> u64 {
+    50_000
+}
+fn default_copy_batch() -> usize {
+    1000
+}
+
+impl Default for FullSyncConfig {
+    fn default() -> Self {
+        Self {
+            parallelism: default_parallelism(),
+            chunk_docs: default_chunk_docs(),
+            batch_docs: default_copy_batch(),
+            drop_target: false,
+            indexes: true,
+        }
+    }
+}
+
+/// Options of change-stream following.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamConfig {
+    /// Where to start when there is no checkpoint and no full sync: `"now"` or a cluster time in
+    /// seconds since the epoch (e.g. `1767225600`).
+    #[serde(default)]
+    pub start_at: StartAt,
+    /// How updates are applied: `"delta"` replays the update description (updatedFields,
+    /// removedFields, truncatedArrays); `"full_document"` looks the document up on the source
+    /// and writes it whole (more reads on the source, no dependence on the target's state).
+    #[serde(default)]
+    pub update_mode: UpdateMode,
+    /// Operation types applied: any of `insert`, `update`, `replace`, `delete`. Leave out
+    /// `delete` to keep an append-only copy.
+    #[serde(default = "default_ops")]
+    pub ops: Vec<DataOp>,
+    /// Apply DDL (create, drop, rename, dropDatabase, create/drop index, collMod).
+    #[serde(default = "yes")]
+    pub ddl: bool,
+    /// What to do when the saved position is older than the source's change log:
+    /// `"fail"` stops with an error; `"resync"` copies the selected collections again, then follows.
+    #[serde(default)]
+    pub on_history_lost: HistoryLostPolicy,
+    /// Change events per getMore.
+    #[serde(default = "default_stream_batch")]
+    pub batch_size: u32,
+    /// How long the server waits for new events before answering an empty batch; also how
+    /// often an idle stream's position advances.
+    #[serde(default = "default_max_await", with = "humantime_serde")]
+    pub max_await: Duration,
+}
+
+fn default_ops() -> Vec<DataOp> {
+    vec![DataOp::Insert, DataOp::Update, DataOp::Replace, DataOp::Delete]
+}
+fn default_stream_batch() -> u32 {
+    1000
+}
+fn default_max_await() -> Duration {
+    Duration::from_millis(500)
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        Self {
+            start_at: StartAt::default(),
+            update_mode: UpdateMode::default(),
+            ops: default_ops(),
+            ddl: true,
+            on_history_lost: HistoryLostPolicy::default(),
+            batch_size: default_stream_batch(),
+            max_await: default_max_await(),
+        }
+    }
+}
+
+/// A data operation type (DDL is governed by `stream.ddl`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataOp {
+    /// Inserts.
+    Insert,
+    /// Updates.
+    Update,
+    /// Replaces.
+    Replace,
+    /// Deletes.
+    Delete,
+}
+
+/// Start position for incremental sync when nothing is saved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub enum StartAt {
+    /// The moment strait starts.
+    #[default]
+    Now,
+    /// A cluster time, seconds since the epoch.
+    Timestamp(u32),
+}
+
+impl<'de> Deserialize<'de> for StartAt {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Word(String),
+            Secs(i64),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Word(w) if w == "now" => Ok(StartAt::Now),
+            Raw::Word(w) => Err(serde::de::Error::custom(format!(
+                "expected \"now\" or seconds since the epoch, found \"{w}\""
+            ))),
+            Raw::Secs(s) if (0..=u32::MAX as i64).contains(&s) => Ok(StartAt::Timestamp(s as u32)),
+            Raw::Secs(s) => Err(serde::de::Error::custom(format!("timestamp {s} out of range"))),
+        }
+    }
+}
+
+/// How update events are applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateMode {
+    /// Replay the update description.
+    #[default]
+    Delta,
+    /// Write the looked-up full document.
+    FullDocument,
+}
+
+/// What happens when the resume position has aged out of the change log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HistoryLostPolicy {
+    /// Stop with an error explaining what happened.
+    #[default]
+    Fail,
+    /// Copy the selected namespaces again, then follow changes.
+    Resync,
+}
+
+/// How changes are written to the sink.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyConfig {
+    /// Parallel writers. Events of one document (or one namespace) always go to the same lane.
+    #[serde(default = "default_lanes")]
+    pub lanes: usize,
+    /// What picks the lane: `"document"` (hash of the document key; most parallel) or
+    /// `"namespace"` (keeps order across documents of a collection; use it for collections with
+    /// unique secondary indexes).
+    #[serde(default)]
+    pub lane_by: LaneBy,
+    /// Most writes sent in one command per lane.
+    #[serde(default = "default_apply_batch")]
+    pub batch_docs: usize,
+    /// Events queued per lane before the reader waits (bounds memory).
+    #[serde(default = "default_queue")]
+    pub queue_depth: usize,
+}
+
+fn default_lanes() -> usize {
+    8
+}
+fn default_apply_batch() -> usize {
+    500
+}
+fn default_queue() -> usize {
+    2000
+}
+
+impl Default for ApplyConfig {
+    fn default() -> Self {
+        Self {
+            lanes: default_lanes(),
+            lane_by: LaneBy::default(),
+            batch_docs: default_apply_batch(),
+            queue_depth: default_queue(),
+        }
+    }
+}
+
+/// Lane selection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LaneBy {
+    /// Hash of namespace and document key.
+    #[default]
+    Document,
+    /// Hash of the namespace.
+    Namespace,
+}
+
+/// Where the position is saved.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// `"mongodb"` (a collection on the sink, or on `uri`) or `"file"` (`path`).
+    #[serde(default)]
+    pub store: CheckpointStoreKind,
+    /// MongoDB holding checkpoints; defaults to the sink.
+    #[serde(default)]
+    pub uri: Option<String>,
+    /// Database of the checkpoint collection. It is never replicated.
+    #[serde(default = "default_meta_db")]
+    pub database: String,
+    /// Checkpoint collection.
+    #[serde(default = "default_ckpt_coll")]
+    pub collection: String,
+    /// File for `store = "file"`.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// How often the position is saved while running (it is also saved on shutdown).
+    #[serde(default = "default_ckpt_interval", with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+/// Checkpoint store kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckpointStoreKind {
+    /// A MongoDB collection.
+    #[default]
+    Mongodb,
+    /// A local JSON file, replaced atomically.
+    File,
+}
+
+fn default_meta_db() -> String {
+    "strait".to_string()
+}
+fn default_ckpt_coll() -> String {
+    "checkpoints".to_string()
+}
+fn default_ckpt_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        Self {
+            store: CheckpointStoreKind::default(),
+            uri: None,
+            database: default_meta_db(),
+            collection: default_ckpt_coll(),
+            path: None,
+            interval: default_ckpt_interval(),
+        }
+    }
+}
+
+impl PipelineConfig {
+    /// Reads and validates a pipeline file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates pipeline TOML; `path` only labels errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let cfg: PipelineConfig = toml::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map(|s| line_col(text, s.start))
+                .unwrap_or((1, 1));
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: e.message().trim().replace('\n', " "),
+            }
+        })?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            message,
+        };
+        if self.id.is_empty() || self.id.len() > 100 {
+            return Err(invalid("id", "must be 1 to 100 characters".into()));
+        }
+        for (key, pats) in [("scope.include", &self.scope.include), ("scope.exclude", &self.scope.exclude)] {
+            for p in pats {
+                NamespacePattern::parse(p)
+                    .map_err(|e: PatternError| invalid(key, format!("{p:?}: {e}")))?;
+            }
+        }
+        for (from, to) in &self.rename {
+            let ok = |s: &str| !s.is_empty() && !s.starts_with('.') && !s.ends_with('.');
+            if !ok(from) || !ok(to) || from.contains('.') != to.contains('.') {
+                return Err(invalid(
+                    "rename",
+                    format!("{from:?} -> {to:?}: rename a collection to a collection (\"a.b\" = \"c.d\") or a database to a database (\"a\" = \"c\")"),
+                ));
+            }
+        }
+        if self.apply.lanes == 0 || self.apply.lanes > 256 {
+            return Err(invalid("apply.lanes", "must be between 1 and 256".into()));
+        }
+        if self.apply.batch_docs == 0 {
+            return Err(invalid("apply.batch_docs", "must be at least 1".into()));
+        }
+        if self.apply.queue_depth == 0 {
+            return Err(invalid("apply.queue_depth", "must be at least 1".into()));
+        }
+        if self.full_sync.parallelism == 0 {
+            return Err(invalid("full_sync.parallelism", "must be at least 1".into()));
+        }
+        if self.full_sync.batch_docs == 0 || self.full_sync.chunk_docs == 0 {
+            return Err(invalid("full_sync.batch_docs", "batch_docs and chunk_docs must be at least 1".into()));
+        }
+        if self.checkpoint.store == CheckpointStoreKind::File && self.checkpoint.path.is_none() {
+            return Err(invalid("checkpoint.path", "required when checkpoint.store = \"file\"".into()));
+        }
+        for (key, uri) in [("source.uri", &self.source.uri), ("sink.uri", &self.sink.uri)] {
+            if !(uri.starts_with("mongodb://") || uri.starts_with("mongodb+srv://")) {
+                return Err(invalid(key, "must start with mongodb:// or mongodb+srv://".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The configuration as TOML with passwords in URIs replaced by `***`.
+    pub fn redacted(&self) -> String {
+        let mut c = self.clone();
+        c.source.uri = redact_uri(&c.source.uri);
+        c.sink.uri = redact_uri(&c.sink.uri);
+        c.checkpoint.uri = c.checkpoint.uri.as_deref().map(redact_uri);
+        toml::to_string_pretty(&c).unwrap_or_default()
+    }
+}
+
+/// Replaces the password of a connection string with `***` for logs and error messages.
+pub fn redact_uri(uri: &str) -> String {
+    let Some(scheme_end) = uri.find("://") else {
+        return uri.to_string();
+    };
+    let rest = &uri[scheme_end + 3..];
+    let host_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..host_end].rfind('@') {
+        Some(at) => {
+            let userinfo = &rest[..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{}:***@{}", &uri[..scheme_end + 3], user, &rest[at + 1..])
+        }
+        None => uri.to_string(),
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = "[source]\nuri = \"mongodb://a\"\n[sink]\nuri = \"mongodb://b\"\n";
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = PipelineConfig::parse(MIN, Path::new("p.toml")).unwrap();
+        assert_eq!(c.mode, SyncMode::FullAndIncremental);
+        assert_eq!(c.apply.lanes, 8);
+        assert!(c.stream.ddl);
+        assert_eq!(c.stream.ops.len(), 4);
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let text = format!("{MIN}[apply]\nlanes = 4\nlane = 3\n");
+        let e = PipelineConfig::parse(&text, Path::new("p.toml")).unwrap_err().to_string();
+        assert!(e.starts_with("p.toml:7:"), "{e}");
+        assert!(e.contains("unknown field `lane`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_line() {
+        let text = format!("{MIN}[apply]\nlanes = \"four\"\n");
+        let e = PipelineConfig::parse(&text, Path::new("p.toml")).unwrap_err().to_string();
+        assert!(e.starts_with("p.toml:6:"), "{e}");
+    }
+
+    #[test]
+    fn bad_rename_is_rejected() {
+        let text = format!("{MIN}[rename]\n\"a.b\" = \"c\"\n");
+        let e = PipelineConfig::parse(&text, Path::new("p.toml")).unwrap_err().to_string();
+        assert!(e.contains("rename"), "{e}");
+    }
+
+    #[test]
+    fn start_at_accepts_now_and_seconds() {
+        let c = PipelineConfig::parse(&format!("{MIN}[stream]\nstart_at = 1700000000\n"), Path::new("p")).unwrap();
+        assert_eq!(c.stream.start_at, StartAt::Timestamp(1_700_000_000));
+        let e = PipelineConfig::parse(&format!("{MIN}[stream]\nstart_at = \"later\"\n"), Path::new("p")).unwrap_err();
+        assert!(e.to_string().contains("later"));
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact_uri("mongodb://u:secret@h:1/db?x=1"), "mongodb://u:***@h:1/db?x=1");
+        assert_eq!(redact_uri("mongodb://h:1"), "mongodb://h:1");
+    }
+}

@@ -1,0 +1,78 @@
+//! Connecting to MongoDB-family deployments, with start-up checks that turn the driver's
+//! slow, generic failures into one clear line within the connect timeout.
+
+use mongodb::options::{ClientOptions, Tls, TlsOptions};
+use mongodb::Client;
+
+use crate::config::{redact_uri, MongoEndpoint};
+use crate::error::{Error, Result, Role};
+
+/// Opens a client for `endpoint` and proves it works with a `ping`, so that a wrong host,
+/// password or TLS setting is reported now, in one line.
+pub async fn connect(endpoint: &MongoEndpoint, role: Role) -> Result<Client> {
+    connect_uri(&endpoint.uri, endpoint, role).await
+}
+
+/// Like [`connect`] with another URI but the endpoint's TLS and timeout settings.
+pub async fn connect_uri(uri: &str, endpoint: &MongoEndpoint, role: Role) -> Result<Client> {
+    let target = redact_uri(uri);
+    let mut opts = ClientOptions::parse(uri).await.map_err(|e| Error::User(format!(
+        "{role} URI {target} is not valid: {e}"
+    )))?;
+    opts.server_selection_timeout = Some(endpoint.connect_timeout);
+    opts.connect_timeout = Some(endpoint.connect_timeout.min(std::time::Duration::from_secs(10)));
+    opts.app_name.get_or_insert_with(|| "strait".to_string());
+    if let Some(tls) = &endpoint.tls {
+        opts.tls = Some(if tls.enabled {
+            let mut t = TlsOptions::default();
+            t.ca_file_path = tls.ca_file.clone();
+            t.cert_key_file_path = tls.certificate_key_file.clone();
+            t.allow_invalid_certificates = Some(tls.allow_invalid_certificates);
+            Tls::Enabled(t)
+        } else {
+            Tls::Disabled
+        });
+    }
+    let client = Client::with_options(opts).map_err(|e| Error::User(format!(
+        "{role} URI {target} is not usable: {e}"
+    )))?;
+    // Spawned so that the driver future is never dropped mid-call.
+    let probe = client.clone();
+    let ping = tokio::spawn(async move {
+        probe.database("admin").run_command(bson::doc! { "ping": 1 }).await
+    });
+    match ping.await {
+        Ok(Ok(_)) => Ok(client),
+        Ok(Err(e)) => Err(classify_connect_error(role, &target, e)),
+        Err(e) => Err(Error::Internal(format!("ping task failed: {e}"))),
+    }
+}
+
+fn classify_connect_error(role: Role, target: &str, e: mongodb::error::Error) -> Error {
+    use mongodb::error::ErrorKind;
+    let detail = first_line(&e.to_string());
+    match e.kind.as_ref() {
+        ErrorKind::Authentication { .. } => Error::Auth { role, target: target.into(), detail },
+        ErrorKind::Command(c) if c.code == 18 || c.code == 13 => {
+            Error::Auth { role, target: target.into(), detail }
+        }
+        ErrorKind::ServerSelection { .. } | ErrorKind::Io(_) | ErrorKind::DnsResolve { .. } => {
+            // Authentication failures surface inside server-selection messages too.
+            if detail.contains("Authentication failed") || detail.contains("auth error") {
+                Error::Auth { role, target: target.into(), detail }
+            } else {
+                Error::Unreachable { role, target: target.into(), detail }
+            }
+        }
+        _ => Error::mongo(role, "connecting", e),
+    }
+}
+
+fn first_line(s: &str) -> String {
+    let s = s.lines().next().unwrap_or("").to_string();
+    if s.len() > 300 {
+        format!("{}...", &s[..300])
+    } else {
+        s
+    }
+}

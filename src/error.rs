@@ -1,0 +1,161 @@
+//! The pipeline's error type and its classification.
+//!
+//! Every error says who must act (the user, an external system, or us) and whether retrying
+//! can help. Retry loops key off [`Error::is_retryable`], never off message text.
+
+use mongodb::error::{ErrorKind, WriteFailure};
+
+use crate::checkpoint::CheckpointError;
+use crate::config::ConfigError;
+
+/// Which side of a pipeline an error concerns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The source deployment.
+    Source,
+    /// The sink deployment.
+    Sink,
+    /// The checkpoint store.
+    Checkpoint,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Source => "source",
+            Role::Sink => "sink",
+            Role::Checkpoint => "checkpoint store",
+        })
+    }
+}
+
+/// Who has to act on an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Bad config, bad credentials, missing objects: the user must change something.
+    User,
+    /// A server or network failed; it may recover.
+    External,
+    /// A bug in strait.
+    Internal,
+}
+
+/// Everything that can stop a pipeline.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration is not usable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// No server answered within the connect timeout.
+    #[error("cannot reach the {role} at {target}: {detail}")]
+    Unreachable {
+        /// Which side.
+        role: Role,
+        /// Redacted URI.
+        target: String,
+        /// Driver's explanation.
+        detail: String,
+    },
+    /// The server rejected the credentials.
+    #[error("authentication to the {role} at {target} failed: {detail}")]
+    Auth {
+        /// Which side.
+        role: Role,
+        /// Redacted URI.
+        target: String,
+        /// Server's explanation.
+        detail: String,
+    },
+    /// A driver operation failed.
+    #[error("{role}: {context}: {source}")]
+    Mongo {
+        /// Which side.
+        role: Role,
+        /// What strait was doing.
+        context: String,
+        /// The driver error.
+        source: mongodb::error::Error,
+    },
+    /// The checkpoint could not be read or written.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// The saved position is older than the source's change log.
+    #[error("the saved position ({position}) is no longer in the source's change log ({detail}); run with stream.on_history_lost = \"resync\" to copy the data again, or `strait checkpoint reset` to start over")]
+    HistoryLost {
+        /// The position that could not be resumed.
+        position: String,
+        /// Server's explanation.
+        detail: String,
+    },
+    /// Something the user asked for does not exist or cannot be done.
+    #[error("{0}")]
+    User(String),
+    /// A broken invariant.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Convenient result alias.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Wraps a driver error with what strait was doing.
+    pub fn mongo(role: Role, context: impl Into<String>, source: mongodb::error::Error) -> Self {
+        Error::Mongo { role, context: context.into(), source }
+    }
+
+    /// Who has to act.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Error::Config(_) | Error::Auth { .. } | Error::User(_) | Error::HistoryLost { .. } => {
+                ErrorClass::User
+            }
+            Error::Unreachable { .. } | Error::Mongo { .. } | Error::Checkpoint(_) => {
+                ErrorClass::External
+            }
+            Error::Internal(_) => ErrorClass::Internal,
+        }
+    }
+
+    /// Whether trying the same thing again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Mongo { source, .. } => is_transient(source),
+            Error::Checkpoint(e) => e.is_retryable(),
+            Error::Unreachable { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// Server error codes after which the same request may succeed later.
+const TRANSIENT_CODES: &[i32] = &[
+    6, 7, 50, 89, 91, 112, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436, 64, 251, 24,
+];
+
+/// Whether a driver error is worth retrying (network trouble, elections, write conflicts).
+pub fn is_transient(e: &mongodb::error::Error) -> bool {
+    if e.contains_label("RetryableWriteError")
+        || e.contains_label("TransientTransactionError")
+        || e.contains_label("ResumableChangeStreamError")
+    {
+        return true;
+    }
+    match e.kind.as_ref() {
+        ErrorKind::Io(_) | ErrorKind::ServerSelection { .. } | ErrorKind::ConnectionPoolCleared { .. } => true,
+        ErrorKind::Command(c) => TRANSIENT_CODES.contains(&c.code),
+        ErrorKind::Write(WriteFailure::WriteConcernError(_)) => true,
+        ErrorKind::Write(WriteFailure::WriteError(w)) => TRANSIENT_CODES.contains(&w.code),
+        _ => false,
+    }
+}
+
+/// The server error code of a driver error, when there is one.
+pub fn error_code(e: &mongodb::error::Error) -> Option<i32> {
+    match e.kind.as_ref() {
+        ErrorKind::Command(c) => Some(c.code),
+        ErrorKind::Write(WriteFailure::WriteError(w)) => Some(w.code),
+        _ => None,
+    }
+}

@@ -1,0 +1,252 @@
+//! The one event model every source produces and every sink consumes.
+//!
+//! Events keep the raw BSON they came from: documents and update descriptions are never decoded
+//! into typed Rust values, so every BSON type, and the order of fields in every embedded
+//! document, passes through untouched.
+
+use std::fmt;
+
+use bson::{RawBsonRef, RawDocument, RawDocumentBuf, Timestamp};
+
+/// A database, or a collection within one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Namespace {
+    /// Database name.
+    pub db: String,
+    /// Collection name; `None` for database-level events such as `dropDatabase`.
+    pub coll: Option<String>,
+}
+
+impl Namespace {
+    /// A namespace from its parts.
+    pub fn new(db: &str, coll: Option<&str>) -> Self {
+        Self { db: db.to_string(), coll: coll.map(str::to_string) }
+    }
+
+    /// Parses `db.coll` (the collection part may contain dots).
+    pub fn parse(s: &str) -> Self {
+        match s.split_once('.') {
+            Some((d, c)) => Self::new(d, Some(c)),
+            None => Self::new(s, None),
+        }
+    }
+
+    /// The collection name, or `""` for a database namespace.
+    pub fn coll_name(&self) -> &str {
+        self.coll.as_deref().unwrap_or("")
+    }
+}
+
+impl fmt::Display for Namespace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.coll {
+            Some(c) => write!(f, "{}.{}", self.db, c),
+            None => write!(f, "{}", self.db),
+        }
+    }
+}
+
+/// The kind of change. Mirrors the server's `operationType`; unknown kinds are kept by name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum OpType {
+    /// A document was inserted.
+    Insert,
+    /// A document was updated in place.
+    Update,
+    /// A document was replaced whole.
+    Replace,
+    /// A document was deleted.
+    Delete,
+    /// A collection was created (expanded events).
+    Create,
+    /// A collection was dropped.
+    Drop,
+    /// A collection was renamed.
+    Rename,
+    /// A database was dropped.
+    DropDatabase,
+    /// Indexes were created (expanded events).
+    CreateIndexes,
+    /// Indexes were dropped (expanded events).
+    DropIndexes,
+    /// Collection options changed (expanded events).
+    Modify,
+    /// The stream can no longer continue (its collection or database went away).
+    Invalidate,
+    /// Anything else, by name.
+    Other(String),
+}
+
+impl OpType {
+    /// Parses the server's `operationType`.
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "insert" => OpType::Insert,
+            "update" => OpType::Update,
+            "replace" => OpType::Replace,
+            "delete" => OpType::Delete,
+            "create" => OpType::Create,
+            "drop" => OpType::Drop,
+            "rename" => OpType::Rename,
+            "dropDatabase" => OpType::DropDatabase,
+            "createIndexes" => OpType::CreateIndexes,
+            "dropIndexes" => OpType::DropIndexes,
+            "modify" => OpType::Modify,
+            "invalidate" => OpType::Invalidate,
+            other => OpType::Other(other.to_string()),
+        }
+    }
+
+    /// The server's name of this operation type.
+    pub fn as_str(&self) -> &str {
+        match self {
+            OpType::Insert => "insert",
+            OpType::Update => "update",
+            OpType::Replace => "replace",
+            OpType::Delete => "delete",
+            OpType::Create => "create",
+            OpType::Drop => "drop",
+            OpType::Rename => "rename",
+            OpType::DropDatabase => "dropDatabase",
+            OpType::CreateIndexes => "createIndexes",
+            OpType::DropIndexes => "dropIndexes",
+            OpType::Modify => "modify",
+            OpType::Invalidate => "invalidate",
+            OpType::Other(s) => s,
+        }
+    }
+
+    /// Whether this is a change to one document (as opposed to DDL).
+    pub fn is_data(&self) -> bool {
+        matches!(self, OpType::Insert | OpType::Update | OpType::Replace | OpType::Delete)
+    }
+}
+
+/// A change event that cannot be understood.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed change event: {0}")]
+pub struct EventError(pub String);
+
+/// One change, as read from a source.
+#[derive(Debug, Clone)]
+pub struct ChangeEvent {
+    /// What happened.
+    pub op: OpType,
+    /// Where it happened (after renames, once transformed).
+    pub ns: Namespace,
+    /// Where it happened on the source (never renamed).
+    pub source_ns: Namespace,
+    /// For renames: the new namespace.
+    pub rename_to: Option<Namespace>,
+    /// `documentKey`: `_id` plus the shard key, if any.
+    pub document_key: Option<RawDocumentBuf>,
+    /// `fullDocument` for inserts, replaces and looked-up updates.
+    pub full_document: Option<RawDocumentBuf>,
+    /// `updateDescription` of updates.
+    pub update_description: Option<RawDocumentBuf>,
+    /// `clusterTime` of the change.
+    pub cluster_time: Option<Timestamp>,
+    /// The resume token (`_id` of the event).
+    pub resume_token: RawDocumentBuf,
+    /// The whole event as the server sent it.
+    pub raw: RawDocumentBuf,
+}
+
+impl ChangeEvent {
+    /// Parses a change-stream event document.
+    pub fn from_raw(raw: RawDocumentBuf) -> Result<Self, EventError> {
+        let bad = |what: &str| EventError(what.to_string());
+        let resume_token = raw
+            .get_document("_id")
+            .map_err(|_| bad("no _id (resume token)"))?
+            .to_owned();
+        let op = OpType::parse(raw.get_str("operationType").map_err(|_| bad("no operationType"))?);
+        let ns = match raw.get_document("ns") {
+            Ok(ns) => ns_of(ns).ok_or_else(|| bad("ns without db"))?,
+            Err(_) if op == OpType::Invalidate => Namespace::new("", None),
+            Err(_) => return Err(bad("no ns")),
+        };
+        let rename_to = raw
+            .get_document("to")
+            .ok()
+            .or_else(|| raw.get_document("operationDescription").ok().and_then(|d| d.get_document("to").ok()))
+            .and_then(ns_of);
+        let doc = |key: &str| match raw.get(key) {
+            Ok(Some(RawBsonRef::Document(d))) => Some(d.to_owned()),
+            _ => None,
+        };
+        let cluster_time = raw.get_timestamp("clusterTime").ok();
+        Ok(ChangeEvent {
+            op,
+            source_ns: ns.clone(),
+            ns,
+            rename_to,
+            document_key: doc("documentKey"),
+            full_document: doc("fullDocument"),
+            update_description: doc("updateDescription"),
+            cluster_time,
+            resume_token,
+            raw,
+        })
+    }
+
+    /// The `_id` value of the changed document, as raw BSON bytes (for hashing).
+    pub fn key_bytes(&self) -> &[u8] {
+        self.document_key.as_deref().map(RawDocument::as_bytes).unwrap_or(&[])
+    }
+}
+
+fn ns_of(ns: &RawDocument) -> Option<Namespace> {
+    let db = ns.get_str("db").ok()?;
+    Some(Namespace::new(db, ns.get_str("coll").ok()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::rawdoc;
+
+    #[test]
+    fn parses_update_event_keeping_raw_parts() {
+        let raw = rawdoc! {
+            "_id": { "_data": "8263" },
+            "operationType": "update",
+            "clusterTime": Timestamp { time: 10, increment: 2 },
+            "ns": { "db": "shop", "coll": "orders" },
+            "documentKey": { "_id": 7_i32 },
+            "updateDescription": { "updatedFields": { "a.b": 1_i64 }, "removedFields": ["c"], "truncatedArrays": [] },
+        };
+        let ev = ChangeEvent::from_raw(raw).unwrap();
+        assert_eq!(ev.op, OpType::Update);
+        assert_eq!(ev.ns, Namespace::new("shop", Some("orders")));
+        assert_eq!(ev.cluster_time, Some(Timestamp { time: 10, increment: 2 }));
+        let ud = ev.update_description.unwrap();
+        assert_eq!(ud.get_document("updatedFields").unwrap().get_i64("a.b").unwrap(), 1);
+        assert!(ev.full_document.is_none());
+    }
+
+    #[test]
+    fn parses_rename_and_drop_database() {
+        let raw = rawdoc! {
+            "_id": { "_data": "01" }, "operationType": "rename",
+            "ns": { "db": "a", "coll": "b" }, "to": { "db": "a", "coll": "c" },
+        };
+        let ev = ChangeEvent::from_raw(raw).unwrap();
+        assert_eq!(ev.rename_to, Some(Namespace::new("a", Some("c"))));
+        let raw = rawdoc! { "_id": { "_data": "02" }, "operationType": "dropDatabase", "ns": { "db": "a" } };
+        let ev = ChangeEvent::from_raw(raw).unwrap();
+        assert_eq!(ev.ns, Namespace::new("a", None));
+    }
+
+    #[test]
+    fn rejects_event_without_token() {
+        assert!(ChangeEvent::from_raw(rawdoc! { "operationType": "insert" }).is_err());
+    }
+
+    #[test]
+    fn unknown_op_types_are_kept_by_name() {
+        assert_eq!(OpType::parse("shardCollection"), OpType::Other("shardCollection".into()));
+        assert_eq!(OpType::parse("shardCollection").as_str(), "shardCollection");
+    }
+}

@@ -1,0 +1,53 @@
+//! Running a pipeline: the full sync, then the change stream through ordered lanes, with the
+//! checkpoint following what the sink has made durable.
+
+pub mod ack;
+pub mod full_sync;
+pub mod lanes;
+pub mod run;
+pub mod stream;
+
+use std::sync::Arc;
+
+use mongodb::Client;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::checkpoint::{Checkpoint, CheckpointStore};
+use crate::config::PipelineConfig;
+use crate::error::Result;
+use crate::sink::mongo::MongoSink;
+use crate::telemetry::Telemetry;
+use crate::transform::Transforms;
+
+/// Everything a running pipeline shares.
+pub struct Pipeline {
+    /// The validated configuration.
+    pub cfg: Arc<PipelineConfig>,
+    /// Source client.
+    pub source: Client,
+    /// The sink.
+    pub sink: MongoSink,
+    /// Checkpoint store.
+    pub store: CheckpointStore,
+    /// Filters and renames.
+    pub transforms: Transforms,
+    /// Progress counters.
+    pub telemetry: Arc<Telemetry>,
+    /// Graceful shutdown.
+    pub cancel: CancellationToken,
+    /// The checkpoint as last saved (or about to be).
+    pub checkpoint: Arc<Mutex<Checkpoint>>,
+    /// Serializes saves, so a slower save of an older state never lands after a newer one.
+    pub save_lock: Mutex<()>,
+}
+
+impl Pipeline {
+    /// Saves the current checkpoint.
+    pub async fn save_checkpoint(&self) -> Result<()> {
+        let _turn = self.save_lock.lock().await;
+        let c = self.checkpoint.lock().await.clone();
+        self.store.save(&c).await?;
+        Ok(())
+    }
+}

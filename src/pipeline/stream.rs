@@ -1,0 +1,229 @@
+//! The streaming phase: reader -> transforms -> lanes -> sink, with a checkpointer that saves
+//! the ack window's committed position.
+
+use std::sync::Arc;
+
+use bson::Document;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use super::ack::{AckWindow, Position};
+use super::lanes::{lane_of, run_lane, LaneItem};
+use super::Pipeline;
+use crate::error::{Error, Result};
+use crate::event::{ChangeEvent, OpType};
+use crate::sink::mongo::ops_for_event;
+use crate::source::mongo::stream::{read, SourceItem, StartPosition, StreamSettings};
+use crate::telemetry::PipelineState;
+use crate::transform::Verdict;
+
+/// Stream settings of a pipeline.
+pub fn settings(p: &Pipeline) -> StreamSettings {
+    let s = &p.cfg.stream;
+    StreamSettings {
+        target: p.transforms.scope.watch_target(),
+        update_mode: s.update_mode,
+        ddl: s.ddl,
+        batch_size: s.batch_size,
+        max_await: s.max_await,
+    }
+}
+
+/// Follows the change stream from `start` until cancelled or failed. The checkpoint is saved
+/// every `checkpoint.interval` and on the way out, always at a position whose events are all
+/// written.
+pub async fn follow(p: &Pipeline, start: StartPosition) -> Result<()> {
+    p.telemetry.set_state(PipelineState::Streaming);
+    let cfg = &p.cfg;
+    let window = Arc::new(AckWindow::new(None));
+    p.telemetry.set_window(Some(window.clone()));
+    let stop = p.cancel.child_token();
+
+    let mut lanes = JoinSet::new();
+    let mut senders = Vec::with_capacity(cfg.apply.lanes);
+    for _ in 0..cfg.apply.lanes {
+        let (tx, rx) = mpsc::channel::<LaneItem>(cfg.apply.queue_depth);
+        senders.push(tx);
+        let (sink, window, telemetry, stop) = (p.sink.clone(), window.clone(), p.telemetry.clone(), stop.clone());
+        let batch = cfg.apply.batch_docs;
+        lanes.spawn(async move {
+            let r = run_lane(rx, sink, window, telemetry, batch).await;
+            if r.is_err() {
+                stop.cancel();
+            }
+            r
+        });
+    }
+
+    let (tx, mut rx) = mpsc::channel::<SourceItem>(4096);
+    let reader = tokio::spawn(read(
+        p.source.clone(),
+        settings(p),
+        start,
+        tx,
+        p.telemetry.clone(),
+        stop.clone(),
+    ));
+
+    let checkpointer = {
+        let window = window.clone();
+        let stop = stop.clone();
+        let interval = cfg.checkpoint.interval;
+        let (store, ckpt) = (p.store.clone(), p.checkpoint.clone());
+        tokio::spawn(async move {
+            let mut last: Option<Position> = None;
+            loop {
+                let done = tokio::select! {
+                    _ = stop.cancelled() => true,
+                    _ = tokio::time::sleep(interval) => false,
+                };
+                if done {
+                    return Ok::<_, Error>(());
+                }
+                save_committed(&window, &mut last, &store, &ckpt).await?;
+            }
+        })
+    };
+
+    let max_window = cfg.apply.lanes * cfg.apply.queue_depth * 2;
+    let mut dispatch_result = Ok(());
+    while let Some(item) = rx.recv().await {
+        if let Err(e) = dispatch(p, &window, &senders, item, max_window).await {
+            dispatch_result = Err(e);
+            stop.cancel();
+            break;
+        }
+    }
+    // Closing the lanes' queues lets them finish what is queued, then stop.
+    drop(senders);
+    drop(rx);
+    let mut lane_result = Ok(());
+    while let Some(r) = lanes.join_next().await {
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => lane_result = lane_result.and(Err(e)),
+            Err(e) => lane_result = lane_result.and(Err(Error::Internal(format!("lane panicked: {e}")))),
+        }
+    }
+    stop.cancel();
+    let reader_result = reader.await.map_err(|e| Error::Internal(format!("reader panicked: {e}")))?;
+    checkpointer.await.map_err(|e| Error::Internal(format!("checkpointer panicked: {e}")))??;
+    // Final save: everything the lanes finished is durable.
+    let mut none = None;
+    save_committed(&window, &mut none, &p.store, &p.checkpoint).await?;
+    p.telemetry.set_window(None);
+    reader_result.and(dispatch_result).and(lane_result)
+}
+
+async fn save_committed(
+    window: &AckWindow,
+    last: &mut Option<Position>,
+    store: &crate::checkpoint::CheckpointStore,
+    ckpt: &tokio::sync::Mutex<crate::checkpoint::Checkpoint>,
+) -> Result<()> {
+    let Some(pos) = window.committed() else { return Ok(()) };
+    if last.as_ref() == Some(&pos) {
+        return Ok(());
+    }
+    let token = Document::try_from(pos.token.as_ref()).map_err(|e| Error::Internal(e.to_string()))?;
+    let snapshot = {
+        let mut c = ckpt.lock().await;
+        c.resume_token = Some(token);
+        if pos.time.is_some() {
+            c.cluster_time = pos.time;
+        }
+        c.clone()
+    };
+    let mut backoff = std::time::Duration::from_millis(200);
+    loop {
+        match store.save(&snapshot).await {
+            Ok(()) => break,
+            Err(e) if e.is_retryable() => {
+                warn!(error = %e, "Saving the checkpoint failed; retrying.");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    debug!(time = ?pos.time, "Checkpoint saved.");
+    *last = Some(pos);
+    Ok(())
+}
+
+async fn dispatch(
+    p: &Pipeline,
+    window: &AckWindow,
+    lanes: &[mpsc::Sender<LaneItem>],
+    item: SourceItem,
+    max_window: usize,
+) -> Result<()> {
+    window.wait_len_at_most(max_window).await;
+    let mut ev: ChangeEvent = match item {
+        SourceItem::Position(pos) => {
+            window.push(pos, true);
+            return Ok(());
+        }
+        SourceItem::Event(ev) => *ev,
+    };
+    let pos = Position { token: ev.resume_token.clone(), time: ev.cluster_time };
+    if p.transforms.apply(&mut ev) == Verdict::Skip {
+        window.push(pos, true);
+        return Ok(());
+    }
+    if !ev.op.is_data() {
+        // DDL is a barrier: everything before it is written first, nothing after it starts
+        // until it is done.
+        window.wait_drained().await;
+        apply_ddl(p, &ev).await?;
+        p.telemetry.applied(&ev.op, 1);
+        window.push(pos, true);
+        return Ok(());
+    }
+    let ops = ops_for_event(&ev, p.cfg.stream.update_mode).map_err(|e| Error::Internal(e.to_string()))?;
+    if ops.is_empty() {
+        window.push(pos, true);
+        return Ok(());
+    }
+    let lane = lane_of(&ev, p.cfg.apply.lane_by, lanes.len());
+    let seq = window.push(pos, false);
+    let item = LaneItem { seq, op: ev.op.clone(), ops };
+    lanes[lane]
+        .send(item)
+        .await
+        .map_err(|_| Error::Internal("lane stopped".into()))
+}
+
+async fn apply_ddl(p: &Pipeline, ev: &ChangeEvent) -> Result<()> {
+    if ev.op == OpType::CreateIndexes {
+        // The event may lack index options (unique, TTL, partial); the source's own
+        // listIndexes has them all.
+        let names: Vec<String> = ev
+            .raw
+            .get_document("operationDescription")
+            .ok()
+            .and_then(|d| d.get_array("indexes").ok())
+            .map(|a| {
+                a.into_iter()
+                    .filter_map(|v| v.ok()?.as_document()?.get_str("name").ok().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        match crate::source::mongo::snapshot::list_indexes(&p.source, &ev.source_ns).await {
+            Ok(specs) => {
+                let specs: Vec<Document> = specs
+                    .into_iter()
+                    .filter(|s| s.get_str("name").is_ok_and(|n| names.iter().any(|m| m == n)))
+                    .collect();
+                if !specs.is_empty() {
+                    p.sink.create_indexes(&ev.ns, &specs).await?;
+                    info!(ns = %ev.ns, indexes = ?names, "Created indexes.");
+                    return Ok(());
+                }
+            }
+            Err(e) => warn!(error = %e, "Could not read index specs from the source; using the event's."),
+        }
+    }
+    p.sink.apply_ddl(ev).await
+}

@@ -1,0 +1,3 @@
+//! Destinations of change events. Each sink acknowledges a write only once it is durable.
+
+pub mod mongo;

@@ -1,0 +1,410 @@
+//! The MongoDB sink: turns change events into idempotent writes and sends them as ordered
+//! batches.
+//!
+//! Idempotency is what makes replay after a crash safe: inserts and replaces become replacement
+//! upserts by document key, deletes delete by document key, and updates replay the update
+//! description (absolute `$set` / `$unset` values, never increments), so applying an event twice
+//! leaves the same document as applying it once.
+
+use std::time::Duration;
+
+use bson::raw::{cstr, CStr};
+use bson::{doc, rawdoc, Document, RawArrayBuf, RawBsonRef, RawDocument, RawDocumentBuf};
+use mongodb::Client;
+use tracing::{debug, warn};
+
+use crate::config::UpdateMode;
+use crate::error::{error_code, is_transient, Error, Result, Role};
+use crate::event::{ChangeEvent, EventError, Namespace, OpType};
+
+/// One idempotent write.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteOp {
+    /// Replace the document matching `filter` with `doc`, inserting it if absent.
+    Upsert {
+        /// Target namespace.
+        ns: Namespace,
+        /// The document key.
+        filter: RawDocumentBuf,
+        /// The whole new document.
+        doc: RawDocumentBuf,
+    },
+    /// Apply an update document to the document matching `filter`, if it exists.
+    Update {
+        /// Target namespace.
+        ns: Namespace,
+        /// The document key.
+        filter: RawDocumentBuf,
+        /// `$set` / `$unset` / `$push` update.
+        update: RawDocumentBuf,
+    },
+    /// Delete the document matching `filter`.
+    Delete {
+        /// Target namespace.
+        ns: Namespace,
+        /// The document key.
+        filter: RawDocumentBuf,
+    },
+}
+
+impl WriteOp {
+    fn ns(&self) -> &Namespace {
+        match self {
+            WriteOp::Upsert { ns, .. } | WriteOp::Update { ns, .. } | WriteOp::Delete { ns, .. } => ns,
+        }
+    }
+    fn is_delete(&self) -> bool {
+        matches!(self, WriteOp::Delete { .. })
+    }
+    /// Approximate size on the wire, for batching.
+    pub fn size(&self) -> usize {
+        match self {
+            WriteOp::Upsert { filter, doc, .. } => filter.as_bytes().len() + doc.as_bytes().len() + 32,
+            WriteOp::Update { filter, update, .. } => filter.as_bytes().len() + update.as_bytes().len() + 32,
+            WriteOp::Delete { filter, .. } => filter.as_bytes().len() + 16,
+        }
+    }
+}
+
+/// The writes that reproduce one data event on the target (empty when there is nothing to do,
+/// e.g. an update that changed nothing, or a looked-up update whose document is gone).
+pub fn ops_for_event(ev: &ChangeEvent, mode: UpdateMode) -> Result<Vec<WriteOp>, EventError> {
+    let filter = || {
+        ev.document_key
+            .clone()
+            .ok_or_else(|| EventError(format!("{} event without documentKey", ev.op.as_str())))
+    };
+    let ns = ev.ns.clone();
+    Ok(match ev.op {
+        OpType::Insert | OpType::Replace => {
+            let doc = ev
+                .full_document
+                .clone()
+                .ok_or_else(|| EventError(format!("{} event without fullDocument", ev.op.as_str())))?;
+            vec![WriteOp::Upsert { ns, filter: filter()?, doc }]
+        }
+        OpType::Update if mode == UpdateMode::FullDocument => match &ev.full_document {
+            Some(doc) => vec![WriteOp::Upsert { ns, filter: filter()?, doc: doc.clone() }],
+            // Deleted before the lookup: the delete event that follows settles it.
+            None => vec![],
+        },
+        OpType::Update => {
+            let ud = ev
+                .update_description
+                .as_deref()
+                .ok_or_else(|| EventError("update event without updateDescription".into()))?;
+            let filter = filter()?;
+            update_ops(ud)?
+                .into_iter()
+                .map(|update| WriteOp::Update { ns: ns.clone(), filter: filter.clone(), update })
+                .collect()
+        }
+        OpType::Delete => vec![WriteOp::Delete { ns, filter: filter()? }],
+        _ => vec![],
+    })
+}
+
+/// Update documents reproducing an update description: first the array truncations (as
+/// `$push` with `$each: []` and `$slice`), then `$set` of updatedFields and `$unset` of
+/// removedFields. Truncation goes in its own update because `$push` on `arr` conflicts with a
+/// `$set` of `arr.N` in one update.
+pub fn update_ops(ud: &RawDocument) -> Result<Vec<RawDocumentBuf>, EventError> {
+    let bad = |e: &dyn std::fmt::Display| EventError(format!("bad updateDescription: {e}"));
+    let mut out = Vec::new();
+    if let Ok(truncated) = ud.get_array("truncatedArrays") {
+        let mut push = RawDocumentBuf::new();
+        for t in truncated {
+            let t = t.map_err(|e| bad(&e))?;
+            let RawBsonRef::Document(t) = t else { return Err(bad(&"truncatedArrays entry is not a document")) };
+            let field = t.get_str("field").map_err(|e| bad(&e))?;
+            let size = match t.get("newSize").map_err(|e| bad(&e))? {
+                Some(RawBsonRef::Int32(n)) => n as i64,
+                Some(RawBsonRef::Int64(n)) => n,
+                Some(RawBsonRef::Double(n)) => n as i64,
+                _ => return Err(bad(&"truncatedArrays entry without newSize")),
+            };
+            push.append(key(field)?, rawdoc! { "$each": RawArrayBuf::new(), "$slice": size });
+        }
+        if !push.is_empty() {
+            out.push(rawdoc! { "$push": push });
+        }
+    }
+    let mut update = RawDocumentBuf::new();
+    if let Ok(set) = ud.get_document("updatedFields") {
+        if !set.is_empty() {
+            update.append(cstr!("$set"), set.to_owned());
+        }
+    }
+    if let Ok(removed) = ud.get_array("removedFields") {
+        let mut unset = RawDocumentBuf::new();
+        for f in removed {
+            match f.map_err(|e| bad(&e))? {
+                RawBsonRef::String(f) => unset.append(key(f)?, ""),
+                _ => return Err(bad(&"removedFields entry is not a string")),
+            }
+        }
+        if !unset.is_empty() {
+            update.append(cstr!("$unset"), unset);
+        }
+    }
+    if !update.is_empty() {
+        out.push(update);
+    }
+    Ok(out)
+}
+
+fn key(s: &str) -> Result<&CStr, EventError> {
+    <&CStr>::try_from(s).map_err(|e| EventError(format!("bad field name {s:?}: {e}")))
+}
+
+/// Server codes of an update that does not fit the target document's current shape. They occur
+/// when a replay (after a crash, or of changes made during the copy) meets a document that
+/// already holds a later state; later events of the same document repair it, so the write is
+/// skipped rather than failing the pipeline.
+const SHAPE_MISMATCH_CODES: &[i32] = &[2, 14, 16, 28, 40, 54, 66];
+
+/// Counts of what a batch did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ApplyCounts {
+    /// Writes the server accepted.
+    pub written: u64,
+    /// Updates skipped because the target document had another shape (see above).
+    pub skipped: u64,
+}
+
+/// A MongoDB sink.
+#[derive(Debug, Clone)]
+pub struct MongoSink {
+    client: Client,
+    write_concern: Document,
+    /// Give up on a transient failure after this long.
+    retry_for: Duration,
+}
+
+impl MongoSink {
+    /// A sink writing through `client` with write concern majority.
+    pub fn new(client: Client) -> Self {
+        Self { client, write_concern: doc! { "w": "majority" }, retry_for: Duration::from_secs(300) }
+    }
+
+    /// The client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Applies `ops` in order. Consecutive writes to one namespace go in one command. Transient
+    /// failures are retried from the failed write on (writes before it are known applied).
+    pub async fn apply(&self, ops: &[WriteOp]) -> Result<ApplyCounts> {
+        let mut counts = ApplyCounts::default();
+        let mut start = 0;
+        while start < ops.len() {
+            let mut end = start + 1;
+            let mut bytes = ops[start].size();
+            while end < ops.len()
+                && ops[end].ns() == ops[start].ns()
+                && ops[end].is_delete() == ops[start].is_delete()
+                && bytes + ops[end].size() < 8 * 1024 * 1024
+            {
+                bytes += ops[end].size();
+                end += 1;
+            }
+            self.apply_run(&ops[start..end], &mut counts).await?;
+            start = end;
+        }
+        Ok(counts)
+    }
+
+    /// Applies a run of writes to one namespace, all deletes or all updates.
+    async fn apply_run(&self, run: &[WriteOp], counts: &mut ApplyCounts) -> Result<()> {
+        let mut from = 0;
+        let mut backoff = Duration::from_millis(100);
+        let started = std::time::Instant::now();
+        while from < run.len() {
+            let ns = run[from].ns().clone();
+            let cmd = self.command(&run[from..])?;
+            let client = self.client.clone();
+            let db = ns.db.clone();
+            // Spawned: a driver future must never be dropped mid-call.
+            let reply = tokio::spawn(async move { client.database(&db).run_raw_command(cmd).await })
+                .await
+                .map_err(|e| Error::Internal(format!("write task failed: {e}")))?;
+            let failure = match reply {
+                Ok(reply) => match first_write_error(&reply) {
+                    None => {
+                        if let Ok(wce) = reply.get_document("writeConcernError") {
+                            RunFailure::Transient(format!("write concern error: {wce}"))
+                        } else {
+                            counts.written += (run.len() - from) as u64;
+                            return Ok(());
+                        }
+                    }
+                    Some((index, code, msg)) => {
+                        counts.written += index as u64;
+                        from += index;
+                        let op = &run[from];
+                        if TRANSIENT_WRITE_CODES.contains(&code) {
+                            RunFailure::Transient(format!("code {code}: {msg}"))
+                        } else if matches!(op, WriteOp::Update { .. }) && SHAPE_MISMATCH_CODES.contains(&code) {
+                            debug!(ns = %ns, code, msg, "skipped an update that does not fit the target document");
+                            counts.skipped += 1;
+                            from += 1;
+                            continue;
+                        } else if code == 11000 && !op.is_delete() {
+                            // A unique secondary index can collide while another lane has not
+                            // yet applied the change that frees the value: wait and retry.
+                            RunFailure::Transient(format!("duplicate key (another lane may be behind; use apply.lane_by = \"namespace\" for collections with unique indexes): {msg}"))
+                        } else {
+                            return Err(Error::User(format!(
+                                "sink rejected a write to {ns} (code {code}): {msg}; the checkpoint stays before this change"
+                            )));
+                        }
+                    }
+                },
+                Err(e) if is_transient(&e) || error_code(&e) == Some(11000) => RunFailure::Transient(e.to_string()),
+                Err(e) => return Err(Error::mongo(Role::Sink, format!("writing to {ns}"), e)),
+            };
+            let RunFailure::Transient(why) = failure;
+            if started.elapsed() > self.retry_for {
+                return Err(Error::User(format!("sink: writes to {ns} kept failing for {:?}: {why}", self.retry_for)));
+            }
+            warn!(ns = %ns, error = %why, retry_in = ?backoff, "Sink write failed; retrying.");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+        Ok(())
+    }
+
+    /// The `update` or `delete` command for a run of writes to one namespace.
+    fn command(&self, run: &[WriteOp]) -> Result<RawDocumentBuf> {
+        let ns = run[0].ns();
+        let coll = ns.coll_name();
+        let wc = RawDocumentBuf::try_from(&self.write_concern)
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let mut stmts = RawArrayBuf::new();
+        if run[0].is_delete() {
+            for op in run {
+                if let WriteOp::Delete { filter, .. } = op {
+                    stmts.push(rawdoc! { "q": filter.clone(), "limit": 1_i32 });
+                }
+            }
+            Ok(rawdoc! { "delete": coll, "deletes": stmts, "ordered": true, "writeConcern": wc })
+        } else {
+            for op in run {
+                match op {
+                    WriteOp::Upsert { filter, doc, .. } => {
+                        stmts.push(rawdoc! { "q": filter.clone(), "u": doc.clone(), "upsert": true, "multi": false })
+                    }
+                    WriteOp::Update { filter, update, .. } => {
+                        stmts.push(rawdoc! { "q": filter.clone(), "u": update.clone(), "upsert": false, "multi": false })
+                    }
+                    WriteOp::Delete { .. } => {}
+                }
+            }
+            Ok(rawdoc! { "update": coll, "updates": stmts, "ordered": true, "writeConcern": wc })
+        }
+    }
+}
+
+enum RunFailure {
+    Transient(String),
+}
+
+/// Write-error codes worth retrying (conflicts, interrupted operations, elections).
+const TRANSIENT_WRITE_CODES: &[i32] = &[6, 7, 50, 89, 91, 112, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436, 64];
+
+fn first_write_error(reply: &Document) -> Option<(usize, i32, String)> {
+    let errs = reply.get_array("writeErrors").ok()?;
+    let first = errs.first()?.as_document()?;
+    let index = match first.get("index") {
+        Some(bson::Bson::Int32(i)) => *i as usize,
+        Some(bson::Bson::Int64(i)) => *i as usize,
+        _ => 0,
+    };
+    let code = match first.get("code") {
+        Some(bson::Bson::Int32(c)) => *c,
+        Some(bson::Bson::Int64(c)) => *c as i32,
+        _ => -1,
+    };
+    let msg = first.get_str("errmsg").unwrap_or("").to_string();
+    Some((index, code, msg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::Timestamp;
+
+    fn update_event(ud: RawDocumentBuf) -> ChangeEvent {
+        ChangeEvent::from_raw(rawdoc! {
+            "_id": { "_data": "01" }, "operationType": "update",
+            "clusterTime": Timestamp { time: 1, increment: 1 },
+            "ns": { "db": "d", "coll": "c" }, "documentKey": { "_id": 1_i32 },
+            "updateDescription": ud,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn update_description_becomes_truncate_then_set_unset() {
+        let ev = update_event(rawdoc! {
+            "updatedFields": { "a.b": 1_i32, "arr.1": "x" },
+            "removedFields": ["gone", "n.old"],
+            "truncatedArrays": [{ "field": "arr", "newSize": 2_i32 }],
+        });
+        let ops = ops_for_event(&ev, UpdateMode::Delta).unwrap();
+        assert_eq!(ops.len(), 2);
+        let WriteOp::Update { update, .. } = &ops[0] else { panic!() };
+        assert_eq!(update, &rawdoc! { "$push": { "arr": { "$each": [], "$slice": 2_i64 } } });
+        let WriteOp::Update { update, filter, .. } = &ops[1] else { panic!() };
+        assert_eq!(filter, &rawdoc! { "_id": 1_i32 });
+        assert_eq!(update, &rawdoc! { "$set": { "a.b": 1_i32, "arr.1": "x" }, "$unset": { "gone": "", "n.old": "" } });
+    }
+
+    #[test]
+    fn empty_update_writes_nothing() {
+        let ev = update_event(rawdoc! { "updatedFields": {}, "removedFields": [], "truncatedArrays": [] });
+        assert!(ops_for_event(&ev, UpdateMode::Delta).unwrap().is_empty());
+    }
+
+    #[test]
+    fn full_document_mode_upserts_or_skips() {
+        let mut ev = update_event(rawdoc! { "updatedFields": { "a": 1_i32 } });
+        assert!(ops_for_event(&ev, UpdateMode::FullDocument).unwrap().is_empty());
+        ev.full_document = Some(rawdoc! { "_id": 1_i32, "a": 1_i32 });
+        assert!(matches!(ops_for_event(&ev, UpdateMode::FullDocument).unwrap()[0], WriteOp::Upsert { .. }));
+    }
+
+    #[test]
+    fn insert_is_a_replacement_upsert_and_delete_by_key() {
+        let ev = ChangeEvent::from_raw(rawdoc! {
+            "_id": { "_data": "01" }, "operationType": "insert", "ns": { "db": "d", "coll": "c" },
+            "documentKey": { "_id": 1_i32 }, "fullDocument": { "_id": 1_i32, "z": 1_i32, "a": 2_i32 },
+        })
+        .unwrap();
+        let ops = ops_for_event(&ev, UpdateMode::Delta).unwrap();
+        assert_eq!(ops, vec![WriteOp::Upsert {
+            ns: Namespace::new("d", Some("c")),
+            filter: rawdoc! { "_id": 1_i32 },
+            doc: rawdoc! { "_id": 1_i32, "z": 1_i32, "a": 2_i32 },
+        }]);
+        let ev = ChangeEvent::from_raw(rawdoc! {
+            "_id": { "_data": "02" }, "operationType": "delete", "ns": { "db": "d", "coll": "c" },
+            "documentKey": { "_id": 1_i32 },
+        })
+        .unwrap();
+        assert!(matches!(&ops_for_event(&ev, UpdateMode::Delta).unwrap()[0], WriteOp::Delete { .. }));
+    }
+
+    #[test]
+    fn insert_without_document_is_malformed() {
+        let ev = ChangeEvent::from_raw(rawdoc! {
+            "_id": { "_data": "01" }, "operationType": "insert", "ns": { "db": "d", "coll": "c" },
+            "documentKey": { "_id": 1_i32 },
+        })
+        .unwrap();
+        assert!(ops_for_event(&ev, UpdateMode::Delta).is_err());
+    }
+}
+
+mod copy;
+mod ddl;

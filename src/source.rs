@@ -1,0 +1,3 @@
+//! Where change events come from.
+
+pub mod mongo;

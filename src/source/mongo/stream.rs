@@ -1,0 +1,211 @@
+//! Reading a change stream: events in order, plus the position of an idle stream, so a quiet
+//! source still moves the checkpoint forward and never ages out of the change log.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bson::{Bson, Document, RawDocumentBuf, Timestamp};
+use mongodb::change_stream::event::ResumeToken;
+use mongodb::change_stream::ChangeStream;
+use mongodb::options::FullDocumentType;
+use mongodb::Client;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::UpdateMode;
+use crate::error::{error_code, Error, Result, Role};
+use crate::event::{ChangeEvent, OpType};
+use crate::pipeline::ack::Position;
+use crate::telemetry::Telemetry;
+use crate::transform::scope::WatchTarget;
+
+/// Server codes meaning the requested position is no longer in the change log:
+/// ChangeStreamHistoryLost, CappedPositionLost, ChangeStreamFatalError (token not found).
+const HISTORY_LOST_CODES: &[i32] = &[286, 136, 280];
+
+/// What the reader hands on.
+#[derive(Debug)]
+pub enum SourceItem {
+    /// A change.
+    Event(Box<ChangeEvent>),
+    /// A newer position with no event (post-batch resume token of an idle stream, or an
+    /// invalidate).
+    Position(Position),
+}
+
+/// Where a stream starts.
+#[derive(Debug, Clone)]
+pub enum StartPosition {
+    /// Just after this resume token.
+    After(Document),
+    /// At this cluster time.
+    At(Timestamp),
+    /// Now.
+    Now,
+}
+
+/// Settings of a change stream.
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    /// Cluster, database or collection.
+    pub target: WatchTarget,
+    /// Whether updates need the looked-up document.
+    pub update_mode: UpdateMode,
+    /// Ask for DDL events (`showExpandedEvents`).
+    pub ddl: bool,
+    /// Events per batch.
+    pub batch_size: u32,
+    /// Server wait for an empty batch.
+    pub max_await: Duration,
+}
+
+/// Converts a driver resume token to a document.
+pub fn token_to_doc(t: &ResumeToken) -> Result<Document> {
+    match bson::serialize_to_bson(t) {
+        Ok(Bson::Document(d)) => Ok(d),
+        Ok(other) => Err(Error::Internal(format!("resume token is not a document: {other}"))),
+        Err(e) => Err(Error::Internal(format!("resume token: {e}"))),
+    }
+}
+
+fn doc_to_token(d: &Document) -> Result<ResumeToken> {
+    bson::deserialize_from_bson(Bson::Document(d.clone())).map_err(|e| Error::Internal(format!("resume token: {e}")))
+}
+
+/// Opens a change stream. Spawned so that the driver future is never dropped mid-call.
+pub async fn open(client: &Client, s: &StreamSettings, start: &StartPosition, start_after: bool) -> Result<ChangeStream<RawDocumentBuf>> {
+    let client = client.clone();
+    let s = s.clone();
+    let start = start.clone();
+    let task = tokio::spawn(async move {
+        let full = (s.update_mode == UpdateMode::FullDocument).then_some(FullDocumentType::UpdateLookup);
+        macro_rules! configure {
+            ($w:expr) => {{
+                let mut w = $w
+                    .batch_size(s.batch_size)
+                    .max_await_time(s.max_await)
+                    .show_expanded_events(s.ddl);
+                if let Some(f) = full.clone() {
+                    w = w.full_document(f);
+                }
+                match &start {
+                    StartPosition::After(d) if start_after => w = w.start_after(doc_to_token(d)?),
+                    StartPosition::After(d) => w = w.resume_after(doc_to_token(d)?),
+                    StartPosition::At(t) => w = w.start_at_operation_time(*t),
+                    StartPosition::Now => {}
+                }
+                w.await.map(|cs| cs.with_type::<RawDocumentBuf>())
+            }};
+        }
+        let res = match &s.target {
+            WatchTarget::Cluster => configure!(client.watch()),
+            WatchTarget::Database(db) => {
+                let db = client.database(db);
+                configure!(db.watch())
+            }
+            WatchTarget::Collection(ns) => {
+                let coll = client.database(&ns.db).collection::<Document>(ns.coll_name());
+                configure!(coll.watch())
+            }
+        };
+        res.map_err(|e| classify(e, &start))
+    });
+    task.await.map_err(|e| Error::Internal(format!("watch task failed: {e}")))?
+}
+
+fn classify(e: mongodb::error::Error, start: &StartPosition) -> Error {
+    if error_code(&e).is_some_and(|c| HISTORY_LOST_CODES.contains(&c)) {
+        return Error::HistoryLost { position: describe(start), detail: e.to_string() };
+    }
+    Error::mongo(Role::Source, "change stream", e)
+}
+
+fn describe(start: &StartPosition) -> String {
+    match start {
+        StartPosition::After(d) => format!("resume token {d}"),
+        StartPosition::At(t) => format!("cluster time {}.{}", t.time, t.increment),
+        StartPosition::Now => "now".into(),
+    }
+}
+
+/// The current head of the change stream: the position a full sync starts from.
+pub async fn head_position(client: &Client, s: &StreamSettings) -> Result<Document> {
+    let cs = open(client, s, &StartPosition::Now, false).await?;
+    let token = cs
+        .resume_token()
+        .ok_or_else(|| Error::Internal("the source returned no initial resume token".into()))?;
+    token_to_doc(&token)
+}
+
+/// Reads the stream from `start` into `tx` until cancelled or `tx` closes.
+pub async fn read(
+    client: Client,
+    settings: StreamSettings,
+    start: StartPosition,
+    tx: mpsc::Sender<SourceItem>,
+    telemetry: Arc<Telemetry>,
+    cancel: CancellationToken,
+) -> Result<()> {
+    let mut stream = open(&client, &settings, &start, false).await?;
+    let mut last_token: Option<Document> = match &start {
+        StartPosition::After(d) => Some(d.clone()),
+        _ => None,
+    };
+    let mut backoff = Duration::from_millis(200);
+    while !cancel.is_cancelled() {
+        // next_if_any returns within max_await; it is awaited to completion, never dropped.
+        match stream.next_if_any().await {
+            Ok(Some(raw)) => {
+                backoff = Duration::from_millis(200);
+                let ev = ChangeEvent::from_raw(raw).map_err(|e| Error::Internal(e.to_string()))?;
+                telemetry.read.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                telemetry.saw(ev.cluster_time.map(|t| t.time), false);
+                last_token = Some(Document::try_from(ev.resume_token.as_ref()).map_err(|e| Error::Internal(e.to_string()))?);
+                if ev.op == OpType::Invalidate {
+                    // The watched collection or database is gone; continue after it.
+                    let pos = Position { token: ev.resume_token.clone(), time: ev.cluster_time };
+                    if tx.send(SourceItem::Position(pos)).await.is_err() {
+                        return Ok(());
+                    }
+                    info!("Change stream invalidated (watched namespace dropped or renamed); reopening after it.");
+                    let after = StartPosition::After(last_token.clone().expect("set above"));
+                    stream = open(&client, &settings, &after, true).await?;
+                    continue;
+                }
+                if tx.send(SourceItem::Event(Box::new(ev))).await.is_err() {
+                    return Ok(());
+                }
+            }
+            Ok(None) => {
+                telemetry.saw(None, true);
+                if let Some(t) = stream.resume_token() {
+                    let d = token_to_doc(&t)?;
+                    if last_token.as_ref() != Some(&d) {
+                        let token = RawDocumentBuf::try_from(&d).map_err(|e| Error::Internal(e.to_string()))?;
+                        last_token = Some(d);
+                        if tx.send(SourceItem::Position(Position { token, time: None })).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                let start = last_token.clone().map(StartPosition::After).unwrap_or_else(|| start.clone());
+                let err = classify(e, &start);
+                if !err.is_retryable() {
+                    return Err(err);
+                }
+                warn!(error = %err, retry_in = ?backoff, "Change stream failed; reopening.");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                match open(&client, &settings, &start, false).await {
+                    Ok(s) => stream = s,
+                    Err(e) if e.is_retryable() => warn!(error = %e, "Reopening the change stream failed; will retry."),
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,82 @@
+//! What happens to events between source and sink: namespace selection, renames and the
+//! operation-type filter. Everything here is pure and synchronous.
+
+pub mod rename;
+pub mod scope;
+
+use std::collections::HashSet;
+
+use crate::config::{DataOp, PipelineConfig};
+use crate::event::{ChangeEvent, Namespace, OpType};
+
+/// The transforms of one pipeline, built once from its config.
+#[derive(Debug, Clone)]
+pub struct Transforms {
+    /// Namespace selection.
+    pub scope: scope::Scope,
+    /// Namespace renames.
+    pub rename: rename::Renamer,
+    ops: HashSet<DataOp>,
+    ddl: bool,
+}
+
+/// What to do with an event after the transforms.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Apply it (its namespace may have been renamed).
+    Apply,
+    /// Drop it; only its position counts.
+    Skip,
+}
+
+impl Transforms {
+    /// Builds the transforms of a validated config.
+    pub fn from_config(cfg: &PipelineConfig) -> Self {
+        Self {
+            scope: scope::Scope::from_config(&cfg.scope, &cfg.checkpoint.database),
+            rename: rename::Renamer::new(&cfg.rename),
+            ops: cfg.stream.ops.iter().copied().collect(),
+            ddl: cfg.stream.ddl,
+        }
+    }
+
+    /// Filters and renames one event in place.
+    pub fn apply(&self, ev: &mut ChangeEvent) -> Verdict {
+        let wanted_op = match ev.op {
+            OpType::Insert => self.ops.contains(&DataOp::Insert),
+            OpType::Update => self.ops.contains(&DataOp::Update),
+            OpType::Replace => self.ops.contains(&DataOp::Replace),
+            OpType::Delete => self.ops.contains(&DataOp::Delete),
+            OpType::Invalidate | OpType::Other(_) => false,
+            _ => self.ddl,
+        };
+        if !wanted_op {
+            return Verdict::Skip;
+        }
+        let in_scope = match (&ev.op, &ev.ns.coll) {
+            // Database-wide DDL concerns the database if any of its collections is in scope.
+            (OpType::DropDatabase, _) | (_, None) => self.scope.may_include_db(&ev.ns.db),
+            _ => self.scope.includes(&ev.ns),
+        };
+        if !in_scope {
+            return Verdict::Skip;
+        }
+        if let Some(to) = &ev.rename_to {
+            // A rename out of scope becomes a drop of the source; into scope from outside is
+            // not replicated (the data was never copied), so skip it.
+            if !self.scope.includes(to) {
+                ev.op = OpType::Drop;
+                ev.rename_to = None;
+            } else {
+                ev.rename_to = Some(self.rename.map(to));
+            }
+        }
+        ev.ns = self.rename.map(&ev.ns);
+        Verdict::Apply
+    }
+
+    /// The target namespace of a source namespace.
+    pub fn target_ns(&self, ns: &Namespace) -> Namespace {
+        self.rename.map(ns)
+    }
+}
