@@ -240,9 +240,13 @@ pub struct StreamConfig {
     /// seconds since the epoch (e.g. `1767225600`).
     #[serde(default)]
     pub start_at: StartAt,
-    /// How updates are applied: `"delta"` replays the update description (updatedFields,
-    /// removedFields, truncatedArrays); `"full_document"` looks the document up on the source
-    /// and writes it whole (more reads on the source, no dependence on the target's state).
+    /// How updates are applied. `"full_document"` (default) has the source look the document up
+    /// (`fullDocument: updateLookup`) and writes it whole: the target ends byte-identical to
+    /// the source, field order included, whatever server it is. `"delta"` replays the update
+    /// description (updatedFields, removedFields, truncatedArrays) with `$set`/`$unset`/`$push`:
+    /// fewer bytes and no lookups, but new fields added by one update land in the order the
+    /// target server gives them (mongod sorts them by name, as the source did; some
+    /// MongoDB-compatible servers do not).
     #[serde(default)]
     pub update_mode: UpdateMode,
     /// Operation types applied: any of `insert`, `update`, `replace`, `delete`. Leave out
@@ -337,9 +341,9 @@ impl<'de> Deserialize<'de> for StartAt {
 #[serde(rename_all = "snake_case")]
 pub enum UpdateMode {
     /// Replay the update description.
-    #[default]
     Delta,
     /// Write the looked-up full document.
+    #[default]
     FullDocument,
 }
 

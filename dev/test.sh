@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Sets up and runs every test: installs the test servers (cached under ~/.cache/strait),
+# then unit tests, then integration tests against real SecantusDB servers that the tests
+# start themselves (each test gets its own servers on free loopback ports).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export STRAIT_SECANTUSD="$(dev/install-servers.sh)"
+echo "test server: $STRAIT_SECANTUSD" >&2
+cargo build --release --bins
+# Tests run strait's release binary; two at a time fits two cores and their servers.
+export STRAIT_BIN="$PWD/target/release/strait"
+cargo test --release -- --test-threads=2 "$@"

@@ -1,0 +1,278 @@
+//! Test harness: real SecantusDB servers on free loopback ports, the real strait binary, and
+//! an independent byte-for-byte comparison of source and target.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bson::{doc, Document, RawDocumentBuf};
+use futures::TryStreamExt;
+use mongodb::Client;
+
+/// A SecantusDB server process, killed on drop.
+pub struct Server {
+    child: Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+fn secantusd() -> String {
+    std::env::var("STRAIT_SECANTUSD").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").unwrap_or_default();
+        format!("{home}/.cache/strait/venv-mongo/bin/secantusd-py")
+    })
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Server {
+    /// Starts an in-memory server.
+    pub fn start() -> Server {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra flags.
+    pub fn start_with(extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, extra)
+    }
+
+    /// Starts a server whose data lives in `dir` (so it survives a restart).
+    pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Server {
+        let bin = secantusd();
+        assert!(Path::new(&bin).exists(), "SecantusDB not installed at {bin}; run dev/test.sh");
+        let port = free_port();
+        let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+        let data = dir.path().join("data");
+        let child = Command::new(&bin)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .arg("--storage-path")
+            .arg(&data)
+            .args(["--cache-size", "128M", "--noop-heartbeat-seconds", "1"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Server { child, port, dir }
+    }
+
+    pub fn uri(&self) -> String {
+        format!("mongodb://127.0.0.1:{}/?directConnection=true", self.port)
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::with_uri_str(self.uri()).await.unwrap()
+    }
+
+    /// Stops the server, keeping its data directory.
+    pub fn stop(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, dir)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The strait binary under test.
+pub fn strait_bin() -> PathBuf {
+    std::env::var("STRAIT_BIN").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from(env!("CARGO_BIN_EXE_strait")))
+}
+
+/// Writes a pipeline file and returns its path.
+pub fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// A pipeline config between two servers, with extra TOML appended.
+pub fn pipeline(src: &Server, dst: &Server, extra: &str) -> String {
+    format!(
+        "id = \"test\"\n{extra}\n[source]\nuri = \"{}\"\n[sink]\nuri = \"{}\"\n",
+        src.uri(),
+        dst.uri()
+    )
+}
+
+/// A running `strait run`.
+pub struct Strait {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Strait {
+    pub fn spawn(config: &Path, log: &Path) -> Strait {
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let child = Command::new(strait_bin())
+            .args(["run", "-c"])
+            .arg(config)
+            .env("STRAIT_LOG", "info,strait=debug")
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Strait { child, log: log.to_path_buf() }
+    }
+
+    pub fn sigkill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn sigterm(&mut self) -> std::process::ExitStatus {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "strait did not stop after SIGTERM; log:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the process to exit on its own.
+    pub fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "strait did not finish; log:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Strait {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a strait subcommand to completion; returns (exit code, stdout, stderr).
+pub fn strait_cmd(args: &[&str], timeout: Duration) -> (i32, String, String) {
+    let mut child = Command::new(strait_bin())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + timeout;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("strait {args:?} took longer than {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Every document of a collection, raw, sorted by `_id`.
+pub async fn raw_docs(client: &Client, db: &str, coll: &str) -> Vec<RawDocumentBuf> {
+    let c = client.database(db).collection::<RawDocumentBuf>(coll);
+    c.find(doc! {}).sort(doc! { "_id": 1 }).await.unwrap().try_collect().await.unwrap()
+}
+
+/// Differences between two collections, byte for byte (empty when identical).
+pub async fn diff(src: &Client, s: (&str, &str), dst: &Client, d: (&str, &str)) -> Vec<String> {
+    let a = raw_docs(src, s.0, s.1).await;
+    let b = raw_docs(dst, d.0, d.1).await;
+    let mut out = Vec::new();
+    if a.len() != b.len() {
+        out.push(format!("count {} vs {}", a.len(), b.len()));
+    }
+    let index = |v: &Vec<RawDocumentBuf>| {
+        v.iter()
+            .map(|d| (format!("{:?}", d.get("_id").unwrap().unwrap()), d.as_bytes().to_vec()))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let (ia, ib) = (index(&a), index(&b));
+    for (k, v) in &ia {
+        match ib.get(k) {
+            None => out.push(format!("missing {k}")),
+            Some(w) if w != v => out.push(format!(
+                "differs {k}: source {:?} target {:?}",
+                Document::try_from(RawDocumentBuf::from_bytes(v.clone()).unwrap()).unwrap(),
+                Document::try_from(RawDocumentBuf::from_bytes(w.clone()).unwrap()).unwrap()
+            )),
+            _ => {}
+        }
+    }
+    for k in ib.keys() {
+        if !ia.contains_key(k) {
+            out.push(format!("extra {k}"));
+        }
+    }
+    out
+}
+
+/// Waits until `src` and `dst` collections are identical, or panics with the differences.
+pub async fn wait_identical(src: &Client, s: (&str, &str), dst: &Client, d: (&str, &str), timeout: Duration, strait: Option<&Strait>) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let dif = diff(src, s, dst, d).await;
+        if dif.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            let log = strait.map(|s| s.log_text()).unwrap_or_default();
+            let tail: String = log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+            panic!("{}.{} and {}.{} still differ ({} differences), first: {:?}\nstrait log tail:\n{tail}", s.0, s.1, d.0, d.1, dif.len(), &dif[..dif.len().min(5)]);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Index specs of a collection without version fields, sorted by name.
+pub async fn indexes(client: &Client, db: &str, coll: &str) -> Vec<Document> {
+    let r = client.database(db).run_command(doc! { "listIndexes": coll }).await.unwrap();
+    let mut v: Vec<Document> = r
+        .get_document("cursor")
+        .unwrap()
+        .get_array("firstBatch")
+        .unwrap()
+        .iter()
+        .map(|d| {
+            let mut d = d.as_document().unwrap().clone();
+            d.remove("v");
+            d.remove("ns");
+            d
+        })
+        .collect();
+    v.sort_by_key(|d| d.get_str("name").unwrap().to_string());
+    v
+}
+pub mod workload;
