@@ -104,22 +104,29 @@ pub async fn plan_collection(client: &Client, ns: &Namespace, chunk_docs: u64) -
     if type_class(&min) != type_class(&max) {
         return Ok(plan);
     }
-    let mut bounds = Vec::new();
-    let mut cur = min;
-    loop {
-        let next = coll
-            .find_one(doc! { "_id": { "$gt": cur.clone() } })
-            .sort(doc! { "_id": 1 })
-            .skip(chunk_docs - 1)
-            .projection(doc! { "_id": 1 })
-            .await
-            .map_err(src_err(format!("splitting {ns}")))?;
-        match next.and_then(|d| d.get("_id").cloned()) {
-            Some(b) => {
-                bounds.push(b.clone());
-                cur = b;
-            }
-            None => break,
+    // Boundaries from a sorted random sample of `_id`s (the server's random cursor; no scan),
+    // every OVERSAMPLE-th one: ranges of about `chunk_docs` documents.
+    const OVERSAMPLE: u64 = 20;
+    let chunks = estimated.div_ceil(chunk_docs);
+    let size = (chunks * OVERSAMPLE).min(estimated) as i64;
+    let mut cursor = coll
+        .aggregate(vec![
+            doc! { "$sample": { "size": size } },
+            doc! { "$project": { "_id": 1 } },
+            doc! { "$sort": { "_id": 1 } },
+        ])
+        .await
+        .map_err(src_err(format!("sampling {ns}")))?;
+    let mut sample = Vec::with_capacity(size as usize);
+    while let Some(d) = cursor.try_next().await.map_err(src_err(format!("sampling {ns}")))? {
+        if let Some(id) = d.get("_id") {
+            sample.push(id.clone());
+        }
+    }
+    let mut bounds: Vec<Bson> = Vec::new();
+    for b in sample.into_iter().skip(OVERSAMPLE as usize).step_by(OVERSAMPLE as usize) {
+        if type_class(&b) == type_class(&min) && bounds.last() != Some(&b) && b != min {
+            bounds.push(b);
         }
     }
     let mut chunks = Vec::with_capacity(bounds.len() + 1);
