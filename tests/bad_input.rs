@@ -1,0 +1,81 @@
+//! Bad input: one clear line, a non-zero exit within seconds, nothing written.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bson::doc;
+use common::*;
+
+fn run_expect_failure(cfg: &std::path::Path, expect: &[&str]) -> String {
+    let started = Instant::now();
+    let (code, _out, err) = strait_cmd(&["run", "-c", cfg.to_str().unwrap()], Duration::from_secs(30));
+    assert_ne!(code, 0, "must fail: {err}");
+    assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
+    let line = err.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line in:\n{err}"));
+    for e in expect {
+        assert!(line.contains(e), "{line:?} does not mention {e:?}");
+    }
+    line.to_string()
+}
+
+async fn assert_nothing_written(dst: &Server) {
+    let names = dst.client().await.list_database_names().await.unwrap();
+    let user: Vec<_> = names.iter().filter(|n| !["admin", "local", "config"].contains(&n.as_str())).collect();
+    assert!(user.is_empty(), "target was written: {user:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_errors_name_key_and_line() {
+    let (src, dst) = (Server::start(), Server::start());
+    let dir = tempfile::tempdir().unwrap();
+    let text = pipeline(&src, &dst, "[apply]\nlanes = 4\nlane_count = 3\n");
+    let cfg = write_config(dir.path(), "p.toml", &text);
+    let line = run_expect_failure(&cfg, &["p.toml:4:", "lane_count"]);
+    assert_eq!(line.lines().count(), 1);
+    let cfg = write_config(dir.path(), "q.toml", &pipeline(&src, &dst, "mode = \"sometimes\"\n"));
+    run_expect_failure(&cfg, &["q.toml:2:", "sometimes"]);
+    let cfg = write_config(dir.path(), "r.toml", "id = \"x\"\n[source]\nuri = \"http://nope\"\n[sink]\nuri = \"mongodb://127.0.0.1:1\"\n");
+    run_expect_failure(&cfg, &["source.uri"]);
+    assert_nothing_written(&dst).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_server_and_missing_collection() {
+    let (src, dst) = (Server::start(), Server::start());
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[source]\nuri = \"mongodb://127.0.0.1:1/?directConnection=true\"\nconnect_timeout = \"2s\"\n[sink]\nuri = \"{}\"\n",
+        dst.uri()
+    );
+    let cfg = write_config(dir.path(), "p.toml", &text);
+    run_expect_failure(&cfg, &["cannot reach the source", "127.0.0.1:1"]);
+    let cfg = write_config(dir.path(), "m.toml", &pipeline(&src, &dst, "[scope]\ninclude = [\"shop.nothere\"]\n"));
+    run_expect_failure(&cfg, &["shop.nothere", "does not exist"]);
+    assert_nothing_written(&dst).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_is_an_auth_error() {
+    // Provision a user, then restart the server with --auth.
+    let src = Server::start();
+    src.client()
+        .await
+        .database("admin")
+        .run_command(doc! { "createUser": "repl", "pwd": "right", "roles": ["root"] })
+        .await
+        .unwrap();
+    let data = src.stop();
+    let src = Server::start_in(data, &["--auth"]);
+    let dst = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[source]\nuri = \"mongodb://repl:wrong@127.0.0.1:{}/?directConnection=true\"\nconnect_timeout = \"3s\"\n[sink]\nuri = \"{}\"\n",
+        src.port,
+        dst.uri()
+    );
+    let cfg = write_config(dir.path(), "p.toml", &text);
+    let line = run_expect_failure(&cfg, &["authentication to the source", "failed"]);
+    assert!(!line.contains("wrong"), "password leaked: {line}");
+    assert_nothing_written(&dst).await;
+}
