@@ -8,6 +8,10 @@
 //! - peak RSS of strait while copying `BENCH_RSS_DOCS` documents.
 //!
 //! Sizes: BENCH_DOCS (200000), BENCH_OPS (100000), BENCH_RSS_DOCS (1000000; 0 skips).
+//!
+//! Collections are copied as one `_id` range each: SecantusDB answers every `_id` range query
+//! with a full collection scan (even on an IXSCAN plan), so splitting a collection into N
+//! ranges costs N scans there, while on mongod ranges are index scans.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -30,7 +34,7 @@ impl Drop for Server {
 fn start_server(port: u16) -> Server {
     let bin = std::env::var("STRAIT_SECANTUSD").expect("run benches/run.sh");
     let child = Command::new(bin)
-        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--storage-path", ":memory:", "--cache-size", "512M"])
+        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--storage-path", ":memory:", "--cache-size", "2G"])
         .args(["--noop-heartbeat-seconds", "1", "--oplog-max-entries", "50000000", "--oplog-retention-seconds", "86400"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -82,7 +86,7 @@ fn config(dir: &std::path::Path, src: u16, dst: u16, mode: &str, db: &str) -> st
     std::fs::write(
         &p,
         format!(
-            "id = \"bench-{db}\"\nmode = \"{mode}\"\n[source]\nuri = \"{}\"\n[sink]\nuri = \"{}\"\n[scope]\ninclude = [\"{db}.*\"]\n[full_sync]\nchunk_docs = 25000\n",
+            "id = \"bench-{db}\"\nmode = \"{mode}\"\n[source]\nuri = \"{}\"\n[sink]\nuri = \"{}\"\n[scope]\ninclude = [\"{db}.*\"]\n[full_sync]\nchunk_docs = 100000000\n",
             uri(src),
             uri(dst)
         ),

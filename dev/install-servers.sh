@@ -14,4 +14,8 @@ if [ ! -x "$VENV/bin/secantusd-py" ] || [ "$(cat "$VENV/.secantus-version" 2>/de
   "$VENV/bin/pip" install -q --disable-pip-version-check "SecantusDB==$SECANTUS_VERSION" "pymongo>=4.6"
   echo "$SECANTUS_VERSION" > "$VENV/.secantus-version"
 fi
+# The reference Prometheus text parser, used by the metrics test.
+if ! "$VENV/bin/python" -c "import prometheus_client" 2>/dev/null; then
+  "$VENV/bin/pip" install -q --disable-pip-version-check "prometheus_client>=0.20"
+fi
 echo "$VENV/bin/secantusd-py"

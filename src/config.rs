@@ -83,6 +83,33 @@ pub struct PipelineConfig {
     /// Where the position is saved.
     #[serde(default)]
     pub checkpoint: CheckpointConfig,
+    /// The HTTP API (status, progress, metrics, pause/resume/rate). Off unless this table is
+    /// present.
+    #[serde(default)]
+    pub api: Option<ApiConfig>,
+}
+
+/// The HTTP API.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address to listen on; loopback by default. Port 0 picks a free port (logged).
+    #[serde(default = "default_listen")]
+    pub listen: std::net::SocketAddr,
+    /// Bearer token required by `POST /pause`, `POST /resume` and `PUT /rate`.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Allow a non-loopback `listen` without a token.
+    #[serde(default)]
+    pub allow_remote_without_token: bool,
+    /// Rate limit at start, operations (or copied documents) per second; 0 = none. Changed at
+    /// runtime with `PUT /rate` or `strait rate`.
+    #[serde(default)]
+    pub rate_limit: u64,
+}
+
+fn default_listen() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 7878))
 }
 
 fn default_id() -> String {
@@ -376,6 +403,14 @@ pub struct ApplyConfig {
     /// Events queued per lane before the reader waits (bounds memory).
     #[serde(default = "default_queue")]
     pub queue_depth: usize,
+    /// MiB of events read but not yet written, across lanes, before the reader waits (bounds
+    /// memory whatever the document sizes).
+    #[serde(default = "default_inflight_mib")]
+    pub max_inflight_mib: u32,
+}
+
+fn default_inflight_mib() -> u32 {
+    128
 }
 
 fn default_lanes() -> usize {
@@ -395,6 +430,7 @@ impl Default for ApplyConfig {
             lane_by: LaneBy::default(),
             batch_docs: default_apply_batch(),
             queue_depth: default_queue(),
+            max_inflight_mib: default_inflight_mib(),
         }
     }
 }
@@ -526,6 +562,9 @@ impl PipelineConfig {
         if self.apply.batch_docs == 0 {
             return Err(invalid("apply.batch_docs", "must be at least 1".into()));
         }
+        if self.apply.max_inflight_mib < 32 {
+            return Err(invalid("apply.max_inflight_mib", "must be at least 32 (one 16 MB document must fit)".into()));
+        }
         if self.apply.queue_depth == 0 {
             return Err(invalid("apply.queue_depth", "must be at least 1".into()));
         }
@@ -552,6 +591,9 @@ impl PipelineConfig {
         c.source.uri = redact_uri(&c.source.uri);
         c.sink.uri = redact_uri(&c.sink.uri);
         c.checkpoint.uri = c.checkpoint.uri.as_deref().map(redact_uri);
+        if let Some(api) = &mut c.api {
+            api.token = api.token.as_ref().map(|_| "***".to_string());
+        }
         toml::to_string_pretty(&c).unwrap_or_default()
     }
 }

@@ -69,10 +69,9 @@ fn classify_connect_error(role: Role, target: &str, e: mongodb::error::Error) ->
 }
 
 fn first_line(s: &str) -> String {
-    let s = s.lines().next().unwrap_or("").to_string();
-    if s.len() > 300 {
-        format!("{}...", &s[..300])
-    } else {
-        s
+    let line = s.lines().next().unwrap_or("");
+    match line.char_indices().nth(300) {
+        Some((cut, _)) => format!("{}...", &line[..cut]),
+        None => line.to_string(),
     }
 }

@@ -105,6 +105,11 @@ impl Error {
         Error::Mongo { role, context: context.into(), source }
     }
 
+    /// Wraps a driver error of a sink write.
+    pub fn from_sink(source: mongodb::error::Error) -> Self {
+        Error::mongo(Role::Sink, "writing", source)
+    }
+
     /// Who has to act.
     pub fn class(&self) -> ErrorClass {
         match self {
@@ -129,9 +134,12 @@ impl Error {
     }
 }
 
-/// Server error codes after which the same request may succeed later.
-const TRANSIENT_CODES: &[i32] = &[
-    6, 7, 50, 89, 91, 112, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436, 64, 251, 24,
+/// Server error codes after which the same request may succeed later. Code 1
+/// (InternalError) is included because every write strait retries is idempotent, and
+/// MongoDB-compatible servers report storage-engine conflicts under concurrent writes with it
+/// (seen on SecantusDB during parallel copies); retries are bounded in time.
+pub const TRANSIENT_CODES: &[i32] = &[
+    1, 6, 7, 50, 89, 91, 112, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436, 64, 251, 24,
 ];
 
 /// Whether a driver error is worth retrying (network trouble, elections, write conflicts).
@@ -147,6 +155,10 @@ pub fn is_transient(e: &mongodb::error::Error) -> bool {
         ErrorKind::Command(c) => TRANSIENT_CODES.contains(&c.code),
         ErrorKind::Write(WriteFailure::WriteConcernError(_)) => true,
         ErrorKind::Write(WriteFailure::WriteError(w)) => TRANSIENT_CODES.contains(&w.code),
+        ErrorKind::InsertMany(m) => {
+            m.write_concern_error.is_some()
+                || m.write_errors.iter().flatten().any(|w| TRANSIENT_CODES.contains(&w.code))
+        }
         _ => false,
     }
 }

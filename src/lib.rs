@@ -6,9 +6,11 @@
 
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod checkpoint;
 pub mod config;
 pub mod connect;
+pub mod control;
 pub mod error;
 pub mod event;
 pub mod pipeline;

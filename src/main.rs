@@ -62,6 +62,38 @@ enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// Show a running pipeline's status (through its HTTP API, `[api]` in the file).
+    Status {
+        /// Pipeline file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Refresh every 2 seconds.
+        #[arg(long)]
+        watch: bool,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pause applying changes (the source position is kept).
+    Pause {
+        /// Pipeline file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Resume applying changes.
+    Resume {
+        /// Pipeline file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Set the rate limit in operations per second (0 = unlimited).
+    Rate {
+        /// Operations (or copied documents) per second.
+        ops_per_sec: u64,
+        /// Pipeline file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -122,6 +154,10 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Run { config } => run(config).await,
         Command::Verify { config, limit, json } => verify(config, limit, json).await,
         Command::Checkpoint { action } => checkpoint(action).await,
+        Command::Status { config, watch, json } => status(config, watch, json).await,
+        Command::Pause { config } => control(config, "POST", "/pause", "").await,
+        Command::Resume { config } => control(config, "POST", "/resume", "").await,
+        Command::Rate { ops_per_sec, config } => control(config, "PUT", "/rate", &ops_per_sec.to_string()).await,
         Command::Config { action: ConfigAction::Check { config } } => {
             let cfg = PipelineConfig::load(&config).map_err(Error::from)?;
             print!("{}", cfg.redacted());
@@ -134,7 +170,19 @@ async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
     let cfg = PipelineConfig::load(&path).map_err(Error::from)?;
     let cancel = CancellationToken::new();
     let telemetry = Arc::new(Telemetry::default());
-    let pipeline = Arc::new(strait::pipeline::run::open(cfg, telemetry.clone(), cancel.clone()).await?);
+    let control = Arc::new(strait::control::Control::new(cfg.api.as_ref().map(|a| a.rate_limit).unwrap_or(0)));
+    let api_cfg = cfg.api.clone();
+    let pipeline = Arc::new(strait::pipeline::run::open(cfg, telemetry.clone(), control.clone(), cancel.clone()).await?);
+    let api_stop = CancellationToken::new();
+    let api = match &api_cfg {
+        Some(a) => {
+            let (addr, handle) =
+                strait::api::serve(a, pipeline.cfg.clone(), telemetry.clone(), control, api_stop.clone()).await?;
+            info!(%addr, "HTTP API listening.");
+            Some(handle)
+        }
+        None => None,
+    };
     info!(pipeline = %pipeline.cfg.id, mode = ?pipeline.cfg.mode, "Pipeline started.");
     let signals = tokio::spawn(shutdown_on_signal(cancel.clone()));
     let reporter_stop = CancellationToken::new();
@@ -142,6 +190,10 @@ async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
     let result = strait::pipeline::run::run(pipeline).await;
     reporter_stop.cancel();
     let _ = reporter.await;
+    api_stop.cancel();
+    if let Some(h) = api {
+        let _ = h.await;
+    }
     signals.abort();
     result?;
     info!("Pipeline stopped.");
@@ -220,5 +272,74 @@ async fn checkpoint(action: CheckpointAction) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// A minimal HTTP/1.1 request to the pipeline's own API on loopback (no client library needed).
+async fn http(addr: std::net::SocketAddr, method: &str, path: &str, token: Option<&str>, body: &str) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| anyhow::anyhow!("timed out connecting to the API at {addr}"))?
+        .with_context(|| format!("cannot reach the pipeline's API at {addr}; is `strait run` running with [api]?"))?;
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Ok((code, body.to_string()))
+}
+
+fn api_of(path: &PathBuf) -> anyhow::Result<(std::net::SocketAddr, Option<String>)> {
+    let cfg = PipelineConfig::load(path).map_err(Error::from)?;
+    let api = cfg.api.ok_or_else(|| anyhow::anyhow!("{} has no [api] table; the pipeline has no HTTP API", path.display()))?;
+    let mut addr = api.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    Ok((addr, api.token))
+}
+
+async fn control(path: PathBuf, method: &str, route: &str, body: &str) -> anyhow::Result<ExitCode> {
+    let (addr, token) = api_of(&path)?;
+    let (code, text) = http(addr, method, route, token.as_deref(), body).await?;
+    println!("{}", text.trim());
+    Ok(if code == 200 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+async fn status(path: PathBuf, watch: bool, json: bool) -> anyhow::Result<ExitCode> {
+    let (addr, token) = api_of(&path)?;
+    loop {
+        let (code, text) = http(addr, "GET", "/status", token.as_deref(), "").await?;
+        if code != 200 {
+            anyhow::bail!("status request failed with HTTP {code}: {text}");
+        }
+        if json {
+            println!("{}", text.trim());
+        } else {
+            let s: strait::api::Status = serde_json::from_str(&text)?;
+            if watch {
+                print!("\x1b[2J\x1b[H");
+            }
+            println!("pipeline {}: {}{}", s.pipeline, s.state, s.reason.map(|r| format!(" ({r})")).unwrap_or_default());
+            println!("lag {:.1} s, pending {}, rate limit {}", s.lag_seconds, s.pending, if s.rate_limit == 0 { "none".to_string() } else { format!("{} ops/s", s.rate_limit) });
+            for kind in ["read", "acknowledged", "checkpointed"] {
+                let p = &s.positions[kind];
+                println!("  {kind:>12}: cluster time {} token {}", p["cluster_time"], p["token"]);
+            }
+            println!("read {} | applied {}", s.read, s.applied);
+            println!("lanes {:?}", s.lane_queue_depth);
+            println!("errors {}", s.errors);
+        }
+        if !watch {
+            return Ok(ExitCode::SUCCESS);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }

@@ -36,6 +36,8 @@ pub struct Pipeline {
     pub telemetry: Arc<Telemetry>,
     /// Graceful shutdown.
     pub cancel: CancellationToken,
+    /// Pause and rate limit.
+    pub control: Arc<crate::control::Control>,
     /// The checkpoint as last saved (or about to be).
     pub checkpoint: Arc<Mutex<Checkpoint>>,
     /// Serializes saves, so a slower save of an older state never lands after a newer one.

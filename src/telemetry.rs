@@ -3,7 +3,9 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bson::{Bson, Document, Timestamp};
 
 use serde::Serialize;
 
@@ -27,6 +29,8 @@ pub enum PipelineState {
 /// Full-sync progress of one collection.
 #[derive(Debug)]
 pub struct CollectionProgress {
+    /// Bytes copied so far.
+    pub bytes: AtomicU64,
     /// Source namespace.
     pub ns: String,
     /// Estimated documents.
@@ -38,7 +42,6 @@ pub struct CollectionProgress {
 }
 
 /// Counters of one pipeline.
-#[derive(Debug)]
 pub struct Telemetry {
     state: Mutex<PipelineState>,
     /// Change events read from the source.
@@ -53,6 +56,116 @@ pub struct Telemetry {
     /// The last read returned no events: the reader is at the head of the stream.
     idle: AtomicBool,
     started: Instant,
+    /// Positions read, acknowledged by the sink, and saved.
+    positions: Mutex<RawPositions>,
+    /// When the checkpoint was last saved.
+    checkpointed_at: Mutex<Option<Instant>>,
+    /// Errors seen (retried or fatal) and the last one.
+    pub errors: AtomicU64,
+    last_error: Mutex<Option<(String, Instant)>>,
+    /// Times the change stream was reopened after an error or an invalidate.
+    pub stream_restarts: AtomicU64,
+    /// Writes per sink round trip.
+    pub batch_size: Histogram,
+    /// Seconds per sink round trip.
+    pub apply_latency: Histogram,
+    /// Queue depth of each lane, when streaming.
+    lane_depths: Mutex<Option<LaneDepths>>,
+}
+
+/// Reads the queue depth of every lane.
+pub type LaneDepths = Box<dyn Fn() -> Vec<usize> + Send + Sync>;
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry").field("state", &self.state()).finish_non_exhaustive()
+    }
+}
+
+/// A source position as reported (resume token as relaxed Extended JSON).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PositionReport {
+    /// Resume token.
+    pub token: Option<serde_json::Value>,
+    /// Cluster time, seconds.
+    pub cluster_time: Option<u32>,
+    /// Cluster time, increment.
+    pub increment: Option<u32>,
+}
+
+impl PositionReport {
+    /// From a token document and optional cluster time.
+    pub fn new(token: &Document, time: Option<Timestamp>) -> Self {
+        Self {
+            token: Some(Bson::Document(token.clone()).into_relaxed_extjson()),
+            cluster_time: time.map(|t| t.time),
+            increment: time.map(|t| t.increment),
+        }
+    }
+}
+
+type RawPosition = (Option<Document>, Option<Timestamp>);
+
+#[derive(Debug, Default)]
+struct RawPositions {
+    read: RawPosition,
+    acknowledged: RawPosition,
+    checkpointed: RawPosition,
+}
+
+/// Positions of the streaming phase.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Positions {
+    /// Newest position read from the source.
+    pub read: PositionReport,
+    /// Newest position whose events (and all before) the sink acknowledged.
+    pub acknowledged: PositionReport,
+    /// Newest position saved in the checkpoint store.
+    pub checkpointed: PositionReport,
+}
+
+/// Upper bounds of the histogram buckets (the last is +Inf).
+const BATCH_BUCKETS: [f64; 8] = [1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0];
+const LATENCY_BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
+
+/// A fixed-bucket histogram (Prometheus-style, cumulative when rendered).
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<AtomicU64>,
+    /// Sum of observations, in millionths.
+    sum_micro: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_micro: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one observation.
+    pub fn observe(&self, v: f64) {
+        let i = self.bounds.iter().position(|b| v <= *b).unwrap_or(self.bounds.len());
+        self.counts[i].fetch_add(1, Relaxed);
+        self.sum_micro.fetch_add((v * 1e6) as u64, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+    }
+
+    /// (upper bound, cumulative count) pairs ending with +Inf, the sum and the count.
+    pub fn cumulative(&self) -> (Vec<(f64, u64)>, f64, u64) {
+        let mut acc = 0;
+        let mut out = Vec::with_capacity(self.counts.len());
+        for (i, c) in self.counts.iter().enumerate() {
+            acc += c.load(Relaxed);
+            out.push((self.bounds.get(i).copied().unwrap_or(f64::INFINITY), acc));
+        }
+        (out, self.sum_micro.load(Relaxed) as f64 / 1e6, self.count.load(Relaxed))
+    }
 }
 
 impl Default for Telemetry {
@@ -67,6 +180,14 @@ impl Default for Telemetry {
             last_read_secs: AtomicU32::new(0),
             idle: AtomicBool::new(false),
             started: Instant::now(),
+            positions: Mutex::new(RawPositions::default()),
+            checkpointed_at: Mutex::new(None),
+            errors: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            stream_restarts: AtomicU64::new(0),
+            batch_size: Histogram::new(&BATCH_BUCKETS),
+            apply_latency: Histogram::new(&LATENCY_BUCKETS),
+            lane_depths: Mutex::new(None),
         }
     }
 }
@@ -129,6 +250,7 @@ impl Telemetry {
     /// Registers a collection of the full sync.
     pub fn add_collection(&self, ns: &str, estimated: u64, copied: u64, done: bool) -> Arc<CollectionProgress> {
         let p = Arc::new(CollectionProgress {
+            bytes: AtomicU64::new(0),
             ns: ns.to_string(),
             estimated: AtomicU64::new(estimated),
             copied: AtomicU64::new(copied),
@@ -174,6 +296,56 @@ impl Telemetry {
                 if last == 0 { 0.0 } else { (now - last as f64 - 1.0).max(0.0) }
             }
         }
+    }
+
+    /// Records an error (retried or not).
+    pub fn error(&self, message: &str) {
+        self.errors.fetch_add(1, Relaxed);
+        *self.last_error.lock().unwrap() = Some((message.to_string(), Instant::now()));
+    }
+
+    /// The last error and how long ago it happened.
+    pub fn last_error(&self) -> Option<(String, Duration)> {
+        self.last_error.lock().unwrap().as_ref().map(|(m, t)| (m.clone(), t.elapsed()))
+    }
+
+    /// Sets the position last read (converted to JSON only when reported).
+    pub fn set_read(&self, token: &Document, time: Option<Timestamp>) {
+        let mut g = self.positions.lock().unwrap();
+        g.read = (Some(token.clone()), time.or(g.read.1));
+    }
+
+    /// Sets the position acknowledged by the sink and saved.
+    pub fn set_checkpointed(&self, token: &Document, time: Option<Timestamp>) {
+        let mut g = self.positions.lock().unwrap();
+        g.acknowledged = (Some(token.clone()), time.or(g.acknowledged.1));
+        g.checkpointed = g.acknowledged.clone();
+        *self.checkpointed_at.lock().unwrap() = Some(Instant::now());
+    }
+
+    /// Positions of the streaming phase.
+    pub fn positions(&self) -> Positions {
+        let g = self.positions.lock().unwrap();
+        let r = |p: &RawPosition| match &p.0 {
+            Some(t) => PositionReport::new(t, p.1),
+            None => PositionReport::default(),
+        };
+        Positions { read: r(&g.read), acknowledged: r(&g.acknowledged), checkpointed: r(&g.checkpointed) }
+    }
+
+    /// Seconds since the last checkpoint save.
+    pub fn checkpoint_age(&self) -> Option<f64> {
+        self.checkpointed_at.lock().unwrap().map(|t| t.elapsed().as_secs_f64())
+    }
+
+    /// Installs (or removes) the lane-depth reader.
+    pub fn set_lane_depths(&self, f: Option<LaneDepths>) {
+        *self.lane_depths.lock().unwrap() = f;
+    }
+
+    /// Queue depth per lane (empty when not streaming).
+    pub fn lane_depths(&self) -> Vec<usize> {
+        self.lane_depths.lock().unwrap().as_ref().map(|f| f()).unwrap_or_default()
     }
 
     /// A copy of every counter.

@@ -54,8 +54,10 @@ impl Transforms {
             return Verdict::Skip;
         }
         let in_scope = match (&ev.op, &ev.ns.coll) {
-            // Database-wide DDL concerns the database if any of its collections is in scope.
-            (OpType::DropDatabase, _) | (_, None) => self.scope.may_include_db(&ev.ns.db),
+            // The drops of its collections come first; dropping the whole target database is
+            // only right when all of it is replicated.
+            (OpType::DropDatabase, _) => self.scope.covers_whole_db(&ev.ns.db),
+            (_, None) => self.scope.may_include_db(&ev.ns.db),
             _ => self.scope.includes(&ev.ns),
         };
         if !in_scope {

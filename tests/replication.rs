@@ -166,3 +166,47 @@ async fn delta_update_mode_converges_with_file_checkpoint() {
     // No checkpoint was written to the sink with the file store.
     assert!(!d.list_database_names().await.unwrap().contains(&"strait".to_string()));
 }
+
+/// Regression: a finished copy whose checkpoint has no streaming position yet must stream
+/// from the position taken before the copy, not from "now".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_copy_without_position_streams_from_copy_start() {
+    let (src, dst) = (Server::start(), Server::start());
+    let (s, d) = (src.client().await, dst.client().await);
+    let coll = s.database("r").collection::<Document>("c");
+    coll.insert_one(doc! { "_id": 1 }).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("ckpt.json");
+    let cfg = write_config(dir.path(), "p.toml", &pipeline(&src, &dst, &format!("[checkpoint]\nstore = \"file\"\npath = \"{}\"\n", ckpt.display())));
+    let mut st = Strait::spawn(&cfg, &dir.path().join("log"));
+    wait_identical(&s, ("r", "c"), &d, ("r", "c"), Duration::from_secs(30), Some(&st)).await;
+    assert!(st.sigterm().success());
+    // Drop the streaming position, keep the finished copy and its start position.
+    let mut saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&ckpt).unwrap()).unwrap();
+    assert_eq!(saved["full_sync"]["done"], true);
+    assert!(saved["full_sync"]["start_token"].is_object());
+    saved.as_object_mut().unwrap().remove("resume_token");
+    std::fs::write(&ckpt, saved.to_string()).unwrap();
+    coll.insert_one(doc! { "_id": 2 }).await.unwrap();
+    let mut st = Strait::spawn(&cfg, &dir.path().join("log"));
+    wait_identical(&s, ("r", "c"), &d, ("r", "c"), Duration::from_secs(30), Some(&st)).await;
+    assert!(st.sigterm().success());
+}
+
+/// Documents close to the 16 MB limit, copied and streamed (inserted, updated, replaced).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn near_16mb_documents_replicate() {
+    let (src, dst) = (Server::start(), Server::start());
+    let (s, d) = (src.client().await, dst.client().await);
+    let coll = s.database("big").collection::<Document>("c");
+    let big = |tag: &str| "x".repeat(15 * 1024 * 1024) + tag;
+    coll.insert_one(doc! { "_id": 1, "blob": big("a") }).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "p.toml", &pipeline(&src, &dst, ""));
+    let st = Strait::spawn(&cfg, &dir.path().join("log"));
+    wait_identical(&s, ("big", "c"), &d, ("big", "c"), Duration::from_secs(60), Some(&st)).await;
+    coll.insert_one(doc! { "_id": 2, "blob": big("b") }).await.unwrap();
+    coll.update_one(doc! { "_id": 1 }, doc! { "$set": { "small": 1 } }).await.unwrap();
+    coll.replace_one(doc! { "_id": 2 }, doc! { "_id": 2, "blob": big("c"), "v": 2 }).await.unwrap();
+    wait_identical(&s, ("big", "c"), &d, ("big", "c"), Duration::from_secs(60), Some(&st)).await;
+}

@@ -102,7 +102,17 @@ pub async fn copy(p: &Arc<Pipeline>, fresh: bool) -> Result<bool> {
     if p.cancel.is_cancelled() {
         return Ok(false);
     }
-    p.checkpoint.lock().await.full_sync.as_mut().expect("plan").done = true;
+    {
+        // Done and the streaming start are saved together: a crash between them must not
+        // leave a finished copy without a position.
+        let mut c = p.checkpoint.lock().await;
+        let fs = c.full_sync.as_mut().expect("plan");
+        fs.done = true;
+        let start = fs.start_token.clone();
+        if c.resume_token.is_none() {
+            c.resume_token = start;
+        }
+    }
     p.save_checkpoint().await?;
     info!(collections = state.collections.len(), "Full sync finished.");
     Ok(true)
@@ -133,8 +143,14 @@ async fn worker(
                 complete = false;
                 break;
             }
+            if !p.control.admit(batch.len() as u64, stop).await {
+                complete = false;
+                break;
+            }
+            let bytes: usize = batch.iter().map(|d| d.as_bytes().len()).sum();
             let n = p.sink.insert_copy(&target, batch).await?;
             progress[ci].copied.fetch_add(n, Relaxed);
+            progress[ci].bytes.fetch_add(bytes as u64, Relaxed);
         }
         drop(rx);
         reader.await.map_err(|e| Error::Internal(format!("chunk reader panicked: {e}")))??;

@@ -22,6 +22,9 @@ pub struct LaneItem {
     pub op: OpType,
     /// The writes.
     pub ops: Vec<WriteOp>,
+    /// This event's share of the in-flight byte budget, returned when the item is dropped
+    /// after its writes are acknowledged.
+    pub budget: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// The lane of an event: a stable hash of its namespace and, unless `by` is namespace, of its
@@ -58,7 +61,10 @@ pub async fn run_lane(
         for i in &mut items {
             ops.append(&mut i.ops);
         }
+        let started = std::time::Instant::now();
         let counts = sink.apply(&ops).await?;
+        telemetry.apply_latency.observe(started.elapsed().as_secs_f64());
+        telemetry.batch_size.observe(ops.len() as f64);
         telemetry.skipped.fetch_add(counts.skipped, std::sync::atomic::Ordering::Relaxed);
         for i in &items {
             telemetry.applied(&i.op, 1);

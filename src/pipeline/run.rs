@@ -19,7 +19,12 @@ use crate::telemetry::{PipelineState, Telemetry};
 use crate::transform::Transforms;
 
 /// Connects everything a pipeline needs and checks the scope, without writing anything.
-pub async fn open(cfg: PipelineConfig, telemetry: Arc<Telemetry>, cancel: CancellationToken) -> Result<Pipeline> {
+pub async fn open(
+    cfg: PipelineConfig,
+    telemetry: Arc<Telemetry>,
+    control: Arc<crate::control::Control>,
+    cancel: CancellationToken,
+) -> Result<Pipeline> {
     let (source, sink) = tokio::join!(connect(&cfg.source, Role::Source), connect(&cfg.sink, Role::Sink));
     let (source, sink) = (source?, sink?);
     let store = checkpoint_store(&cfg, &sink).await?;
@@ -41,11 +46,12 @@ pub async fn open(cfg: PipelineConfig, telemetry: Arc<Telemetry>, cancel: Cancel
     Ok(Pipeline {
         cfg: Arc::new(cfg),
         source,
-        sink: MongoSink::new(sink),
+        sink: MongoSink::new(sink).with_telemetry(telemetry.clone()),
         store,
         transforms,
         telemetry,
         cancel,
+        control,
         checkpoint: Arc::new(Mutex::new(checkpoint)),
         save_lock: Mutex::new(()),
     })
@@ -84,6 +90,10 @@ pub async fn run(p: Arc<Pipeline>) -> Result<()> {
             }
             after_copy(&p).await?
         } else if let Some(token) = ckpt.resume_token.clone() {
+            StartPosition::After(token)
+        } else if let Some(token) = ckpt.full_sync.as_ref().and_then(|f| f.start_token.clone()) {
+            // A finished copy without a streaming position (written by an older version, or
+            // edited): changes since the copy began must still be applied.
             StartPosition::After(token)
         } else if ckpt.full_sync.is_none() && cfg.mode.copies() {
             let start_token = if cfg.mode.streams() {
@@ -143,15 +153,8 @@ pub async fn run(p: Arc<Pipeline>) -> Result<()> {
     }
 }
 
-/// After the copy, streaming starts at the position taken before it.
+/// After the copy, streaming starts at the position taken before it (saved by the copy).
 async fn after_copy(p: &Pipeline) -> Result<StartPosition> {
-    let mut c = p.checkpoint.lock().await;
-    let token = c.full_sync.as_ref().and_then(|f| f.start_token.clone());
-    if c.resume_token.is_none() {
-        c.resume_token = token.clone();
-    }
-    drop(c);
-    p.save_checkpoint().await?;
     match p.checkpoint.lock().await.resume_token.clone() {
         Some(t) => Ok(StartPosition::After(t)),
         None => Ok(StartPosition::Now),

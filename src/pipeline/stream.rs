@@ -56,7 +56,13 @@ pub async fn follow(p: &Pipeline, start: StartPosition) -> Result<()> {
         });
     }
 
-    let (tx, mut rx) = mpsc::channel::<SourceItem>(4096);
+    let weak: Vec<_> = senders.iter().map(|s| s.downgrade()).collect();
+    p.telemetry.set_lane_depths(Some(Box::new(move || {
+        weak.iter()
+            .map(|w| w.upgrade().map(|s| s.max_capacity() - s.capacity()).unwrap_or(0))
+            .collect()
+    })));
+    let (tx, mut rx) = mpsc::channel::<SourceItem>(64);
     let reader = tokio::spawn(read(
         p.source.clone(),
         settings(p),
@@ -70,7 +76,7 @@ pub async fn follow(p: &Pipeline, start: StartPosition) -> Result<()> {
         let window = window.clone();
         let stop = stop.clone();
         let interval = cfg.checkpoint.interval;
-        let (store, ckpt) = (p.store.clone(), p.checkpoint.clone());
+        let (store, ckpt, telemetry) = (p.store.clone(), p.checkpoint.clone(), p.telemetry.clone());
         tokio::spawn(async move {
             let mut last: Option<Position> = None;
             loop {
@@ -81,18 +87,26 @@ pub async fn follow(p: &Pipeline, start: StartPosition) -> Result<()> {
                 if done {
                     return Ok::<_, Error>(());
                 }
-                save_committed(&window, &mut last, &store, &ckpt).await?;
+                save_committed(&window, &mut last, &store, &ckpt, &telemetry).await?;
             }
         })
     };
 
     let max_window = cfg.apply.lanes * cfg.apply.queue_depth * 2;
+    // In-flight bytes, in KiB permits.
+    let budget = Arc::new(tokio::sync::Semaphore::new(cfg.apply.max_inflight_mib as usize * 1024));
     let mut dispatch_result = Ok(());
     while let Some(item) = rx.recv().await {
-        if let Err(e) = dispatch(p, &window, &senders, item, max_window).await {
-            dispatch_result = Err(e);
-            stop.cancel();
-            break;
+        match dispatch(p, &window, &senders, item, max_window, &budget, &stop).await {
+            Ok(Flow::Continue) => {}
+            // Stopping (shutdown, or a lane failed and reports its own error): what is not
+            // dispatched is not acknowledged, so it is read again after a restart.
+            Ok(Flow::Stop) => break,
+            Err(e) => {
+                dispatch_result = Err(e);
+                stop.cancel();
+                break;
+            }
         }
     }
     // Closing the lanes' queues lets them finish what is queued, then stop.
@@ -111,8 +125,9 @@ pub async fn follow(p: &Pipeline, start: StartPosition) -> Result<()> {
     checkpointer.await.map_err(|e| Error::Internal(format!("checkpointer panicked: {e}")))??;
     // Final save: everything the lanes finished is durable.
     let mut none = None;
-    save_committed(&window, &mut none, &p.store, &p.checkpoint).await?;
+    save_committed(&window, &mut none, &p.store, &p.checkpoint, &p.telemetry).await?;
     p.telemetry.set_window(None);
+    p.telemetry.set_lane_depths(None);
     reader_result.and(dispatch_result).and(lane_result)
 }
 
@@ -121,6 +136,7 @@ async fn save_committed(
     last: &mut Option<Position>,
     store: &crate::checkpoint::CheckpointStore,
     ckpt: &tokio::sync::Mutex<crate::checkpoint::Checkpoint>,
+    telemetry: &crate::telemetry::Telemetry,
 ) -> Result<()> {
     let Some(pos) = window.committed() else { return Ok(()) };
     if last.as_ref() == Some(&pos) {
@@ -129,7 +145,7 @@ async fn save_committed(
     let token = Document::try_from(pos.token.as_ref()).map_err(|e| Error::Internal(e.to_string()))?;
     let snapshot = {
         let mut c = ckpt.lock().await;
-        c.resume_token = Some(token);
+        c.resume_token = Some(token.clone());
         if pos.time.is_some() {
             c.cluster_time = pos.time;
         }
@@ -141,6 +157,7 @@ async fn save_committed(
             Ok(()) => break,
             Err(e) if e.is_retryable() => {
                 warn!(error = %e, "Saving the checkpoint failed; retrying.");
+                telemetry.error(&format!("checkpoint: {e}"));
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
             }
@@ -148,8 +165,15 @@ async fn save_committed(
         }
     }
     debug!(time = ?pos.time, "Checkpoint saved.");
+    telemetry.set_checkpointed(&token, pos.time);
     *last = Some(pos);
     Ok(())
+}
+
+/// Whether the dispatcher goes on.
+enum Flow {
+    Continue,
+    Stop,
 }
 
 async fn dispatch(
@@ -158,41 +182,59 @@ async fn dispatch(
     lanes: &[mpsc::Sender<LaneItem>],
     item: SourceItem,
     max_window: usize,
-) -> Result<()> {
-    window.wait_len_at_most(max_window).await;
+    budget: &Arc<tokio::sync::Semaphore>,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Result<Flow> {
+    // A failed lane never acks again: waiting on the window must end with the pipeline.
+    tokio::select! {
+        biased;
+        _ = window.wait_len_at_most(max_window) => {}
+        _ = stop.cancelled() => return Ok(Flow::Stop),
+    }
     let mut ev: ChangeEvent = match item {
         SourceItem::Position(pos) => {
             window.push(pos, true);
-            return Ok(());
+            return Ok(Flow::Continue);
         }
         SourceItem::Event(ev) => *ev,
     };
     let pos = Position { token: ev.resume_token.clone(), time: ev.cluster_time };
     if p.transforms.apply(&mut ev) == Verdict::Skip {
         window.push(pos, true);
-        return Ok(());
+        return Ok(Flow::Continue);
     }
     if !ev.op.is_data() {
         // DDL is a barrier: everything before it is written first, nothing after it starts
         // until it is done.
-        window.wait_drained().await;
+        tokio::select! {
+            biased;
+            _ = window.wait_drained() => {}
+            _ = stop.cancelled() => return Ok(Flow::Stop),
+        }
         apply_ddl(p, &ev).await?;
         p.telemetry.applied(&ev.op, 1);
         window.push(pos, true);
-        return Ok(());
+        return Ok(Flow::Continue);
     }
     let ops = ops_for_event(&ev, p.cfg.stream.update_mode).map_err(|e| Error::Internal(e.to_string()))?;
     if ops.is_empty() {
         window.push(pos, true);
-        return Ok(());
+        return Ok(Flow::Continue);
+    }
+    if !p.control.admit(1, stop).await {
+        return Ok(Flow::Stop);
     }
     let lane = lane_of(&ev, p.cfg.apply.lane_by, lanes.len());
+    let kib = (ops.iter().map(|o| o.size()).sum::<usize>() / 1024 + 1).min(p.cfg.apply.max_inflight_mib as usize * 1024) as u32;
+    let permit = tokio::select! {
+        biased;
+        permit = budget.clone().acquire_many_owned(kib) => permit.map_err(|_| Error::Internal("budget closed".into()))?,
+        _ = stop.cancelled() => return Ok(Flow::Stop),
+    };
     let seq = window.push(pos, false);
-    let item = LaneItem { seq, op: ev.op.clone(), ops };
-    lanes[lane]
-        .send(item)
-        .await
-        .map_err(|_| Error::Internal("lane stopped".into()))
+    let item = LaneItem { seq, op: ev.op.clone(), ops, budget: Some(permit) };
+    // A closed lane has failed and reports its own error.
+    Ok(if lanes[lane].send(item).await.is_ok() { Flow::Continue } else { Flow::Stop })
 }
 
 async fn apply_ddl(p: &Pipeline, ev: &ChangeEvent) -> Result<()> {

@@ -14,7 +14,7 @@ use mongodb::Client;
 use tracing::{debug, warn};
 
 use crate::config::UpdateMode;
-use crate::error::{error_code, is_transient, Error, Result, Role};
+use crate::error::{error_code, is_transient, Error, Result, Role, TRANSIENT_CODES};
 use crate::event::{ChangeEvent, EventError, Namespace, OpType};
 
 /// One idempotent write.
@@ -83,11 +83,12 @@ pub fn ops_for_event(ev: &ChangeEvent, mode: UpdateMode) -> Result<Vec<WriteOp>,
                 .ok_or_else(|| EventError(format!("{} event without fullDocument", ev.op.as_str())))?;
             vec![WriteOp::Upsert { ns, filter: filter()?, doc }]
         }
-        OpType::Update if mode == UpdateMode::FullDocument => match &ev.full_document {
-            Some(doc) => vec![WriteOp::Upsert { ns, filter: filter()?, doc: doc.clone() }],
-            // Deleted before the lookup: the delete event that follows settles it.
-            None => vec![],
-        },
+        OpType::Update if mode == UpdateMode::FullDocument && ev.full_document.is_some() => {
+            let doc = ev.full_document.clone().expect("checked");
+            vec![WriteOp::Upsert { ns, filter: filter()?, doc }]
+        }
+        // Delta mode, or a lookup that found nothing (deleted since): replay the description,
+        // so a pipeline that skips deletes still keeps the last update.
         OpType::Update => {
             let ud = ev
                 .update_description
@@ -163,6 +164,9 @@ fn key(s: &str) -> Result<&CStr, EventError> {
 /// skipped rather than failing the pipeline.
 const SHAPE_MISMATCH_CODES: &[i32] = &[2, 14, 16, 28, 40, 54, 66];
 
+/// Writes larger than this go alone through the driver's write path (see `apply_large`).
+const LARGE_WRITE: usize = 15 * 1024 * 1024;
+
 /// Counts of what a batch did.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ApplyCounts {
@@ -176,6 +180,7 @@ pub struct ApplyCounts {
 #[derive(Debug, Clone)]
 pub struct MongoSink {
     client: Client,
+    telemetry: Option<std::sync::Arc<crate::telemetry::Telemetry>>,
     write_concern: Document,
     /// Give up on a transient failure after this long.
     retry_for: Duration,
@@ -184,7 +189,19 @@ pub struct MongoSink {
 impl MongoSink {
     /// A sink writing through `client` with write concern majority.
     pub fn new(client: Client) -> Self {
-        Self { client, write_concern: doc! { "w": "majority" }, retry_for: Duration::from_secs(300) }
+        Self { client, telemetry: None, write_concern: doc! { "w": "majority" }, retry_for: Duration::from_secs(300) }
+    }
+
+    /// Reports retried errors to `t`.
+    pub fn with_telemetry(mut self, t: std::sync::Arc<crate::telemetry::Telemetry>) -> Self {
+        self.telemetry = Some(t);
+        self
+    }
+
+    pub(crate) fn note_error(&self, message: &str) {
+        if let Some(t) = &self.telemetry {
+            t.error(message);
+        }
     }
 
     /// The client.
@@ -221,6 +238,13 @@ impl MongoSink {
         let started = std::time::Instant::now();
         while from < run.len() {
             let ns = run[from].ns().clone();
+            if run.len() - from == 1 && run[from].size() > LARGE_WRITE {
+                // A near-16 MB document does not fit in a command body with its envelope;
+                // the driver's own write path sends it as a document sequence.
+                self.apply_large(&run[from]).await?;
+                counts.written += 1;
+                return Ok(());
+            }
             let cmd = self.command(&run[from..])?;
             let client = self.client.clone();
             let db = ns.db.clone();
@@ -242,7 +266,7 @@ impl MongoSink {
                         counts.written += index as u64;
                         from += index;
                         let op = &run[from];
-                        if TRANSIENT_WRITE_CODES.contains(&code) {
+                        if TRANSIENT_CODES.contains(&code) {
                             RunFailure::Transient(format!("code {code}: {msg}"))
                         } else if matches!(op, WriteOp::Update { .. }) && SHAPE_MISMATCH_CODES.contains(&code) {
                             debug!(ns = %ns, code, msg, "skipped an update that does not fit the target document");
@@ -268,10 +292,37 @@ impl MongoSink {
                 return Err(Error::User(format!("sink: writes to {ns} kept failing for {:?}: {why}", self.retry_for)));
             }
             warn!(ns = %ns, error = %why, retry_in = ?backoff, "Sink write failed; retrying.");
+            self.note_error(&format!("sink: writing to {ns}: {why}"));
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
         Ok(())
+    }
+
+    async fn apply_large(&self, op: &WriteOp) -> Result<()> {
+        let ns = op.ns().clone();
+        let coll = self.client.database(&ns.db).collection::<RawDocumentBuf>(ns.coll_name());
+        let op = op.clone();
+        let res = tokio::spawn(async move {
+            match op {
+                WriteOp::Upsert { filter, doc, .. } => {
+                    let filter = Document::try_from(filter).map_err(|e| Error::Internal(e.to_string()))?;
+                    coll.replace_one(filter, doc).upsert(true).await.map(|_| ()).map_err(Error::from_sink)
+                }
+                WriteOp::Update { filter, update, .. } => {
+                    let filter = Document::try_from(filter).map_err(|e| Error::Internal(e.to_string()))?;
+                    let update = Document::try_from(update).map_err(|e| Error::Internal(e.to_string()))?;
+                    coll.update_one(filter, update).await.map(|_| ()).map_err(Error::from_sink)
+                }
+                WriteOp::Delete { .. } => Ok(()),
+            }
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("write task failed: {e}")))?;
+        res.map_err(|e| match e {
+            Error::Mongo { source, .. } => Error::User(format!("sink rejected a large write to {ns}: {source}")),
+            other => other,
+        })
     }
 
     /// The `update` or `delete` command for a run of writes to one namespace.
@@ -309,8 +360,6 @@ enum RunFailure {
     Transient(String),
 }
 
-/// Write-error codes worth retrying (conflicts, interrupted operations, elections).
-const TRANSIENT_WRITE_CODES: &[i32] = &[6, 7, 50, 89, 91, 112, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436, 64];
 
 fn first_write_error(reply: &Document) -> Option<(usize, i32, String)> {
     let errs = reply.get_array("writeErrors").ok()?;
@@ -367,9 +416,10 @@ mod tests {
     }
 
     #[test]
-    fn full_document_mode_upserts_or_skips() {
+    fn full_document_mode_upserts_or_falls_back_to_delta() {
         let mut ev = update_event(rawdoc! { "updatedFields": { "a": 1_i32 } });
-        assert!(ops_for_event(&ev, UpdateMode::FullDocument).unwrap().is_empty());
+        let ops = ops_for_event(&ev, UpdateMode::FullDocument).unwrap();
+        assert!(matches!(&ops[..], [WriteOp::Update { .. }]), "{ops:?}");
         ev.full_document = Some(rawdoc! { "_id": 1_i32, "a": 1_i32 });
         assert!(matches!(ops_for_event(&ev, UpdateMode::FullDocument).unwrap()[0], WriteOp::Upsert { .. }));
     }

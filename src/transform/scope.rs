@@ -115,6 +115,23 @@ impl Scope {
             })
     }
 
+    /// Whether every collection of `db` is replicated (so dropping the whole database on the
+    /// target is right; otherwise the per-collection drop events that precede a
+    /// `dropDatabase` do the work).
+    pub fn covers_whole_db(&self, db: &str) -> bool {
+        let protected = SYSTEM_DBS.contains(&db) || db == self.meta_db;
+        let included = if protected {
+            self.include.iter().any(|p| matches!(p, NamespacePattern::Database(d) if d == db))
+        } else {
+            self.include.is_empty() || self.include.iter().any(|p| matches!(p, NamespacePattern::Database(d) if d == db))
+        };
+        let excluded = self.exclude.iter().any(|p| match p {
+            NamespacePattern::Exact(d, _) | NamespacePattern::Database(d) => d == db,
+            NamespacePattern::Regex(_) => true,
+        });
+        included && !excluded
+    }
+
     /// Exactly named collections (`db.coll` includes), which must exist at start-up.
     pub fn exact_includes(&self) -> Vec<Namespace> {
         self.include
@@ -208,6 +225,15 @@ mod tests {
         assert!(!scope(&["/.*/"], &[]).includes(&ns("admin", "x")));
         assert!(scope(&["admin.x"], &[]).includes(&ns("admin", "x")));
         assert!(scope(&["config.*"], &[]).includes(&ns("config", "x")));
+    }
+
+    #[test]
+    fn whole_database_coverage() {
+        assert!(scope(&[], &[]).covers_whole_db("shop"));
+        assert!(scope(&["shop.*"], &[]).covers_whole_db("shop"));
+        assert!(!scope(&["shop.orders"], &[]).covers_whole_db("shop"));
+        assert!(!scope(&["shop.*"], &["shop.tmp"]).covers_whole_db("shop"));
+        assert!(!scope(&[], &[]).covers_whole_db("admin"));
     }
 
     #[test]

@@ -142,6 +142,9 @@ impl Strait {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
+                if !s.success() {
+                    eprintln!("strait exited with {s} after SIGTERM; log:\n{}", self.log_text());
+                }
                 return s;
             }
             assert!(Instant::now() < deadline, "strait did not stop after SIGTERM; log:\n{}", self.log_text());
@@ -256,9 +259,13 @@ pub async fn wait_identical(src: &Client, s: (&str, &str), dst: &Client, d: (&st
     }
 }
 
-/// Index specs of a collection without version fields, sorted by name.
+/// Index specs of a collection without version fields, sorted by name (none if it is missing).
 pub async fn indexes(client: &Client, db: &str, coll: &str) -> Vec<Document> {
-    let r = client.database(db).run_command(doc! { "listIndexes": coll }).await.unwrap();
+    let r = match client.database(db).run_command(doc! { "listIndexes": coll }).await {
+        Ok(r) => r,
+        Err(e) if e.to_string().contains("NamespaceNotFound") => return Vec::new(),
+        Err(e) => panic!("listIndexes {db}.{coll}: {e}"),
+    };
     let mut v: Vec<Document> = r
         .get_document("cursor")
         .unwrap()

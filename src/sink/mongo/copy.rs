@@ -5,7 +5,7 @@ use mongodb::error::ErrorKind;
 use mongodb::options::{Acknowledgment, CollectionOptions, WriteConcern};
 
 use super::{MongoSink, WriteOp};
-use crate::error::{error_code, Error, Result, Role};
+use crate::error::{error_code, is_transient, Error, Result, Role, TRANSIENT_CODES};
 use crate::event::Namespace;
 
 impl MongoSink {
@@ -13,6 +13,26 @@ impl MongoSink {
     /// chunk, or data already on the target) are replaced by the copied version, so the result
     /// equals the source as of the copy. Returns the number written.
     pub async fn insert_copy(&self, ns: &Namespace, docs: Vec<RawDocumentBuf>) -> Result<u64> {
+        let mut backoff = std::time::Duration::from_millis(100);
+        let started = std::time::Instant::now();
+        let mut docs = docs;
+        loop {
+            match self.insert_copy_once(ns, docs).await {
+                Ok(n) => return Ok(n),
+                // The whole batch again: inserts of existing documents become replaces.
+                Err((Error::Mongo { source, .. }, back)) if is_transient(&source) && started.elapsed() < self.retry_for => {
+                    tracing::warn!(ns = %ns, error = %source, retry_in = ?backoff, "Copy batch failed; retrying.");
+                    self.note_error(&format!("sink: copying into {ns}: {source}"));
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                    docs = back;
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+
+    async fn insert_copy_once(&self, ns: &Namespace, docs: Vec<RawDocumentBuf>) -> Result<u64, (Error, Vec<RawDocumentBuf>)> {
         let wc = WriteConcern::builder().w(Acknowledgment::Majority).build();
         let coll = self
             .client
@@ -23,37 +43,35 @@ impl MongoSink {
             (docs, r)
         })
         .await
-        .map_err(|e| Error::Internal(format!("insert task failed: {e}")))?;
+        .map_err(|e| (Error::Internal(format!("insert task failed: {e}")), Vec::new()))?;
         let n = docs.len() as u64;
         let err = match res {
             Ok(_) => return Ok(n),
             Err(e) => e,
         };
         let ErrorKind::InsertMany(ime) = err.kind.as_ref() else {
-            return Err(Error::mongo(Role::Sink, format!("copying into {ns}"), err));
+            return Err((Error::mongo(Role::Sink, format!("copying into {ns}"), err), docs));
         };
-        if ime.write_concern_error.is_some() {
-            return Err(Error::mongo(Role::Sink, format!("copying into {ns}"), err));
+        if ime.write_concern_error.is_some() || ime.write_errors.iter().flatten().any(|we| TRANSIENT_CODES.contains(&we.code)) {
+            return Err((Error::mongo(Role::Sink, format!("copying into {ns}"), err), docs));
         }
         let mut existing = Vec::new();
         for we in ime.write_errors.iter().flatten() {
             if we.code != 11000 {
-                return Err(Error::User(format!(
-                    "sink rejected a copied document in {ns} (code {}): {}",
-                    we.code, we.message
-                )));
+                let msg = format!("sink rejected a copied document in {ns} (code {}): {}", we.code, we.message);
+                return Err((Error::User(msg), Vec::new()));
             }
             let doc = &docs[we.index];
             let id = doc
                 .get("_id")
                 .ok()
                 .flatten()
-                .ok_or_else(|| Error::Internal("copied document without _id".into()))?;
+                .ok_or_else(|| (Error::Internal("copied document without _id".into()), Vec::new()))?;
             let mut filter = RawDocumentBuf::new();
             filter.append(bson::raw::cstr!("_id"), id);
             existing.push(WriteOp::Upsert { ns: ns.clone(), filter, doc: doc.clone() });
         }
-        self.apply(&existing).await?;
+        self.apply(&existing).await.map_err(|e| (e, Vec::new()))?;
         Ok(n)
     }
 

@@ -18,7 +18,24 @@ impl MongoSink {
         let ns = &ev.ns;
         let desc = ev.raw.get_document("operationDescription").ok();
         let res = match &ev.op {
-            OpType::Create => self.run(&ns.db, doc! { "create": ns.coll_name() }).await,
+            OpType::Create => {
+                // Expanded create events carry the collection's options (capped, validator...).
+                let mut cmd = doc! { "create": ns.coll_name() };
+                if let Some(d) = desc.and_then(|d| Document::try_from(d).ok()) {
+                    for (k, v) in d {
+                        if k != "idIndex" {
+                            cmd.insert(k, v);
+                        }
+                    }
+                }
+                match self.run(&ns.db, cmd).await {
+                    Err(Error::Mongo { source, .. }) if error_code(&source).is_some_and(|c| !ALREADY_DONE.contains(&c)) => {
+                        warn!(ns = %ns, error = %source, "Creating with the source's options failed; creating plainly.");
+                        self.run(&ns.db, doc! { "create": ns.coll_name() }).await
+                    }
+                    other => other,
+                }
+            }
             OpType::Drop => self.run(&ns.db, doc! { "drop": ns.coll_name() }).await,
             OpType::DropDatabase => self.run(&ns.db, doc! { "dropDatabase": 1 }).await,
             OpType::Rename => {

@@ -161,7 +161,9 @@ pub async fn read(
                 let ev = ChangeEvent::from_raw(raw).map_err(|e| Error::Internal(e.to_string()))?;
                 telemetry.read.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 telemetry.saw(ev.cluster_time.map(|t| t.time), false);
-                last_token = Some(Document::try_from(ev.resume_token.as_ref()).map_err(|e| Error::Internal(e.to_string()))?);
+                let token = Document::try_from(ev.resume_token.as_ref()).map_err(|e| Error::Internal(e.to_string()))?;
+                telemetry.set_read(&token, ev.cluster_time);
+                last_token = Some(token);
                 if ev.op == OpType::Invalidate {
                     // The watched collection or database is gone; continue after it.
                     let pos = Position { token: ev.resume_token.clone(), time: ev.cluster_time };
@@ -169,6 +171,7 @@ pub async fn read(
                         return Ok(());
                     }
                     info!("Change stream invalidated (watched namespace dropped or renamed); reopening after it.");
+                    telemetry.stream_restarts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let after = StartPosition::After(last_token.clone().expect("set above"));
                     stream = open(&client, &settings, &after, true).await?;
                     continue;
@@ -182,6 +185,7 @@ pub async fn read(
                 if let Some(t) = stream.resume_token() {
                     let d = token_to_doc(&t)?;
                     if last_token.as_ref() != Some(&d) {
+                        telemetry.set_read(&d, None);
                         let token = RawDocumentBuf::try_from(&d).map_err(|e| Error::Internal(e.to_string()))?;
                         last_token = Some(d);
                         if tx.send(SourceItem::Position(Position { token, time: None })).await.is_err() {
@@ -197,6 +201,8 @@ pub async fn read(
                     return Err(err);
                 }
                 warn!(error = %err, retry_in = ?backoff, "Change stream failed; reopening.");
+                telemetry.error(&format!("source: {err}"));
+                telemetry.stream_restarts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(10));
                 match open(&client, &settings, &start, false).await {

@@ -1,0 +1,270 @@
+//! The HTTP API: status, progress, config and Prometheus metrics for reading; pause, resume and
+//! rate for operating. Everything it reports comes from [`Telemetry`], like the bars and logs.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ApiConfig, PipelineConfig};
+use crate::control::Control;
+use crate::telemetry::{Histogram, PipelineState, Positions, Telemetry};
+
+/// What the handlers share.
+#[derive(Clone)]
+struct Api {
+    cfg: Arc<PipelineConfig>,
+    telemetry: Arc<Telemetry>,
+    control: Arc<Control>,
+    token: Option<String>,
+}
+
+/// An API that cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A non-loopback address without a token.
+    #[error("api.listen = {0} is not a loopback address: set api.token (bearer auth for pause/resume/rate), or api.allow_remote_without_token = true")]
+    RemoteWithoutToken(SocketAddr),
+    /// The address cannot be bound.
+    #[error("api.listen = {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Binds the API (so a busy port fails start-up) and serves it until `stop`.
+pub async fn serve(
+    api: &ApiConfig,
+    cfg: Arc<PipelineConfig>,
+    telemetry: Arc<Telemetry>,
+    control: Arc<Control>,
+    stop: CancellationToken,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), ApiError> {
+    let addr = api.listen;
+    if !addr.ip().is_loopback() && api.token.is_none() && !api.allow_remote_without_token {
+        return Err(ApiError::RemoteWithoutToken(addr));
+    }
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| ApiError::Bind { addr, source })?;
+    let local = listener.local_addr().map_err(|source| ApiError::Bind { addr, source })?;
+    let state = Api { cfg, telemetry, control, token: api.token.clone() };
+    let app = Router::new()
+        .route("/status", get(status))
+        .route("/progress", get(progress))
+        .route("/config", get(config))
+        .route("/metrics", get(metrics))
+        .route("/pause", post(pause))
+        .route("/resume", post(resume))
+        .route("/rate", put(rate).get(get_rate))
+        .with_state(state);
+    let handle = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await;
+    });
+    Ok((local, handle))
+}
+
+fn authorized(api: &Api, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(token) = &api.token else { return Ok(()) };
+    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    if given == Some(token.as_str()) {
+        Ok(())
+    } else {
+        Err((StatusCode::UNAUTHORIZED, Json(json!({ "error": "missing or wrong bearer token" }))).into_response())
+    }
+}
+
+/// The body of `GET /status`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Status {
+    /// Pipeline id.
+    pub pipeline: String,
+    /// starting, copying, streaming, paused, stalled, stopped.
+    pub state: String,
+    /// Why the state is `stalled`.
+    pub reason: Option<String>,
+    /// Seconds the sink is behind the source.
+    pub lag_seconds: f64,
+    /// Positions read / acknowledged / checkpointed.
+    pub positions: serde_json::Value,
+    /// Queue depth per lane.
+    pub lane_queue_depth: Vec<usize>,
+    /// Events read but not yet written.
+    pub pending: usize,
+    /// Events read from the source.
+    pub read: u64,
+    /// Writes applied per operation type.
+    pub applied: serde_json::Value,
+    /// Per sink: applied and failed.
+    pub sinks: serde_json::Value,
+    /// Error count and the last message.
+    pub errors: serde_json::Value,
+    /// Rate limit, ops/s (0 = none).
+    pub rate_limit: u64,
+    /// Seconds since the checkpoint was saved.
+    pub checkpoint_age_seconds: Option<f64>,
+}
+
+/// Builds the status report.
+pub fn status_of(cfg: &PipelineConfig, t: &Telemetry, control: &Control) -> Status {
+    let s = t.snapshot();
+    let last = t.last_error();
+    let recent_error = last.as_ref().filter(|(_, ago)| ago.as_secs() < 15).map(|(m, _)| m.clone());
+    let (state, reason) = match s.state {
+        PipelineState::Stopped => ("stopped".to_string(), None),
+        _ if control.is_paused() => ("paused".to_string(), None),
+        PipelineState::Copying | PipelineState::Streaming if recent_error.is_some() => ("stalled".to_string(), recent_error),
+        other => (format!("{other:?}").to_lowercase(), None),
+    };
+    let positions: Positions = t.positions();
+    let total = s.inserts + s.updates + s.replaces + s.deletes + s.ddl;
+    Status {
+        pipeline: cfg.id.clone(),
+        state,
+        reason,
+        lag_seconds: s.lag_seconds,
+        positions: serde_json::to_value(positions).unwrap_or_default(),
+        lane_queue_depth: t.lane_depths(),
+        pending: s.pending,
+        read: s.read,
+        applied: json!({ "insert": s.inserts, "update": s.updates, "replace": s.replaces, "delete": s.deletes, "ddl": s.ddl, "skipped": s.skipped }),
+        sinks: json!({ "mongodb": { "applied": total, "errors": t.errors.load(std::sync::atomic::Ordering::Relaxed) } }),
+        errors: json!({
+            "total": t.errors.load(std::sync::atomic::Ordering::Relaxed),
+            "last": last.as_ref().map(|(m, _)| m.clone()),
+            "last_seconds_ago": last.as_ref().map(|(_, ago)| ago.as_secs_f64()),
+        }),
+        rate_limit: control.rate(),
+        checkpoint_age_seconds: t.checkpoint_age(),
+    }
+}
+
+async fn status(State(api): State<Api>) -> Json<Status> {
+    Json(status_of(&api.cfg, &api.telemetry, &api.control))
+}
+
+async fn progress(State(api): State<Api>) -> Json<serde_json::Value> {
+    let colls: Vec<_> = api
+        .telemetry
+        .collections()
+        .iter()
+        .map(|c| {
+            use std::sync::atomic::Ordering::Relaxed;
+            json!({
+                "ns": c.ns,
+                "docs_copied": c.copied.load(Relaxed),
+                "docs_estimated": c.estimated.load(Relaxed),
+                "bytes_copied": c.bytes.load(Relaxed),
+                "done": c.done.load(Relaxed),
+            })
+        })
+        .collect();
+    Json(json!({ "state": format!("{:?}", api.telemetry.state()).to_lowercase(), "collections": colls }))
+}
+
+async fn config(State(api): State<Api>) -> Response {
+    ([(header::CONTENT_TYPE, "application/toml")], api.cfg.redacted()).into_response()
+}
+
+async fn pause(State(api): State<Api>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorized(&api, &headers) {
+        return r;
+    }
+    api.control.pause();
+    Json(json!({ "paused": true })).into_response()
+}
+
+async fn resume(State(api): State<Api>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorized(&api, &headers) {
+        return r;
+    }
+    api.control.resume();
+    Json(json!({ "paused": false })).into_response()
+}
+
+/// Body of `PUT /rate`.
+#[derive(Debug, Deserialize)]
+struct RateBody {
+    ops_per_sec: u64,
+}
+
+async fn rate(State(api): State<Api>, headers: HeaderMap, body: String) -> Response {
+    if let Err(r) = authorized(&api, &headers) {
+        return r;
+    }
+    // `{"ops_per_sec": N}` or a bare number.
+    let parsed = serde_json::from_str::<RateBody>(&body).map(|b| b.ops_per_sec).or_else(|_| body.trim().parse::<u64>());
+    match parsed {
+        Ok(n) => {
+            api.control.set_rate(n);
+            Json(json!({ "ops_per_sec": n })).into_response()
+        }
+        Err(_) => (StatusCode::BAD_REQUEST, Json(json!({ "error": "body must be {\"ops_per_sec\": N} or N (0 = unlimited)" }))).into_response(),
+    }
+}
+
+async fn get_rate(State(api): State<Api>) -> Json<serde_json::Value> {
+    Json(json!({ "ops_per_sec": api.control.rate() }))
+}
+
+async fn metrics(State(api): State<Api>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], render_metrics(&api.cfg, &api.telemetry, &api.control)).into_response()
+}
+
+fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
+    let (buckets, sum, count) = h.cumulative();
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for (le, c) in buckets {
+        let le = if le.is_infinite() { "+Inf".to_string() } else { le.to_string() };
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {c}");
+    }
+    let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+}
+
+/// The Prometheus text exposition of a pipeline's telemetry. Labels are bounded: operation
+/// types, the sink kind, and full-sync namespaces (configured collections only).
+pub fn render_metrics(cfg: &PipelineConfig, t: &Telemetry, control: &Control) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    let s = t.snapshot();
+    let mut o = String::new();
+    let pid = &cfg.id;
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(o, "{name}{{pipeline=\"{pid}\"{labels}}} {v}");
+        }
+    };
+    metric("strait_events_read_total", "counter", "Change events read from the source.", &[(String::new(), s.read as f64)]);
+    let ops = [("insert", s.inserts), ("update", s.updates), ("replace", s.replaces), ("delete", s.deletes), ("ddl", s.ddl)];
+    let applied: Vec<_> = ops.iter().map(|(op, n)| (format!(",op=\"{op}\",sink=\"mongodb\""), *n as f64)).collect();
+    metric("strait_events_applied_total", "counter", "Change events applied, by operation and sink.", &applied);
+    metric("strait_events_skipped_total", "counter", "Updates skipped on replay because the target document had a later shape.", &[(String::new(), s.skipped as f64)]);
+    metric("strait_errors_total", "counter", "Errors seen (retried or fatal).", &[(String::new(), t.errors.load(Relaxed) as f64)]);
+    metric("strait_stream_restarts_total", "counter", "Change stream reopens after errors or invalidations.", &[(String::new(), t.stream_restarts.load(Relaxed) as f64)]);
+    metric("strait_lag_seconds", "gauge", "Seconds between now and the oldest change not yet written to the sink.", &[(String::new(), s.lag_seconds)]);
+    metric("strait_pending_events", "gauge", "Events read but not yet written.", &[(String::new(), s.pending as f64)]);
+    metric("strait_checkpoint_age_seconds", "gauge", "Seconds since the checkpoint was last saved.", &[(String::new(), t.checkpoint_age().unwrap_or(-1.0))]);
+    metric("strait_paused", "gauge", "1 when paused.", &[(String::new(), if control.is_paused() { 1.0 } else { 0.0 })]);
+    metric("strait_rate_limit_ops", "gauge", "Rate limit in operations per second (0 = none).", &[(String::new(), control.rate() as f64)]);
+    let depths: Vec<_> = t.lane_depths().iter().enumerate().map(|(i, d)| (format!(",lane=\"{i}\""), *d as f64)).collect();
+    metric("strait_lane_queue_depth", "gauge", "Events queued per lane.", &depths);
+    let colls = t.collections();
+    let copied: Vec<_> = colls.iter().map(|c| (format!(",ns=\"{}\"", c.ns), c.copied.load(Relaxed) as f64)).collect();
+    metric("strait_fullsync_documents_copied", "gauge", "Documents copied by the full sync.", &copied);
+    let est: Vec<_> = colls.iter().map(|c| (format!(",ns=\"{}\"", c.ns), c.estimated.load(Relaxed) as f64)).collect();
+    metric("strait_fullsync_documents_estimated", "gauge", "Documents to copy (estimate).", &est);
+    let bytes: Vec<_> = colls.iter().map(|c| (format!(",ns=\"{}\"", c.ns), c.bytes.load(Relaxed) as f64)).collect();
+    metric("strait_fullsync_bytes_copied", "gauge", "Bytes copied by the full sync.", &bytes);
+    histogram(&mut o, "strait_apply_batch_size", "Writes per sink round trip.", &t.batch_size);
+    histogram(&mut o, "strait_apply_latency_seconds", "Seconds per sink round trip.", &t.apply_latency);
+    o
+}
