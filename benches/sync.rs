@@ -20,7 +20,10 @@ use bson::{doc, Document};
 use mongodb::Client;
 
 fn env_u64(k: &str, d: u64) -> u64 {
-    std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
 }
 
 struct Server(Child, u16);
@@ -34,8 +37,24 @@ impl Drop for Server {
 fn start_server(port: u16) -> Server {
     let bin = std::env::var("STRAIT_SECANTUSD").expect("run benches/run.sh");
     let child = Command::new(bin)
-        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--storage-path", ":memory:", "--cache-size", "2G"])
-        .args(["--noop-heartbeat-seconds", "1", "--oplog-max-entries", "50000000", "--oplog-retention-seconds", "86400"])
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--storage-path",
+            ":memory:",
+            "--cache-size",
+            "2G",
+        ])
+        .args([
+            "--noop-heartbeat-seconds",
+            "1",
+            "--oplog-max-entries",
+            "50000000",
+            "--oplog-retention-seconds",
+            "86400",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -59,7 +78,9 @@ async fn load(client: &Client, db: &str, n: i64) -> Duration {
     let c = client.database(db).collection::<Document>("docs");
     let t = Instant::now();
     for start in (0..n).step_by(1000) {
-        c.insert_many((start..(start + 1000).min(n)).map(doc_1k)).await.unwrap();
+        c.insert_many((start..(start + 1000).min(n)).map(doc_1k))
+            .await
+            .unwrap();
     }
     t.elapsed()
 }
@@ -77,7 +98,11 @@ fn strait(cfg: &std::path::Path) -> Child {
 fn rss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -118,7 +143,10 @@ async fn main() {
     let rss_docs = env_u64("BENCH_RSS_DOCS", 1_000_000) as i64;
     let dir = tempfile::tempdir().unwrap();
     let (src, dst) = (start_server(47017), start_server(47018));
-    let (s, d) = (Client::with_uri_str(uri(src.1)).await.unwrap(), Client::with_uri_str(uri(dst.1)).await.unwrap());
+    let (s, d) = (
+        Client::with_uri_str(uri(src.1)).await.unwrap(),
+        Client::with_uri_str(uri(dst.1)).await.unwrap(),
+    );
 
     // 1. Full sync vs raw insert_many of the same documents into the same target.
     load(&s, "full", docs).await;
@@ -145,17 +173,38 @@ async fn main() {
         // Batches of mixed single-document operations, as separate writes.
         let id = (i % 5000) as i64;
         match i % 4 {
-            0 => { let _ = coll.insert_one(doc_1k(id + 1_000_000 * (i as i64 / 5000))).await; }
-            1 => { coll.update_one(doc! { "_id": id }, doc! { "$set": { "n": i as i64 } }).await.unwrap(); }
-            2 => { coll.update_one(doc! { "_id": -1 }, doc! { "$inc": { "n": 1 } }).await.unwrap(); }
-            _ => { coll.delete_one(doc! { "_id": id + 1_000_000 * (i as i64 / 5000) }).await.unwrap(); }
+            0 => {
+                let _ = coll
+                    .insert_one(doc_1k(id + 1_000_000 * (i as i64 / 5000)))
+                    .await;
+            }
+            1 => {
+                coll.update_one(doc! { "_id": id }, doc! { "$set": { "n": i as i64 } })
+                    .await
+                    .unwrap();
+            }
+            2 => {
+                coll.update_one(doc! { "_id": -1 }, doc! { "$inc": { "n": 1 } })
+                    .await
+                    .unwrap();
+            }
+            _ => {
+                coll.delete_one(doc! { "_id": id + 1_000_000 * (i as i64 / 5000) })
+                    .await
+                    .unwrap();
+            }
         }
         i += 1;
     }
     let write = t.elapsed();
     coll.insert_one(doc! { "_id": "sentinel" }).await.unwrap();
     let stop = Instant::now();
-    while target.find_one(doc! { "_id": "sentinel" }).await.unwrap().is_none() {
+    while target
+        .find_one(doc! { "_id": "sentinel" })
+        .await
+        .unwrap()
+        .is_none()
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let catch_up = stop.elapsed();
@@ -175,6 +224,8 @@ async fn main() {
 }
 
 fn unsafe_sigterm(child: &mut Child) {
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
     let _ = child.wait();
 }

@@ -55,9 +55,18 @@ pub async fn serve(
     if !addr.ip().is_loopback() && api.token.is_none() && !api.allow_remote_without_token {
         return Err(ApiError::RemoteWithoutToken(addr));
     }
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| ApiError::Bind { addr, source })?;
-    let local = listener.local_addr().map_err(|source| ApiError::Bind { addr, source })?;
-    let state = Api { cfg, telemetry, control, token: api.token.clone() };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ApiError::Bind { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| ApiError::Bind { addr, source })?;
+    let state = Api {
+        cfg,
+        telemetry,
+        control,
+        token: api.token.clone(),
+    };
     let app = Router::new()
         .route("/status", get(status))
         .route("/progress", get(progress))
@@ -68,19 +77,27 @@ pub async fn serve(
         .route("/rate", put(rate).get(get_rate))
         .with_state(state);
     let handle = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await;
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
     });
     Ok((local, handle))
 }
 
-fn authorized(api: &Api, headers: &HeaderMap) -> Result<(), Response> {
-    let Some(token) = &api.token else { return Ok(()) };
-    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    if given == Some(token.as_str()) {
-        Ok(())
-    } else {
-        Err((StatusCode::UNAUTHORIZED, Json(json!({ "error": "missing or wrong bearer token" }))).into_response())
-    }
+/// `None` when allowed, else the 401 response.
+fn refused(api: &Api, headers: &HeaderMap) -> Option<Response> {
+    let token = api.token.as_ref()?;
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    (given != Some(token.as_str())).then(|| {
+        (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({ "error": "missing or wrong bearer token" })),
+        )
+            .into_response()
+    })
 }
 
 /// The body of `GET /status`.
@@ -118,11 +135,16 @@ pub struct Status {
 pub fn status_of(cfg: &PipelineConfig, t: &Telemetry, control: &Control) -> Status {
     let s = t.snapshot();
     let last = t.last_error();
-    let recent_error = last.as_ref().filter(|(_, ago)| ago.as_secs() < 15).map(|(m, _)| m.clone());
+    let recent_error = last
+        .as_ref()
+        .filter(|(_, ago)| ago.as_secs() < 15)
+        .map(|(m, _)| m.clone());
     let (state, reason) = match s.state {
         PipelineState::Stopped => ("stopped".to_string(), None),
         _ if control.is_paused() => ("paused".to_string(), None),
-        PipelineState::Copying | PipelineState::Streaming if recent_error.is_some() => ("stalled".to_string(), recent_error),
+        PipelineState::Copying | PipelineState::Streaming if recent_error.is_some() => {
+            ("stalled".to_string(), recent_error)
+        }
         other => (format!("{other:?}").to_lowercase(), None),
     };
     let positions: Positions = t.positions();
@@ -168,15 +190,21 @@ async fn progress(State(api): State<Api>) -> Json<serde_json::Value> {
             })
         })
         .collect();
-    Json(json!({ "state": format!("{:?}", api.telemetry.state()).to_lowercase(), "collections": colls }))
+    Json(
+        json!({ "state": format!("{:?}", api.telemetry.state()).to_lowercase(), "collections": colls }),
+    )
 }
 
 async fn config(State(api): State<Api>) -> Response {
-    ([(header::CONTENT_TYPE, "application/toml")], api.cfg.redacted()).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/toml")],
+        api.cfg.redacted(),
+    )
+        .into_response()
 }
 
 async fn pause(State(api): State<Api>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorized(&api, &headers) {
+    if let Some(r) = refused(&api, &headers) {
         return r;
     }
     api.control.pause();
@@ -184,7 +212,7 @@ async fn pause(State(api): State<Api>, headers: HeaderMap) -> Response {
 }
 
 async fn resume(State(api): State<Api>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorized(&api, &headers) {
+    if let Some(r) = refused(&api, &headers) {
         return r;
     }
     api.control.resume();
@@ -198,17 +226,23 @@ struct RateBody {
 }
 
 async fn rate(State(api): State<Api>, headers: HeaderMap, body: String) -> Response {
-    if let Err(r) = authorized(&api, &headers) {
+    if let Some(r) = refused(&api, &headers) {
         return r;
     }
     // `{"ops_per_sec": N}` or a bare number.
-    let parsed = serde_json::from_str::<RateBody>(&body).map(|b| b.ops_per_sec).or_else(|_| body.trim().parse::<u64>());
+    let parsed = serde_json::from_str::<RateBody>(&body)
+        .map(|b| b.ops_per_sec)
+        .or_else(|_| body.trim().parse::<u64>());
     match parsed {
         Ok(n) => {
             api.control.set_rate(n);
             Json(json!({ "ops_per_sec": n })).into_response()
         }
-        Err(_) => (StatusCode::BAD_REQUEST, Json(json!({ "error": "body must be {\"ops_per_sec\": N} or N (0 = unlimited)" }))).into_response(),
+        Err(_) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "error": "body must be {\"ops_per_sec\": N} or N (0 = unlimited)" })),
+        )
+            .into_response(),
     }
 }
 
@@ -217,14 +251,22 @@ async fn get_rate(State(api): State<Api>) -> Json<serde_json::Value> {
 }
 
 async fn metrics(State(api): State<Api>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], render_metrics(&api.cfg, &api.telemetry, &api.control)).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        render_metrics(&api.cfg, &api.telemetry, &api.control),
+    )
+        .into_response()
 }
 
 fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
     let (buckets, sum, count) = h.cumulative();
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
     for (le, c) in buckets {
-        let le = if le.is_infinite() { "+Inf".to_string() } else { le.to_string() };
+        let le = if le.is_infinite() {
+            "+Inf".to_string()
+        } else {
+            le.to_string()
+        };
         let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {c}");
     }
     let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
@@ -243,28 +285,136 @@ pub fn render_metrics(cfg: &PipelineConfig, t: &Telemetry, control: &Control) ->
             let _ = writeln!(o, "{name}{{pipeline=\"{pid}\"{labels}}} {v}");
         }
     };
-    metric("strait_events_read_total", "counter", "Change events read from the source.", &[(String::new(), s.read as f64)]);
-    let ops = [("insert", s.inserts), ("update", s.updates), ("replace", s.replaces), ("delete", s.deletes), ("ddl", s.ddl)];
-    let applied: Vec<_> = ops.iter().map(|(op, n)| (format!(",op=\"{op}\",sink=\"mongodb\""), *n as f64)).collect();
-    metric("strait_events_applied_total", "counter", "Change events applied, by operation and sink.", &applied);
-    metric("strait_events_skipped_total", "counter", "Updates skipped on replay because the target document had a later shape.", &[(String::new(), s.skipped as f64)]);
-    metric("strait_errors_total", "counter", "Errors seen (retried or fatal).", &[(String::new(), t.errors.load(Relaxed) as f64)]);
-    metric("strait_stream_restarts_total", "counter", "Change stream reopens after errors or invalidations.", &[(String::new(), t.stream_restarts.load(Relaxed) as f64)]);
-    metric("strait_lag_seconds", "gauge", "Seconds between now and the oldest change not yet written to the sink.", &[(String::new(), s.lag_seconds)]);
-    metric("strait_pending_events", "gauge", "Events read but not yet written.", &[(String::new(), s.pending as f64)]);
-    metric("strait_checkpoint_age_seconds", "gauge", "Seconds since the checkpoint was last saved.", &[(String::new(), t.checkpoint_age().unwrap_or(-1.0))]);
-    metric("strait_paused", "gauge", "1 when paused.", &[(String::new(), if control.is_paused() { 1.0 } else { 0.0 })]);
-    metric("strait_rate_limit_ops", "gauge", "Rate limit in operations per second (0 = none).", &[(String::new(), control.rate() as f64)]);
-    let depths: Vec<_> = t.lane_depths().iter().enumerate().map(|(i, d)| (format!(",lane=\"{i}\""), *d as f64)).collect();
-    metric("strait_lane_queue_depth", "gauge", "Events queued per lane.", &depths);
+    metric(
+        "strait_events_read_total",
+        "counter",
+        "Change events read from the source.",
+        &[(String::new(), s.read as f64)],
+    );
+    let ops = [
+        ("insert", s.inserts),
+        ("update", s.updates),
+        ("replace", s.replaces),
+        ("delete", s.deletes),
+        ("ddl", s.ddl),
+    ];
+    let applied: Vec<_> = ops
+        .iter()
+        .map(|(op, n)| (format!(",op=\"{op}\",sink=\"mongodb\""), *n as f64))
+        .collect();
+    metric(
+        "strait_events_applied_total",
+        "counter",
+        "Change events applied, by operation and sink.",
+        &applied,
+    );
+    metric(
+        "strait_events_skipped_total",
+        "counter",
+        "Updates skipped on replay because the target document had a later shape.",
+        &[(String::new(), s.skipped as f64)],
+    );
+    metric(
+        "strait_errors_total",
+        "counter",
+        "Errors seen (retried or fatal).",
+        &[(String::new(), t.errors.load(Relaxed) as f64)],
+    );
+    metric(
+        "strait_stream_restarts_total",
+        "counter",
+        "Change stream reopens after errors or invalidations.",
+        &[(String::new(), t.stream_restarts.load(Relaxed) as f64)],
+    );
+    metric(
+        "strait_lag_seconds",
+        "gauge",
+        "Seconds between now and the oldest change not yet written to the sink.",
+        &[(String::new(), s.lag_seconds)],
+    );
+    metric(
+        "strait_pending_events",
+        "gauge",
+        "Events read but not yet written.",
+        &[(String::new(), s.pending as f64)],
+    );
+    metric(
+        "strait_checkpoint_age_seconds",
+        "gauge",
+        "Seconds since the checkpoint was last saved.",
+        &[(String::new(), t.checkpoint_age().unwrap_or(-1.0))],
+    );
+    metric(
+        "strait_paused",
+        "gauge",
+        "1 when paused.",
+        &[(String::new(), if control.is_paused() { 1.0 } else { 0.0 })],
+    );
+    metric(
+        "strait_rate_limit_ops",
+        "gauge",
+        "Rate limit in operations per second (0 = none).",
+        &[(String::new(), control.rate() as f64)],
+    );
+    let depths: Vec<_> = t
+        .lane_depths()
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (format!(",lane=\"{i}\""), *d as f64))
+        .collect();
+    metric(
+        "strait_lane_queue_depth",
+        "gauge",
+        "Events queued per lane.",
+        &depths,
+    );
     let colls = t.collections();
-    let copied: Vec<_> = colls.iter().map(|c| (format!(",ns=\"{}\"", c.ns), c.copied.load(Relaxed) as f64)).collect();
-    metric("strait_fullsync_documents_copied", "gauge", "Documents copied by the full sync.", &copied);
-    let est: Vec<_> = colls.iter().map(|c| (format!(",ns=\"{}\"", c.ns), c.estimated.load(Relaxed) as f64)).collect();
-    metric("strait_fullsync_documents_estimated", "gauge", "Documents to copy (estimate).", &est);
-    let bytes: Vec<_> = colls.iter().map(|c| (format!(",ns=\"{}\"", c.ns), c.bytes.load(Relaxed) as f64)).collect();
-    metric("strait_fullsync_bytes_copied", "gauge", "Bytes copied by the full sync.", &bytes);
-    histogram(&mut o, "strait_apply_batch_size", "Writes per sink round trip.", &t.batch_size);
-    histogram(&mut o, "strait_apply_latency_seconds", "Seconds per sink round trip.", &t.apply_latency);
+    let copied: Vec<_> = colls
+        .iter()
+        .map(|c| (format!(",ns=\"{}\"", c.ns), c.copied.load(Relaxed) as f64))
+        .collect();
+    metric(
+        "strait_fullsync_documents_copied",
+        "gauge",
+        "Documents copied by the full sync.",
+        &copied,
+    );
+    let est: Vec<_> = colls
+        .iter()
+        .map(|c| {
+            (
+                format!(",ns=\"{}\"", c.ns),
+                c.estimated.load(Relaxed) as f64,
+            )
+        })
+        .collect();
+    metric(
+        "strait_fullsync_documents_estimated",
+        "gauge",
+        "Documents to copy (estimate).",
+        &est,
+    );
+    let bytes: Vec<_> = colls
+        .iter()
+        .map(|c| (format!(",ns=\"{}\"", c.ns), c.bytes.load(Relaxed) as f64))
+        .collect();
+    metric(
+        "strait_fullsync_bytes_copied",
+        "gauge",
+        "Bytes copied by the full sync.",
+        &bytes,
+    );
+    histogram(
+        &mut o,
+        "strait_apply_batch_size",
+        "Writes per sink round trip.",
+        &t.batch_size,
+    );
+    histogram(
+        &mut o,
+        "strait_apply_latency_seconds",
+        "Seconds per sink round trip.",
+        &t.apply_latency,
+    );
     o
 }

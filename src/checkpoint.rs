@@ -191,16 +191,30 @@ mod tests {
         Checkpoint {
             pipeline: "p".into(),
             resume_token: Some(bson::doc! { "_data": token }),
-            cluster_time: Some(Timestamp { time: t, increment: i }),
+            cluster_time: Some(Timestamp {
+                time: t,
+                increment: i,
+            }),
             full_sync: Some(FullSyncState {
                 start_token: None,
-                start_time: Some(Timestamp { time: t, increment: 0 }),
+                start_time: Some(Timestamp {
+                    time: t,
+                    increment: 0,
+                }),
                 collections: vec![CollectionPlan {
                     ns: "a.b".into(),
                     estimated: 10,
                     chunks: vec![
-                        ChunkPlan { lower: None, upper: Some(Bson::Int64(lower)), done: true },
-                        ChunkPlan { lower: Some(Bson::Int64(lower)), upper: None, done: false },
+                        ChunkPlan {
+                            lower: None,
+                            upper: Some(Bson::Int64(lower)),
+                            done: true,
+                        },
+                        ChunkPlan {
+                            lower: Some(Bson::Int64(lower)),
+                            upper: None,
+                            done: false,
+                        },
                     ],
                     created: true,
                     indexes_done: false,

@@ -297,7 +297,12 @@ pub struct StreamConfig {
 }
 
 fn default_ops() -> Vec<DataOp> {
-    vec![DataOp::Insert, DataOp::Update, DataOp::Replace, DataOp::Delete]
+    vec![
+        DataOp::Insert,
+        DataOp::Update,
+        DataOp::Replace,
+        DataOp::Delete,
+    ]
 }
 fn default_stream_batch() -> u32 {
     1000
@@ -358,7 +363,9 @@ impl<'de> Deserialize<'de> for StartAt {
                 "expected \"now\" or seconds since the epoch, found \"{w}\""
             ))),
             Raw::Secs(s) if (0..=u32::MAX as i64).contains(&s) => Ok(StartAt::Timestamp(s as u32)),
-            Raw::Secs(s) => Err(serde::de::Error::custom(format!("timestamp {s} out of range"))),
+            Raw::Secs(s) => Err(serde::de::Error::custom(format!(
+                "timestamp {s} out of range"
+            ))),
         }
     }
 }
@@ -517,10 +524,7 @@ impl PipelineConfig {
     /// Parses and validates pipeline TOML; `path` only labels errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let cfg: PipelineConfig = toml::from_str(text).map_err(|e| {
-            let (line, column) = e
-                .span()
-                .map(|s| line_col(text, s.start))
-                .unwrap_or((1, 1));
+            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
             ConfigError::Parse {
                 path: path.to_path_buf(),
                 line,
@@ -541,7 +545,10 @@ impl PipelineConfig {
         if self.id.is_empty() || self.id.len() > 100 {
             return Err(invalid("id", "must be 1 to 100 characters".into()));
         }
-        for (key, pats) in [("scope.include", &self.scope.include), ("scope.exclude", &self.scope.exclude)] {
+        for (key, pats) in [
+            ("scope.include", &self.scope.include),
+            ("scope.exclude", &self.scope.exclude),
+        ] {
             for p in pats {
                 NamespacePattern::parse(p)
                     .map_err(|e: PatternError| invalid(key, format!("{p:?}: {e}")))?;
@@ -563,23 +570,41 @@ impl PipelineConfig {
             return Err(invalid("apply.batch_docs", "must be at least 1".into()));
         }
         if self.apply.max_inflight_mib < 32 {
-            return Err(invalid("apply.max_inflight_mib", "must be at least 32 (one 16 MB document must fit)".into()));
+            return Err(invalid(
+                "apply.max_inflight_mib",
+                "must be at least 32 (one 16 MB document must fit)".into(),
+            ));
         }
         if self.apply.queue_depth == 0 {
             return Err(invalid("apply.queue_depth", "must be at least 1".into()));
         }
         if self.full_sync.parallelism == 0 {
-            return Err(invalid("full_sync.parallelism", "must be at least 1".into()));
+            return Err(invalid(
+                "full_sync.parallelism",
+                "must be at least 1".into(),
+            ));
         }
         if self.full_sync.batch_docs == 0 || self.full_sync.chunk_docs == 0 {
-            return Err(invalid("full_sync.batch_docs", "batch_docs and chunk_docs must be at least 1".into()));
+            return Err(invalid(
+                "full_sync.batch_docs",
+                "batch_docs and chunk_docs must be at least 1".into(),
+            ));
         }
         if self.checkpoint.store == CheckpointStoreKind::File && self.checkpoint.path.is_none() {
-            return Err(invalid("checkpoint.path", "required when checkpoint.store = \"file\"".into()));
+            return Err(invalid(
+                "checkpoint.path",
+                "required when checkpoint.store = \"file\"".into(),
+            ));
         }
-        for (key, uri) in [("source.uri", &self.source.uri), ("sink.uri", &self.sink.uri)] {
+        for (key, uri) in [
+            ("source.uri", &self.source.uri),
+            ("sink.uri", &self.sink.uri),
+        ] {
             if !(uri.starts_with("mongodb://") || uri.starts_with("mongodb+srv://")) {
-                return Err(invalid(key, "must start with mongodb:// or mongodb+srv://".into()));
+                return Err(invalid(
+                    key,
+                    "must start with mongodb:// or mongodb+srv://".into(),
+                ));
             }
         }
         Ok(())
@@ -640,7 +665,9 @@ mod tests {
     #[test]
     fn unknown_key_names_key_and_line() {
         let text = format!("{MIN}[apply]\nlanes = 4\nlane = 3\n");
-        let e = PipelineConfig::parse(&text, Path::new("p.toml")).unwrap_err().to_string();
+        let e = PipelineConfig::parse(&text, Path::new("p.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("p.toml:7:"), "{e}");
         assert!(e.contains("unknown field `lane`"), "{e}");
     }
@@ -648,28 +675,43 @@ mod tests {
     #[test]
     fn wrong_type_names_line() {
         let text = format!("{MIN}[apply]\nlanes = \"four\"\n");
-        let e = PipelineConfig::parse(&text, Path::new("p.toml")).unwrap_err().to_string();
+        let e = PipelineConfig::parse(&text, Path::new("p.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("p.toml:6:"), "{e}");
     }
 
     #[test]
     fn bad_rename_is_rejected() {
         let text = format!("{MIN}[rename]\n\"a.b\" = \"c\"\n");
-        let e = PipelineConfig::parse(&text, Path::new("p.toml")).unwrap_err().to_string();
+        let e = PipelineConfig::parse(&text, Path::new("p.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("rename"), "{e}");
     }
 
     #[test]
     fn start_at_accepts_now_and_seconds() {
-        let c = PipelineConfig::parse(&format!("{MIN}[stream]\nstart_at = 1700000000\n"), Path::new("p")).unwrap();
+        let c = PipelineConfig::parse(
+            &format!("{MIN}[stream]\nstart_at = 1700000000\n"),
+            Path::new("p"),
+        )
+        .unwrap();
         assert_eq!(c.stream.start_at, StartAt::Timestamp(1_700_000_000));
-        let e = PipelineConfig::parse(&format!("{MIN}[stream]\nstart_at = \"later\"\n"), Path::new("p")).unwrap_err();
+        let e = PipelineConfig::parse(
+            &format!("{MIN}[stream]\nstart_at = \"later\"\n"),
+            Path::new("p"),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("later"));
     }
 
     #[test]
     fn redacts_passwords() {
-        assert_eq!(redact_uri("mongodb://u:secret@h:1/db?x=1"), "mongodb://u:***@h:1/db?x=1");
+        assert_eq!(
+            redact_uri("mongodb://u:secret@h:1/db?x=1"),
+            "mongodb://u:***@h:1/db?x=1"
+        );
         assert_eq!(redact_uri("mongodb://h:1"), "mongodb://h:1");
     }
 }

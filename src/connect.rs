@@ -16,11 +16,15 @@ pub async fn connect(endpoint: &MongoEndpoint, role: Role) -> Result<Client> {
 /// Like [`connect`] with another URI but the endpoint's TLS and timeout settings.
 pub async fn connect_uri(uri: &str, endpoint: &MongoEndpoint, role: Role) -> Result<Client> {
     let target = redact_uri(uri);
-    let mut opts = ClientOptions::parse(uri).await.map_err(|e| Error::User(format!(
-        "{role} URI {target} is not valid: {e}"
-    )))?;
+    let mut opts = ClientOptions::parse(uri)
+        .await
+        .map_err(|e| Error::User(format!("{role} URI {target} is not valid: {e}")))?;
     opts.server_selection_timeout = Some(endpoint.connect_timeout);
-    opts.connect_timeout = Some(endpoint.connect_timeout.min(std::time::Duration::from_secs(10)));
+    opts.connect_timeout = Some(
+        endpoint
+            .connect_timeout
+            .min(std::time::Duration::from_secs(10)),
+    );
     opts.app_name.get_or_insert_with(|| "strait".to_string());
     if let Some(tls) = &endpoint.tls {
         opts.tls = Some(if tls.enabled {
@@ -33,13 +37,15 @@ pub async fn connect_uri(uri: &str, endpoint: &MongoEndpoint, role: Role) -> Res
             Tls::Disabled
         });
     }
-    let client = Client::with_options(opts).map_err(|e| Error::User(format!(
-        "{role} URI {target} is not usable: {e}"
-    )))?;
+    let client = Client::with_options(opts)
+        .map_err(|e| Error::User(format!("{role} URI {target} is not usable: {e}")))?;
     // Spawned so that the driver future is never dropped mid-call.
     let probe = client.clone();
     let ping = tokio::spawn(async move {
-        probe.database("admin").run_command(bson::doc! { "ping": 1 }).await
+        probe
+            .database("admin")
+            .run_command(bson::doc! { "ping": 1 })
+            .await
     });
     match ping.await {
         Ok(Ok(_)) => Ok(client),
@@ -52,16 +58,30 @@ fn classify_connect_error(role: Role, target: &str, e: mongodb::error::Error) ->
     use mongodb::error::ErrorKind;
     let detail = first_line(&e.to_string());
     match e.kind.as_ref() {
-        ErrorKind::Authentication { .. } => Error::Auth { role, target: target.into(), detail },
-        ErrorKind::Command(c) if c.code == 18 || c.code == 13 => {
-            Error::Auth { role, target: target.into(), detail }
-        }
+        ErrorKind::Authentication { .. } => Error::Auth {
+            role,
+            target: target.into(),
+            detail,
+        },
+        ErrorKind::Command(c) if c.code == 18 || c.code == 13 => Error::Auth {
+            role,
+            target: target.into(),
+            detail,
+        },
         ErrorKind::ServerSelection { .. } | ErrorKind::Io(_) | ErrorKind::DnsResolve { .. } => {
             // Authentication failures surface inside server-selection messages too.
             if detail.contains("Authentication failed") || detail.contains("auth error") {
-                Error::Auth { role, target: target.into(), detail }
+                Error::Auth {
+                    role,
+                    target: target.into(),
+                    detail,
+                }
             } else {
-                Error::Unreachable { role, target: target.into(), detail }
+                Error::Unreachable {
+                    role,
+                    target: target.into(),
+                    detail,
+                }
             }
         }
         _ => Error::mongo(role, "connecting", e),

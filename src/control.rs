@@ -36,7 +36,10 @@ impl Control {
     pub fn new(rate: u64) -> Self {
         Self {
             paused: watch::channel(false).0,
-            limiter: Mutex::new(Limiter { rate, next: Instant::now() }),
+            limiter: Mutex::new(Limiter {
+                rate,
+                next: Instant::now(),
+            }),
         }
     }
 
@@ -119,7 +122,10 @@ mod tests {
         }
         let took = t.elapsed();
         // 50 units at 100/s, less the 0.1 s of burst a fresh limiter allows.
-        assert!(took >= Duration::from_millis(390) && took <= Duration::from_millis(510), "{took:?}");
+        assert!(
+            took >= Duration::from_millis(390) && took <= Duration::from_millis(510),
+            "{took:?}"
+        );
     }
 
     #[tokio::test]

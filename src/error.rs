@@ -102,7 +102,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// Wraps a driver error with what strait was doing.
     pub fn mongo(role: Role, context: impl Into<String>, source: mongodb::error::Error) -> Self {
-        Error::Mongo { role, context: context.into(), source }
+        Error::Mongo {
+            role,
+            context: context.into(),
+            source,
+        }
     }
 
     /// Wraps a driver error of a sink write.
@@ -151,13 +155,18 @@ pub fn is_transient(e: &mongodb::error::Error) -> bool {
         return true;
     }
     match e.kind.as_ref() {
-        ErrorKind::Io(_) | ErrorKind::ServerSelection { .. } | ErrorKind::ConnectionPoolCleared { .. } => true,
+        ErrorKind::Io(_)
+        | ErrorKind::ServerSelection { .. }
+        | ErrorKind::ConnectionPoolCleared { .. } => true,
         ErrorKind::Command(c) => TRANSIENT_CODES.contains(&c.code),
         ErrorKind::Write(WriteFailure::WriteConcernError(_)) => true,
         ErrorKind::Write(WriteFailure::WriteError(w)) => TRANSIENT_CODES.contains(&w.code),
         ErrorKind::InsertMany(m) => {
             m.write_concern_error.is_some()
-                || m.write_errors.iter().flatten().any(|w| TRANSIENT_CODES.contains(&w.code))
+                || m.write_errors
+                    .iter()
+                    .flatten()
+                    .any(|w| TRANSIENT_CODES.contains(&w.code))
         }
         _ => false,
     }

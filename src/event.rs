@@ -20,7 +20,10 @@ pub struct Namespace {
 impl Namespace {
     /// A namespace from its parts.
     pub fn new(db: &str, coll: Option<&str>) -> Self {
-        Self { db: db.to_string(), coll: coll.map(str::to_string) }
+        Self {
+            db: db.to_string(),
+            coll: coll.map(str::to_string),
+        }
     }
 
     /// Parses `db.coll` (the collection part may contain dots).
@@ -119,7 +122,10 @@ impl OpType {
 
     /// Whether this is a change to one document (as opposed to DDL).
     pub fn is_data(&self) -> bool {
-        matches!(self, OpType::Insert | OpType::Update | OpType::Replace | OpType::Delete)
+        matches!(
+            self,
+            OpType::Insert | OpType::Update | OpType::Replace | OpType::Delete
+        )
     }
 }
 
@@ -161,7 +167,10 @@ impl ChangeEvent {
             .get_document("_id")
             .map_err(|_| bad("no _id (resume token)"))?
             .to_owned();
-        let op = OpType::parse(raw.get_str("operationType").map_err(|_| bad("no operationType"))?);
+        let op = OpType::parse(
+            raw.get_str("operationType")
+                .map_err(|_| bad("no operationType"))?,
+        );
         let ns = match raw.get_document("ns") {
             Ok(ns) => ns_of(ns).ok_or_else(|| bad("ns without db"))?,
             Err(_) if op == OpType::Invalidate => Namespace::new("", None),
@@ -170,7 +179,11 @@ impl ChangeEvent {
         let rename_to = raw
             .get_document("to")
             .ok()
-            .or_else(|| raw.get_document("operationDescription").ok().and_then(|d| d.get_document("to").ok()))
+            .or_else(|| {
+                raw.get_document("operationDescription")
+                    .ok()
+                    .and_then(|d| d.get_document("to").ok())
+            })
             .and_then(ns_of);
         let doc = |key: &str| match raw.get(key) {
             Ok(Some(RawBsonRef::Document(d))) => Some(d.to_owned()),
@@ -193,7 +206,10 @@ impl ChangeEvent {
 
     /// The `_id` value of the changed document, as raw BSON bytes (for hashing).
     pub fn key_bytes(&self) -> &[u8] {
-        self.document_key.as_deref().map(RawDocument::as_bytes).unwrap_or(&[])
+        self.document_key
+            .as_deref()
+            .map(RawDocument::as_bytes)
+            .unwrap_or(&[])
     }
 }
 
@@ -220,9 +236,21 @@ mod tests {
         let ev = ChangeEvent::from_raw(raw).unwrap();
         assert_eq!(ev.op, OpType::Update);
         assert_eq!(ev.ns, Namespace::new("shop", Some("orders")));
-        assert_eq!(ev.cluster_time, Some(Timestamp { time: 10, increment: 2 }));
+        assert_eq!(
+            ev.cluster_time,
+            Some(Timestamp {
+                time: 10,
+                increment: 2
+            })
+        );
         let ud = ev.update_description.unwrap();
-        assert_eq!(ud.get_document("updatedFields").unwrap().get_i64("a.b").unwrap(), 1);
+        assert_eq!(
+            ud.get_document("updatedFields")
+                .unwrap()
+                .get_i64("a.b")
+                .unwrap(),
+            1
+        );
         assert!(ev.full_document.is_none());
     }
 
@@ -246,7 +274,10 @@ mod tests {
 
     #[test]
     fn unknown_op_types_are_kept_by_name() {
-        assert_eq!(OpType::parse("shardCollection"), OpType::Other("shardCollection".into()));
+        assert_eq!(
+            OpType::parse("shardCollection"),
+            OpType::Other("shardCollection".into())
+        );
         assert_eq!(OpType::parse("shardCollection").as_str(), "shardCollection");
     }
 }

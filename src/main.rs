@@ -19,7 +19,13 @@ use strait::telemetry::Telemetry;
 #[command(version, about)]
 struct Cli {
     /// Log format.
-    #[arg(long, global = true, value_enum, default_value = "text", env = "STRAIT_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "STRAIT_LOG_FORMAT"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -125,7 +131,9 @@ enum ConfigAction {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("STRAIT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,mongodb=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -135,7 +143,10 @@ fn init_logging(format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     match rt.block_on(dispatch(cli.command)) {
         Ok(code) => code,
         Err(e) => {
@@ -152,13 +163,26 @@ fn main() -> ExitCode {
 async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
         Command::Run { config } => run(config).await,
-        Command::Verify { config, limit, json } => verify(config, limit, json).await,
+        Command::Verify {
+            config,
+            limit,
+            json,
+        } => verify(config, limit, json).await,
         Command::Checkpoint { action } => checkpoint(action).await,
-        Command::Status { config, watch, json } => status(config, watch, json).await,
+        Command::Status {
+            config,
+            watch,
+            json,
+        } => status(config, watch, json).await,
         Command::Pause { config } => control(config, "POST", "/pause", "").await,
         Command::Resume { config } => control(config, "POST", "/resume", "").await,
-        Command::Rate { ops_per_sec, config } => control(config, "PUT", "/rate", &ops_per_sec.to_string()).await,
-        Command::Config { action: ConfigAction::Check { config } } => {
+        Command::Rate {
+            ops_per_sec,
+            config,
+        } => control(config, "PUT", "/rate", &ops_per_sec.to_string()).await,
+        Command::Config {
+            action: ConfigAction::Check { config },
+        } => {
             let cfg = PipelineConfig::load(&config).map_err(Error::from)?;
             print!("{}", cfg.redacted());
             Ok(ExitCode::SUCCESS)
@@ -170,14 +194,25 @@ async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
     let cfg = PipelineConfig::load(&path).map_err(Error::from)?;
     let cancel = CancellationToken::new();
     let telemetry = Arc::new(Telemetry::default());
-    let control = Arc::new(strait::control::Control::new(cfg.api.as_ref().map(|a| a.rate_limit).unwrap_or(0)));
+    let control = Arc::new(strait::control::Control::new(
+        cfg.api.as_ref().map(|a| a.rate_limit).unwrap_or(0),
+    ));
     let api_cfg = cfg.api.clone();
-    let pipeline = Arc::new(strait::pipeline::run::open(cfg, telemetry.clone(), control.clone(), cancel.clone()).await?);
+    let pipeline = Arc::new(
+        strait::pipeline::run::open(cfg, telemetry.clone(), control.clone(), cancel.clone())
+            .await?,
+    );
     let api_stop = CancellationToken::new();
     let api = match &api_cfg {
         Some(a) => {
-            let (addr, handle) =
-                strait::api::serve(a, pipeline.cfg.clone(), telemetry.clone(), control, api_stop.clone()).await?;
+            let (addr, handle) = strait::api::serve(
+                a,
+                pipeline.cfg.clone(),
+                telemetry.clone(),
+                control,
+                api_stop.clone(),
+            )
+            .await?;
             info!(%addr, "HTTP API listening.");
             Some(handle)
         }
@@ -186,7 +221,11 @@ async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
     info!(pipeline = %pipeline.cfg.id, mode = ?pipeline.cfg.mode, "Pipeline started.");
     let signals = tokio::spawn(shutdown_on_signal(cancel.clone()));
     let reporter_stop = CancellationToken::new();
-    let reporter = tokio::spawn(strait::report::report(telemetry, reporter_stop.clone(), Duration::from_secs(10)));
+    let reporter = tokio::spawn(strait::report::report(
+        telemetry,
+        reporter_stop.clone(),
+        Duration::from_secs(10),
+    ));
     let result = strait::pipeline::run::run(pipeline).await;
     reporter_stop.cancel();
     let _ = reporter.await;
@@ -230,7 +269,11 @@ async fn verify(path: PathBuf, limit: usize, json: bool) -> anyhow::Result<ExitC
                 "{mark} {} -> {}: source {} docs, target {} docs, missing {}, extra {}, different {}",
                 r.source_ns, r.target_ns, r.source_count, r.target_count, r.missing_total, r.extra_total, r.different_total
             );
-            for (label, ids) in [("missing", &r.missing), ("extra", &r.extra), ("different", &r.different)] {
+            for (label, ids) in [
+                ("missing", &r.missing),
+                ("extra", &r.extra),
+                ("different", &r.different),
+            ] {
                 for id in ids {
                     println!("     {label} _id {id}");
                 }
@@ -241,11 +284,19 @@ async fn verify(path: PathBuf, limit: usize, json: bool) -> anyhow::Result<ExitC
         }
         println!(
             "{}: {} collections compared",
-            if equal { "source and target are identical" } else { "source and target differ" },
+            if equal {
+                "source and target are identical"
+            } else {
+                "source and target differ"
+            },
             reports.len()
         );
     }
-    Ok(if equal { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if equal {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 async fn checkpoint(action: CheckpointAction) -> anyhow::Result<ExitCode> {
@@ -260,7 +311,11 @@ async fn checkpoint(action: CheckpointAction) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
             None => {
-                eprintln!("no checkpoint for pipeline {:?} in {}", cfg.id, store.describe());
+                eprintln!(
+                    "no checkpoint for pipeline {:?} in {}",
+                    cfg.id,
+                    store.describe()
+                );
                 Ok(ExitCode::from(3))
             }
         },
@@ -268,7 +323,11 @@ async fn checkpoint(action: CheckpointAction) -> anyhow::Result<ExitCode> {
             let existed = store.reset(&cfg.id).await.map_err(Error::from)?;
             println!(
                 "{}",
-                if existed { format!("checkpoint of pipeline {:?} deleted", cfg.id) } else { format!("no checkpoint for pipeline {:?}", cfg.id) }
+                if existed {
+                    format!("checkpoint of pipeline {:?} deleted", cfg.id)
+                } else {
+                    format!("no checkpoint for pipeline {:?}", cfg.id)
+                }
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -276,13 +335,25 @@ async fn checkpoint(action: CheckpointAction) -> anyhow::Result<ExitCode> {
 }
 
 /// A minimal HTTP/1.1 request to the pipeline's own API on loopback (no client library needed).
-async fn http(addr: std::net::SocketAddr, method: &str, path: &str, token: Option<&str>, body: &str) -> anyhow::Result<(u16, String)> {
+async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> anyhow::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
         .await
         .map_err(|_| anyhow::anyhow!("timed out connecting to the API at {addr}"))?
-        .with_context(|| format!("cannot reach the pipeline's API at {addr}; is `strait run` running with [api]?"))?;
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        .with_context(|| {
+            format!(
+                "cannot reach the pipeline's API at {addr}; is `strait run` running with [api]?"
+            )
+        })?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
@@ -292,13 +363,22 @@ async fn http(addr: std::net::SocketAddr, method: &str, path: &str, token: Optio
     s.read_to_end(&mut buf).await?;
     let text = String::from_utf8_lossy(&buf);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     Ok((code, body.to_string()))
 }
 
-fn api_of(path: &PathBuf) -> anyhow::Result<(std::net::SocketAddr, Option<String>)> {
+fn api_of(path: &std::path::Path) -> anyhow::Result<(std::net::SocketAddr, Option<String>)> {
     let cfg = PipelineConfig::load(path).map_err(Error::from)?;
-    let api = cfg.api.ok_or_else(|| anyhow::anyhow!("{} has no [api] table; the pipeline has no HTTP API", path.display()))?;
+    let api = cfg.api.ok_or_else(|| {
+        anyhow::anyhow!(
+            "{} has no [api] table; the pipeline has no HTTP API",
+            path.display()
+        )
+    })?;
     let mut addr = api.listen;
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
@@ -310,7 +390,11 @@ async fn control(path: PathBuf, method: &str, route: &str, body: &str) -> anyhow
     let (addr, token) = api_of(&path)?;
     let (code, text) = http(addr, method, route, token.as_deref(), body).await?;
     println!("{}", text.trim());
-    Ok(if code == 200 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if code == 200 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 async fn status(path: PathBuf, watch: bool, json: bool) -> anyhow::Result<ExitCode> {
@@ -327,11 +411,28 @@ async fn status(path: PathBuf, watch: bool, json: bool) -> anyhow::Result<ExitCo
             if watch {
                 print!("\x1b[2J\x1b[H");
             }
-            println!("pipeline {}: {}{}", s.pipeline, s.state, s.reason.map(|r| format!(" ({r})")).unwrap_or_default());
-            println!("lag {:.1} s, pending {}, rate limit {}", s.lag_seconds, s.pending, if s.rate_limit == 0 { "none".to_string() } else { format!("{} ops/s", s.rate_limit) });
+            println!(
+                "pipeline {}: {}{}",
+                s.pipeline,
+                s.state,
+                s.reason.map(|r| format!(" ({r})")).unwrap_or_default()
+            );
+            println!(
+                "lag {:.1} s, pending {}, rate limit {}",
+                s.lag_seconds,
+                s.pending,
+                if s.rate_limit == 0 {
+                    "none".to_string()
+                } else {
+                    format!("{} ops/s", s.rate_limit)
+                }
+            );
             for kind in ["read", "acknowledged", "checkpointed"] {
                 let p = &s.positions[kind];
-                println!("  {kind:>12}: cluster time {} token {}", p["cluster_time"], p["token"]);
+                println!(
+                    "  {kind:>12}: cluster time {} token {}",
+                    p["cluster_time"], p["token"]
+                );
             }
             println!("read {} | applied {}", s.read, s.applied);
             println!("lanes {:?}", s.lane_queue_depth);

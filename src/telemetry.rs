@@ -78,7 +78,9 @@ pub type LaneDepths = Box<dyn Fn() -> Vec<usize> + Send + Sync>;
 
 impl std::fmt::Debug for Telemetry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Telemetry").field("state", &self.state()).finish_non_exhaustive()
+        f.debug_struct("Telemetry")
+            .field("state", &self.state())
+            .finish_non_exhaustive()
     }
 }
 
@@ -150,7 +152,11 @@ impl Histogram {
 
     /// Records one observation.
     pub fn observe(&self, v: f64) {
-        let i = self.bounds.iter().position(|b| v <= *b).unwrap_or(self.bounds.len());
+        let i = self
+            .bounds
+            .iter()
+            .position(|b| v <= *b)
+            .unwrap_or(self.bounds.len());
         self.counts[i].fetch_add(1, Relaxed);
         self.sum_micro.fetch_add((v * 1e6) as u64, Relaxed);
         self.count.fetch_add(1, Relaxed);
@@ -164,7 +170,11 @@ impl Histogram {
             acc += c.load(Relaxed);
             out.push((self.bounds.get(i).copied().unwrap_or(f64::INFINITY), acc));
         }
-        (out, self.sum_micro.load(Relaxed) as f64 / 1e6, self.count.load(Relaxed))
+        (
+            out,
+            self.sum_micro.load(Relaxed) as f64 / 1e6,
+            self.count.load(Relaxed),
+        )
     }
 }
 
@@ -248,7 +258,13 @@ impl Telemetry {
     }
 
     /// Registers a collection of the full sync.
-    pub fn add_collection(&self, ns: &str, estimated: u64, copied: u64, done: bool) -> Arc<CollectionProgress> {
+    pub fn add_collection(
+        &self,
+        ns: &str,
+        estimated: u64,
+        copied: u64,
+        done: bool,
+    ) -> Arc<CollectionProgress> {
         let p = Arc::new(CollectionProgress {
             bytes: AtomicU64::new(0),
             ns: ns.to_string(),
@@ -285,7 +301,10 @@ impl Telemetry {
 
     /// Seconds between now and the oldest change not yet written to the sink.
     pub fn lag_seconds(&self) -> f64 {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
         let window = self.window.lock().unwrap().clone();
         let oldest = window.as_ref().and_then(|w| w.oldest_pending_time());
         match oldest {
@@ -293,7 +312,11 @@ impl Telemetry {
             None if self.idle.load(Relaxed) => 0.0,
             None => {
                 let last = self.last_read_secs.load(Relaxed);
-                if last == 0 { 0.0 } else { (now - last as f64 - 1.0).max(0.0) }
+                if last == 0 {
+                    0.0
+                } else {
+                    (now - last as f64 - 1.0).max(0.0)
+                }
             }
         }
     }
@@ -306,7 +329,11 @@ impl Telemetry {
 
     /// The last error and how long ago it happened.
     pub fn last_error(&self) -> Option<(String, Duration)> {
-        self.last_error.lock().unwrap().as_ref().map(|(m, t)| (m.clone(), t.elapsed()))
+        self.last_error
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|(m, t)| (m.clone(), t.elapsed()))
     }
 
     /// Sets the position last read (converted to JSON only when reported).
@@ -330,12 +357,19 @@ impl Telemetry {
             Some(t) => PositionReport::new(t, p.1),
             None => PositionReport::default(),
         };
-        Positions { read: r(&g.read), acknowledged: r(&g.acknowledged), checkpointed: r(&g.checkpointed) }
+        Positions {
+            read: r(&g.read),
+            acknowledged: r(&g.acknowledged),
+            checkpointed: r(&g.checkpointed),
+        }
     }
 
     /// Seconds since the last checkpoint save.
     pub fn checkpoint_age(&self) -> Option<f64> {
-        self.checkpointed_at.lock().unwrap().map(|t| t.elapsed().as_secs_f64())
+        self.checkpointed_at
+            .lock()
+            .unwrap()
+            .map(|t| t.elapsed().as_secs_f64())
     }
 
     /// Installs (or removes) the lane-depth reader.
@@ -345,7 +379,12 @@ impl Telemetry {
 
     /// Queue depth per lane (empty when not streaming).
     pub fn lane_depths(&self) -> Vec<usize> {
-        self.lane_depths.lock().unwrap().as_ref().map(|f| f()).unwrap_or_default()
+        self.lane_depths
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|f| f())
+            .unwrap_or_default()
     }
 
     /// A copy of every counter.
@@ -361,11 +400,24 @@ impl Telemetry {
             deletes: a(3),
             ddl: a(4),
             skipped: self.skipped.load(Relaxed),
-            pending: self.window.lock().unwrap().as_ref().map(|w| w.pending()).unwrap_or(0),
+            pending: self
+                .window
+                .lock()
+                .unwrap()
+                .as_ref()
+                .map(|w| w.pending())
+                .unwrap_or(0),
             collections: self
                 .collections()
                 .iter()
-                .map(|c| (c.ns.clone(), c.copied.load(Relaxed), c.estimated.load(Relaxed), c.done.load(Relaxed)))
+                .map(|c| {
+                    (
+                        c.ns.clone(),
+                        c.copied.load(Relaxed),
+                        c.estimated.load(Relaxed),
+                        c.done.load(Relaxed),
+                    )
+                })
                 .collect(),
             uptime_seconds: self.started.elapsed().as_secs_f64(),
         }

@@ -43,7 +43,10 @@ pub struct CollectionReport {
 impl CollectionReport {
     /// Whether source and target match.
     pub fn is_equal(&self) -> bool {
-        self.missing_total == 0 && self.extra_total == 0 && self.different_total == 0 && self.index_differences.is_empty()
+        self.missing_total == 0
+            && self.extra_total == 0
+            && self.different_total == 0
+            && self.index_differences.is_empty()
     }
 }
 
@@ -62,14 +65,25 @@ fn id_of(d: &RawDocumentBuf) -> Result<(Vec<u8>, Bson)> {
     Ok((key.into_bytes(), bson))
 }
 
-async fn fetch(client: &Client, ns: &Namespace, ids: &[Bson], role: Role) -> Result<HashMap<Vec<u8>, RawDocumentBuf>> {
-    let coll = client.database(&ns.db).collection::<RawDocumentBuf>(ns.coll_name());
+async fn fetch(
+    client: &Client,
+    ns: &Namespace,
+    ids: &[Bson],
+    role: Role,
+) -> Result<HashMap<Vec<u8>, RawDocumentBuf>> {
+    let coll = client
+        .database(&ns.db)
+        .collection::<RawDocumentBuf>(ns.coll_name());
     let mut cur = coll
         .find(doc! { "_id": { "$in": ids } })
         .await
         .map_err(|e| Error::mongo(role, format!("reading {ns}"), e))?;
     let mut out = HashMap::with_capacity(ids.len());
-    while let Some(d) = cur.try_next().await.map_err(|e| Error::mongo(role, format!("reading {ns}"), e))? {
+    while let Some(d) = cur
+        .try_next()
+        .await
+        .map_err(|e| Error::mongo(role, format!("reading {ns}"), e))?
+    {
         out.insert(id_of(&d)?.0, d);
     }
     Ok(out)
@@ -82,17 +96,41 @@ fn normalize_index(mut spec: Document) -> Document {
 }
 
 /// Compares one collection. Lists at most `limit` ids per kind of difference.
-pub async fn verify_collection(source: &Client, target: &Client, src: &Namespace, dst: &Namespace, limit: usize) -> Result<CollectionReport> {
-    let mut r = CollectionReport { source_ns: src.to_string(), target_ns: dst.to_string(), ..Default::default() };
-    let s_coll = source.database(&src.db).collection::<RawDocumentBuf>(src.coll_name());
-    let t_coll = target.database(&dst.db).collection::<Document>(dst.coll_name());
-    r.target_count = t_coll.count_documents(doc! {}).await.map_err(|e| Error::mongo(Role::Sink, format!("counting {dst}"), e))?;
+pub async fn verify_collection(
+    source: &Client,
+    target: &Client,
+    src: &Namespace,
+    dst: &Namespace,
+    limit: usize,
+) -> Result<CollectionReport> {
+    let mut r = CollectionReport {
+        source_ns: src.to_string(),
+        target_ns: dst.to_string(),
+        ..Default::default()
+    };
+    let s_coll = source
+        .database(&src.db)
+        .collection::<RawDocumentBuf>(src.coll_name());
+    let t_coll = target
+        .database(&dst.db)
+        .collection::<Document>(dst.coll_name());
+    r.target_count = t_coll
+        .count_documents(doc! {})
+        .await
+        .map_err(|e| Error::mongo(Role::Sink, format!("counting {dst}"), e))?;
 
-    let mut cur = s_coll.find(doc! {}).batch_size(1000).await.map_err(|e| Error::mongo(Role::Source, format!("reading {src}"), e))?;
+    let mut cur = s_coll
+        .find(doc! {})
+        .batch_size(1000)
+        .await
+        .map_err(|e| Error::mongo(Role::Source, format!("reading {src}"), e))?;
     let mut batch: Vec<RawDocumentBuf> = Vec::with_capacity(1000);
     let mut matched = 0u64;
     loop {
-        let next = cur.try_next().await.map_err(|e| Error::mongo(Role::Source, format!("reading {src}"), e))?;
+        let next = cur
+            .try_next()
+            .await
+            .map_err(|e| Error::mongo(Role::Source, format!("reading {src}"), e))?;
         let end = next.is_none();
         if let Some(d) = next {
             batch.push(d);
@@ -129,7 +167,9 @@ pub async fn verify_collection(source: &Client, target: &Client, src: &Namespace
     }
     if r.target_count > matched {
         // Some target documents have no source twin: find them.
-        let raw_t = target.database(&dst.db).collection::<RawDocumentBuf>(dst.coll_name());
+        let raw_t = target
+            .database(&dst.db)
+            .collection::<RawDocumentBuf>(dst.coll_name());
         let mut cur = raw_t
             .find(doc! {})
             .projection(doc! { "_id": 1 })
@@ -138,7 +178,10 @@ pub async fn verify_collection(source: &Client, target: &Client, src: &Namespace
             .map_err(|e| Error::mongo(Role::Sink, format!("reading {dst}"), e))?;
         let mut ids = Vec::new();
         loop {
-            let next = cur.try_next().await.map_err(|e| Error::mongo(Role::Sink, format!("reading {dst}"), e))?;
+            let next = cur
+                .try_next()
+                .await
+                .map_err(|e| Error::mongo(Role::Sink, format!("reading {dst}"), e))?;
             let end = next.is_none();
             if let Some(d) = next {
                 ids.push(id_of(&d)?);
@@ -164,22 +207,38 @@ pub async fn verify_collection(source: &Client, target: &Client, src: &Namespace
     let s_idx: HashMap<String, Document> = list_indexes(source, src)
         .await?
         .into_iter()
-        .map(|d| (d.get_str("name").unwrap_or("").to_string(), normalize_index(d)))
+        .map(|d| {
+            (
+                d.get_str("name").unwrap_or("").to_string(),
+                normalize_index(d),
+            )
+        })
         .collect();
     let t_idx: HashMap<String, Document> = list_indexes(target, dst)
         .await
         .unwrap_or_default()
         .into_iter()
-        .map(|d| (d.get_str("name").unwrap_or("").to_string(), normalize_index(d)))
+        .map(|d| {
+            (
+                d.get_str("name").unwrap_or("").to_string(),
+                normalize_index(d),
+            )
+        })
         .collect();
     let mut names: Vec<&String> = s_idx.keys().chain(t_idx.keys()).collect();
     names.sort();
     names.dedup();
     for n in names {
         match (s_idx.get(n), t_idx.get(n)) {
-            (Some(_), None) => r.index_differences.push(format!("index {n} missing on target")),
-            (None, Some(_)) => r.index_differences.push(format!("index {n} only on target")),
-            (Some(a), Some(b)) if a != b => r.index_differences.push(format!("index {n} differs: source {a}, target {b}")),
+            (Some(_), None) => r
+                .index_differences
+                .push(format!("index {n} missing on target")),
+            (None, Some(_)) => r
+                .index_differences
+                .push(format!("index {n} only on target")),
+            (Some(a), Some(b)) if a != b => r
+                .index_differences
+                .push(format!("index {n} differs: source {a}, target {b}")),
             _ => {}
         }
     }
@@ -187,7 +246,12 @@ pub async fn verify_collection(source: &Client, target: &Client, src: &Namespace
 }
 
 /// Compares every collection in scope.
-pub async fn verify(source: &Client, target: &Client, transforms: &Transforms, limit: usize) -> Result<Vec<CollectionReport>> {
+pub async fn verify(
+    source: &Client,
+    target: &Client,
+    transforms: &Transforms,
+    limit: usize,
+) -> Result<Vec<CollectionReport>> {
     let mut out = Vec::new();
     for c in list_collections(source, &transforms.scope).await? {
         let dst = transforms.target_ns(&c.ns);
@@ -195,4 +259,3 @@ pub async fn verify(source: &Client, target: &Client, transforms: &Transforms, l
     }
     Ok(out)
 }
-

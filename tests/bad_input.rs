@@ -9,10 +9,20 @@ use common::*;
 
 fn run_expect_failure(cfg: &std::path::Path, expect: &[&str]) -> String {
     let started = Instant::now();
-    let (code, _out, err) = strait_cmd(&["run", "-c", cfg.to_str().unwrap()], Duration::from_secs(30));
+    let (code, _out, err) = strait_cmd(
+        &["run", "-c", cfg.to_str().unwrap()],
+        Duration::from_secs(30),
+    );
     assert_ne!(code, 0, "must fail: {err}");
-    assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
-    let line = err.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line in:\n{err}"));
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("no error line in:\n{err}"));
     for e in expect {
         assert!(line.contains(e), "{line:?} does not mention {e:?}");
     }
@@ -21,7 +31,10 @@ fn run_expect_failure(cfg: &std::path::Path, expect: &[&str]) -> String {
 
 async fn assert_nothing_written(dst: &Server) {
     let names = dst.client().await.list_database_names().await.unwrap();
-    let user: Vec<_> = names.iter().filter(|n| !["admin", "local", "config"].contains(&n.as_str())).collect();
+    let user: Vec<_> = names
+        .iter()
+        .filter(|n| !["admin", "local", "config"].contains(&n.as_str()))
+        .collect();
     assert!(user.is_empty(), "target was written: {user:?}");
 }
 
@@ -33,9 +46,17 @@ async fn config_errors_name_key_and_line() {
     let cfg = write_config(dir.path(), "p.toml", &text);
     let line = run_expect_failure(&cfg, &["p.toml:4:", "lane_count"]);
     assert_eq!(line.lines().count(), 1);
-    let cfg = write_config(dir.path(), "q.toml", &pipeline(&src, &dst, "mode = \"sometimes\"\n"));
+    let cfg = write_config(
+        dir.path(),
+        "q.toml",
+        &pipeline(&src, &dst, "mode = \"sometimes\"\n"),
+    );
     run_expect_failure(&cfg, &["q.toml:2:", "sometimes"]);
-    let cfg = write_config(dir.path(), "r.toml", "id = \"x\"\n[source]\nuri = \"http://nope\"\n[sink]\nuri = \"mongodb://127.0.0.1:1\"\n");
+    let cfg = write_config(
+        dir.path(),
+        "r.toml",
+        "id = \"x\"\n[source]\nuri = \"http://nope\"\n[sink]\nuri = \"mongodb://127.0.0.1:1\"\n",
+    );
     run_expect_failure(&cfg, &["source.uri"]);
     assert_nothing_written(&dst).await;
 }
@@ -50,7 +71,11 @@ async fn unreachable_server_and_missing_collection() {
     );
     let cfg = write_config(dir.path(), "p.toml", &text);
     run_expect_failure(&cfg, &["cannot reach the source", "127.0.0.1:1"]);
-    let cfg = write_config(dir.path(), "m.toml", &pipeline(&src, &dst, "[scope]\ninclude = [\"shop.nothere\"]\n"));
+    let cfg = write_config(
+        dir.path(),
+        "m.toml",
+        &pipeline(&src, &dst, "[scope]\ninclude = [\"shop.nothere\"]\n"),
+    );
     run_expect_failure(&cfg, &["shop.nothere", "does not exist"]);
     assert_nothing_written(&dst).await;
 }

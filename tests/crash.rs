@@ -18,9 +18,15 @@ async fn kill_repeatedly(update_mode: &str, seed: u64) {
     let db = s.database("crash");
     // Enough data that the first kills land inside the copy.
     for start in (0..3000).step_by(1000) {
-        db.collection::<Document>("items").insert_many((start..start + 1000).map(varied_doc)).await.unwrap();
+        db.collection::<Document>("items")
+            .insert_many((start..start + 1000).map(varied_doc))
+            .await
+            .unwrap();
     }
-    db.collection::<Document>("items_tx").insert_one(bson::doc! { "_id": -1_i64 }).await.unwrap();
+    db.collection::<Document>("items_tx")
+        .insert_one(bson::doc! { "_id": -1_i64 })
+        .await
+        .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let extra = format!(
@@ -36,7 +42,20 @@ async fn kill_repeatedly(update_mode: &str, seed: u64) {
         // Delta replay reproduces field order only for single-operator updates on this server
         // (see stream.update_mode); full-document mode takes every operator mix.
         let multi = update_mode == "full_document";
-        tokio::spawn(async move { run_mixed_ops(&s, "crash", "items", 3300, u64::MAX, seed, Some(stop), Some(done), multi).await })
+        tokio::spawn(async move {
+            run_mixed_ops(
+                &s,
+                "crash",
+                "items",
+                3300,
+                u64::MAX,
+                seed,
+                Some(stop),
+                Some(done),
+                multi,
+            )
+            .await
+        })
     };
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut kills = 0;
@@ -48,7 +67,11 @@ async fn kill_repeatedly(update_mode: &str, seed: u64) {
         let wait_ms = rng.random_range(200..2000);
         tokio::time::sleep(Duration::from_millis(wait_ms)).await;
         let copying = !st.log_text().contains("Full sync finished");
-        assert!(st.child.try_wait().unwrap().is_none(), "strait exited early:\n{}", st.log_text());
+        assert!(
+            st.child.try_wait().unwrap().is_none(),
+            "strait exited early:\n{}",
+            st.log_text()
+        );
         st.sigkill();
         kills += 1;
         if copying {
@@ -60,14 +83,37 @@ async fn kill_repeatedly(update_mode: &str, seed: u64) {
     assert!(ops > 30, "writer did too little: {ops}");
     // Final run: catch up, compare, then a clean stop.
     let mut st = Strait::spawn(&cfg, &log);
-    wait_identical(&s, ("crash", "items"), &d, ("crash", "items"), Duration::from_secs(120), Some(&st)).await;
-    wait_identical(&s, ("crash", "items_tx"), &d, ("crash", "items_tx"), Duration::from_secs(60), Some(&st)).await;
+    wait_identical(
+        &s,
+        ("crash", "items"),
+        &d,
+        ("crash", "items"),
+        Duration::from_secs(120),
+        Some(&st),
+    )
+    .await;
+    wait_identical(
+        &s,
+        ("crash", "items_tx"),
+        &d,
+        ("crash", "items_tx"),
+        Duration::from_secs(60),
+        Some(&st),
+    )
+    .await;
     assert!(st.sigterm().success());
     let text = std::fs::read_to_string(&log).unwrap();
-    assert!(copy_kills >= 1, "no kill landed during the copy; log:\n{text}");
+    assert!(
+        copy_kills >= 1,
+        "no kill landed during the copy; log:\n{text}"
+    );
     assert!(copy_kills < kills, "no kill landed while streaming");
     // Resumed copies redo unfinished chunks only: never a second plan.
-    assert_eq!(text.matches("Full sync planned").count(), 1, "copy restarted from zero");
+    assert_eq!(
+        text.matches("Full sync planned").count(),
+        1,
+        "copy restarted from zero"
+    );
     eprintln!("{kills} kills ({copy_kills} during the copy), {ops} writer operations");
 }
 

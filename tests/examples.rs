@@ -15,15 +15,18 @@ fn every_example_parses() {
 
 #[test]
 fn config_reference_documents_every_key() {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/config.md")).unwrap();
-    let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/config.rs")).unwrap();
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/config.md")).unwrap();
+    let src =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/config.rs")).unwrap();
     // Every `pub field:` of the config structs appears in the reference as `field`.
     for line in src.lines() {
         let l = line.trim();
         if let Some(rest) = l.strip_prefix("pub ") {
             if let Some((name, _)) = rest.split_once(':') {
                 if name.chars().all(|c| c.is_ascii_lowercase() || c == '_') && name != "kind" {
-                    let documented = doc.contains(&format!("`{name}`")) || doc.contains(&format!("[{name}]"));
+                    let documented =
+                        doc.contains(&format!("`{name}`")) || doc.contains(&format!("[{name}]"));
                     assert!(documented, "docs/config.md lacks `{name}`");
                 }
             }

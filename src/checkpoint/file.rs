@@ -17,7 +17,10 @@ impl FileStore {
     }
 
     fn io(&self, source: std::io::Error) -> CheckpointError {
-        CheckpointError::Io { path: self.path.clone(), source }
+        CheckpointError::Io {
+            path: self.path.clone(),
+            source,
+        }
     }
 
     pub(super) async fn load(&self, pipeline: &str) -> Result<Option<Checkpoint>, CheckpointError> {
@@ -86,7 +89,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::new(dir.path().join("sub/ckpt.json"));
         assert!(store.load("p").await.unwrap().is_none());
-        let c = Checkpoint { pipeline: "p".into(), ..Default::default() };
+        let c = Checkpoint {
+            pipeline: "p".into(),
+            ..Default::default()
+        };
         store.save(&c).await.unwrap();
         assert_eq!(store.load("p").await.unwrap().unwrap().pipeline, "p");
         assert!(store.load("other").await.is_err());

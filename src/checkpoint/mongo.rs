@@ -15,10 +15,15 @@ pub struct MongoStore {
 impl MongoStore {
     /// A store in `db.coll` of `client`.
     pub fn new(client: &mongodb::Client, db: &str, coll: &str) -> Self {
-        let wc = WriteConcern::builder().w(Acknowledgment::Majority).journal(true).build();
+        let wc = WriteConcern::builder()
+            .w(Acknowledgment::Majority)
+            .journal(true)
+            .build();
         let coll = client.database(db).collection_with_options(
             coll,
-            mongodb::options::CollectionOptions::builder().write_concern(wc).build(),
+            mongodb::options::CollectionOptions::builder()
+                .write_concern(wc)
+                .build(),
         );
         Self { coll }
     }
@@ -40,7 +45,12 @@ impl MongoStore {
     }
 
     pub(super) async fn reset(&self, pipeline: &str) -> Result<bool, CheckpointError> {
-        Ok(self.coll.delete_one(doc! { "_id": pipeline }).await?.deleted_count > 0)
+        Ok(self
+            .coll
+            .delete_one(doc! { "_id": pipeline })
+            .await?
+            .deleted_count
+            > 0)
     }
 
     pub(super) fn describe(&self) -> String {

@@ -70,7 +70,9 @@ impl AckWindow {
         {
             let mut g = self.inner.lock().unwrap();
             for &seq in seqs {
-                let Some(i) = seq.checked_sub(g.base) else { continue };
+                let Some(i) = seq.checked_sub(g.base) else {
+                    continue;
+                };
                 if let Some(slot) = g.slots.get_mut(i as usize) {
                     if !slot.done {
                         slot.done = true;
@@ -147,7 +149,13 @@ mod tests {
     use proptest::prelude::*;
 
     fn pos(i: u32) -> Position {
-        Position { token: rawdoc! { "i": i as i64 }, time: Some(Timestamp { time: i, increment: 0 }) }
+        Position {
+            token: rawdoc! { "i": i as i64 },
+            time: Some(Timestamp {
+                time: i,
+                increment: 0,
+            }),
+        }
     }
 
     #[test]

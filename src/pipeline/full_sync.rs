@@ -24,7 +24,12 @@ pub async fn plan(p: &Pipeline, start_token: Option<Document>) -> Result<FullSyn
     for c in &colls {
         collections.push(plan_collection(&p.source, &c.ns, p.cfg.full_sync.chunk_docs).await?);
     }
-    Ok(FullSyncState { start_token, start_time: None, collections, done: false })
+    Ok(FullSyncState {
+        start_token,
+        start_time: None,
+        collections,
+        done: false,
+    })
 }
 
 /// Runs (or resumes) the full sync recorded in the checkpoint. `fresh` allows dropping target
@@ -49,7 +54,12 @@ pub async fn copy(p: &Arc<Pipeline>, fresh: bool) -> Result<bool> {
     for plan in &state.collections {
         let done_chunks = plan.chunks.iter().filter(|c| c.done).count() as u64;
         let copied = (done_chunks * p.cfg.full_sync.chunk_docs).min(plan.estimated);
-        progress.push(p.telemetry.add_collection(&plan.ns, plan.estimated, copied, plan.indexes_done));
+        progress.push(p.telemetry.add_collection(
+            &plan.ns,
+            plan.estimated,
+            copied,
+            plan.indexes_done,
+        ));
     }
 
     for (ci, plan) in state.collections.iter().enumerate() {
@@ -62,7 +72,14 @@ pub async fn copy(p: &Arc<Pipeline>, fresh: bool) -> Result<bool> {
         }
         let opts = options.get(&plan.ns).cloned().unwrap_or_default();
         p.sink.create_collection(&target, &opts).await?;
-        p.checkpoint.lock().await.full_sync.as_mut().expect("plan").collections[ci].created = true;
+        p.checkpoint
+            .lock()
+            .await
+            .full_sync
+            .as_mut()
+            .expect("plan")
+            .collections[ci]
+            .created = true;
     }
     p.save_checkpoint().await?;
 
@@ -70,7 +87,13 @@ pub async fn copy(p: &Arc<Pipeline>, fresh: bool) -> Result<bool> {
         .collections
         .iter()
         .enumerate()
-        .flat_map(|(ci, c)| c.chunks.iter().enumerate().filter(|(_, k)| !k.done).map(move |(ki, _)| (ci, ki)))
+        .flat_map(|(ci, c)| {
+            c.chunks
+                .iter()
+                .enumerate()
+                .filter(|(_, k)| !k.done)
+                .map(move |(ki, _)| (ci, ki))
+        })
         .collect();
     // Collections with nothing left to copy may still need their indexes.
     for (ci, plan) in state.collections.iter().enumerate() {
@@ -128,7 +151,9 @@ async fn worker(
         if stop.is_cancelled() {
             return Ok(());
         }
-        let Some((ci, ki)) = queue.lock().unwrap().pop_front() else { return Ok(()) };
+        let Some((ci, ki)) = queue.lock().unwrap().pop_front() else {
+            return Ok(());
+        };
         let (src, chunk) = {
             let c = p.checkpoint.lock().await;
             let plan: &CollectionPlan = &c.full_sync.as_ref().expect("plan").collections[ci];
@@ -136,7 +161,13 @@ async fn worker(
         };
         let target = p.transforms.target_ns(&src);
         let (tx, mut rx) = mpsc::channel(2);
-        let reader = tokio::spawn(read_chunk(p.source.clone(), src.clone(), chunk, p.cfg.full_sync.batch_docs, tx));
+        let reader = tokio::spawn(read_chunk(
+            p.source.clone(),
+            src.clone(),
+            chunk,
+            p.cfg.full_sync.batch_docs,
+            tx,
+        ));
         let mut complete = true;
         while let Some(batch) = rx.recv().await {
             if stop.is_cancelled() {
@@ -153,7 +184,9 @@ async fn worker(
             progress[ci].bytes.fetch_add(bytes as u64, Relaxed);
         }
         drop(rx);
-        reader.await.map_err(|e| Error::Internal(format!("chunk reader panicked: {e}")))??;
+        reader
+            .await
+            .map_err(|e| Error::Internal(format!("chunk reader panicked: {e}")))??;
         if !complete || stop.is_cancelled() {
             return Ok(());
         }
@@ -173,7 +206,16 @@ async fn worker(
 
 /// Builds the indexes of a copied collection and records it.
 async fn finish_collection(p: &Pipeline, ci: usize) -> Result<()> {
-    let ns = p.checkpoint.lock().await.full_sync.as_ref().expect("plan").collections[ci].ns.clone();
+    let ns = p
+        .checkpoint
+        .lock()
+        .await
+        .full_sync
+        .as_ref()
+        .expect("plan")
+        .collections[ci]
+        .ns
+        .clone();
     let src = Namespace::parse(&ns);
     if p.cfg.full_sync.indexes {
         let target = p.transforms.target_ns(&src);
@@ -182,13 +224,24 @@ async fn finish_collection(p: &Pipeline, ci: usize) -> Result<()> {
             // One unsupported index must not cost the others.
             warn!(ns = %target, error = %e, "Building all indexes at once failed; building them one by one.");
             for spec in &specs {
-                if let Err(e) = p.sink.create_indexes(&target, std::slice::from_ref(spec)).await {
+                if let Err(e) = p
+                    .sink
+                    .create_indexes(&target, std::slice::from_ref(spec))
+                    .await
+                {
                     warn!(ns = %target, index = %spec.get_str("name").unwrap_or("?"), error = %e, "Index not created on the sink.");
                 }
             }
         }
     }
-    p.checkpoint.lock().await.full_sync.as_mut().expect("plan").collections[ci].indexes_done = true;
+    p.checkpoint
+        .lock()
+        .await
+        .full_sync
+        .as_mut()
+        .expect("plan")
+        .collections[ci]
+        .indexes_done = true;
     p.save_checkpoint().await?;
     info!(ns = %ns, "Collection copied.");
     Ok(())

@@ -63,9 +63,13 @@ pub async fn run_lane(
         }
         let started = std::time::Instant::now();
         let counts = sink.apply(&ops).await?;
-        telemetry.apply_latency.observe(started.elapsed().as_secs_f64());
+        telemetry
+            .apply_latency
+            .observe(started.elapsed().as_secs_f64());
         telemetry.batch_size.observe(ops.len() as f64);
-        telemetry.skipped.fetch_add(counts.skipped, std::sync::atomic::Ordering::Relaxed);
+        telemetry
+            .skipped
+            .fetch_add(counts.skipped, std::sync::atomic::Ordering::Relaxed);
         for i in &items {
             telemetry.applied(&i.op, 1);
         }
@@ -95,10 +99,17 @@ mod tests {
 
     #[test]
     fn same_document_same_lane_and_keys_spread() {
-        assert_eq!(lane_of(&ev("c", 1), LaneBy::Document, 8), lane_of(&ev("c", 1), LaneBy::Document, 8));
-        let lanes: std::collections::HashSet<_> = (0..100).map(|i| lane_of(&ev("c", i), LaneBy::Document, 8)).collect();
+        assert_eq!(
+            lane_of(&ev("c", 1), LaneBy::Document, 8),
+            lane_of(&ev("c", 1), LaneBy::Document, 8)
+        );
+        let lanes: std::collections::HashSet<_> = (0..100)
+            .map(|i| lane_of(&ev("c", i), LaneBy::Document, 8))
+            .collect();
         assert!(lanes.len() > 4);
-        let by_ns: std::collections::HashSet<_> = (0..100).map(|i| lane_of(&ev("c", i), LaneBy::Namespace, 8)).collect();
+        let by_ns: std::collections::HashSet<_> = (0..100)
+            .map(|i| lane_of(&ev("c", i), LaneBy::Namespace, 8))
+            .collect();
         assert_eq!(by_ns.len(), 1);
     }
 }

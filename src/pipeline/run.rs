@@ -25,7 +25,10 @@ pub async fn open(
     control: Arc<crate::control::Control>,
     cancel: CancellationToken,
 ) -> Result<Pipeline> {
-    let (source, sink) = tokio::join!(connect(&cfg.source, Role::Source), connect(&cfg.sink, Role::Sink));
+    let (source, sink) = tokio::join!(
+        connect(&cfg.source, Role::Source),
+        connect(&cfg.sink, Role::Sink)
+    );
     let (source, sink) = (source?, sink?);
     let store = checkpoint_store(&cfg, &sink).await?;
     let transforms = Transforms::from_config(&cfg);
@@ -42,7 +45,10 @@ pub async fn open(
             }
         }
     }
-    let checkpoint = Checkpoint { pipeline: cfg.id.clone(), ..Default::default() };
+    let checkpoint = Checkpoint {
+        pipeline: cfg.id.clone(),
+        ..Default::default()
+    };
     Ok(Pipeline {
         cfg: Arc::new(cfg),
         source,
@@ -58,10 +64,15 @@ pub async fn open(
 }
 
 /// The checkpoint store a config asks for (the sink's client unless another URI is given).
-pub async fn checkpoint_store(cfg: &PipelineConfig, sink: &mongodb::Client) -> Result<CheckpointStore> {
+pub async fn checkpoint_store(
+    cfg: &PipelineConfig,
+    sink: &mongodb::Client,
+) -> Result<CheckpointStore> {
     let c = &cfg.checkpoint;
     Ok(match c.store {
-        CheckpointStoreKind::File => CheckpointStore::File(FileStore::new(c.path.clone().expect("validated"))),
+        CheckpointStoreKind::File => {
+            CheckpointStore::File(FileStore::new(c.path.clone().expect("validated")))
+        }
         CheckpointStoreKind::Mongodb => {
             let client = match &c.uri {
                 Some(uri) => connect_uri(uri, &cfg.sink, Role::Checkpoint).await?,
@@ -108,8 +119,13 @@ pub async fn run(p: Arc<Pipeline>) -> Result<()> {
             continue;
         } else if cfg.mode.streams() {
             let start = match cfg.stream.start_at {
-                StartAt::Now => StartPosition::After(head_position(&p.source, &stream::settings(&p)).await?),
-                StartAt::Timestamp(t) => StartPosition::At(Timestamp { time: t, increment: 0 }),
+                StartAt::Now => {
+                    StartPosition::After(head_position(&p.source, &stream::settings(&p)).await?)
+                }
+                StartAt::Timestamp(t) => StartPosition::At(Timestamp {
+                    time: t,
+                    increment: 0,
+                }),
             };
             // Saved before anything is applied, so a crash before the first checkpoint does
             // not move the start to a later "now".
@@ -127,13 +143,17 @@ pub async fn run(p: Arc<Pipeline>) -> Result<()> {
             return Ok(());
         }
         match stream::follow(&p, start).await {
-            Err(Error::HistoryLost { position, detail }) if cfg.stream.on_history_lost == HistoryLostPolicy::Resync => {
+            Err(Error::HistoryLost { position, detail })
+                if cfg.stream.on_history_lost == HistoryLostPolicy::Resync =>
+            {
                 warn!(%position, %detail, "The saved position is no longer in the source's change log; copying the data again.");
                 let token = head_position(&p.source, &stream::settings(&p)).await?;
                 let plan = full_sync::plan(&p, Some(token)).await?;
                 // The target may hold documents deleted during the gap: copy into fresh collections.
                 for c in &plan.collections {
-                    let target = p.transforms.target_ns(&crate::event::Namespace::parse(&c.ns));
+                    let target = p
+                        .transforms
+                        .target_ns(&crate::event::Namespace::parse(&c.ns));
                     p.sink.drop_collection(&target).await?;
                 }
                 {

@@ -45,7 +45,12 @@ pub async fn follow(p: &Pipeline, start: StartPosition) -> Result<()> {
     for _ in 0..cfg.apply.lanes {
         let (tx, rx) = mpsc::channel::<LaneItem>(cfg.apply.queue_depth);
         senders.push(tx);
-        let (sink, window, telemetry, stop) = (p.sink.clone(), window.clone(), p.telemetry.clone(), stop.clone());
+        let (sink, window, telemetry, stop) = (
+            p.sink.clone(),
+            window.clone(),
+            p.telemetry.clone(),
+            stop.clone(),
+        );
         let batch = cfg.apply.batch_docs;
         lanes.spawn(async move {
             let r = run_lane(rx, sink, window, telemetry, batch).await;
@@ -59,7 +64,11 @@ pub async fn follow(p: &Pipeline, start: StartPosition) -> Result<()> {
     let weak: Vec<_> = senders.iter().map(|s| s.downgrade()).collect();
     p.telemetry.set_lane_depths(Some(Box::new(move || {
         weak.iter()
-            .map(|w| w.upgrade().map(|s| s.max_capacity() - s.capacity()).unwrap_or(0))
+            .map(|w| {
+                w.upgrade()
+                    .map(|s| s.max_capacity() - s.capacity())
+                    .unwrap_or(0)
+            })
             .collect()
     })));
     let (tx, mut rx) = mpsc::channel::<SourceItem>(64);
@@ -94,7 +103,9 @@ pub async fn follow(p: &Pipeline, start: StartPosition) -> Result<()> {
 
     let max_window = cfg.apply.lanes * cfg.apply.queue_depth * 2;
     // In-flight bytes, in KiB permits.
-    let budget = Arc::new(tokio::sync::Semaphore::new(cfg.apply.max_inflight_mib as usize * 1024));
+    let budget = Arc::new(tokio::sync::Semaphore::new(
+        cfg.apply.max_inflight_mib as usize * 1024,
+    ));
     let mut dispatch_result = Ok(());
     while let Some(item) = rx.recv().await {
         match dispatch(p, &window, &senders, item, max_window, &budget, &stop).await {
@@ -117,12 +128,18 @@ pub async fn follow(p: &Pipeline, start: StartPosition) -> Result<()> {
         match r {
             Ok(Ok(())) => {}
             Ok(Err(e)) => lane_result = lane_result.and(Err(e)),
-            Err(e) => lane_result = lane_result.and(Err(Error::Internal(format!("lane panicked: {e}")))),
+            Err(e) => {
+                lane_result = lane_result.and(Err(Error::Internal(format!("lane panicked: {e}"))))
+            }
         }
     }
     stop.cancel();
-    let reader_result = reader.await.map_err(|e| Error::Internal(format!("reader panicked: {e}")))?;
-    checkpointer.await.map_err(|e| Error::Internal(format!("checkpointer panicked: {e}")))??;
+    let reader_result = reader
+        .await
+        .map_err(|e| Error::Internal(format!("reader panicked: {e}")))?;
+    checkpointer
+        .await
+        .map_err(|e| Error::Internal(format!("checkpointer panicked: {e}")))??;
     // Final save: everything the lanes finished is durable.
     let mut none = None;
     save_committed(&window, &mut none, &p.store, &p.checkpoint, &p.telemetry).await?;
@@ -138,11 +155,14 @@ async fn save_committed(
     ckpt: &tokio::sync::Mutex<crate::checkpoint::Checkpoint>,
     telemetry: &crate::telemetry::Telemetry,
 ) -> Result<()> {
-    let Some(pos) = window.committed() else { return Ok(()) };
+    let Some(pos) = window.committed() else {
+        return Ok(());
+    };
     if last.as_ref() == Some(&pos) {
         return Ok(());
     }
-    let token = Document::try_from(pos.token.as_ref()).map_err(|e| Error::Internal(e.to_string()))?;
+    let token =
+        Document::try_from(pos.token.as_ref()).map_err(|e| Error::Internal(e.to_string()))?;
     let snapshot = {
         let mut c = ckpt.lock().await;
         c.resume_token = Some(token.clone());
@@ -198,7 +218,10 @@ async fn dispatch(
         }
         SourceItem::Event(ev) => *ev,
     };
-    let pos = Position { token: ev.resume_token.clone(), time: ev.cluster_time };
+    let pos = Position {
+        token: ev.resume_token.clone(),
+        time: ev.cluster_time,
+    };
     if p.transforms.apply(&mut ev) == Verdict::Skip {
         window.push(pos, true);
         return Ok(Flow::Continue);
@@ -216,7 +239,8 @@ async fn dispatch(
         window.push(pos, true);
         return Ok(Flow::Continue);
     }
-    let ops = ops_for_event(&ev, p.cfg.stream.update_mode).map_err(|e| Error::Internal(e.to_string()))?;
+    let ops =
+        ops_for_event(&ev, p.cfg.stream.update_mode).map_err(|e| Error::Internal(e.to_string()))?;
     if ops.is_empty() {
         window.push(pos, true);
         return Ok(Flow::Continue);
@@ -225,16 +249,26 @@ async fn dispatch(
         return Ok(Flow::Stop);
     }
     let lane = lane_of(&ev, p.cfg.apply.lane_by, lanes.len());
-    let kib = (ops.iter().map(|o| o.size()).sum::<usize>() / 1024 + 1).min(p.cfg.apply.max_inflight_mib as usize * 1024) as u32;
+    let kib = (ops.iter().map(|o| o.size()).sum::<usize>() / 1024 + 1)
+        .min(p.cfg.apply.max_inflight_mib as usize * 1024) as u32;
     let permit = tokio::select! {
         biased;
         permit = budget.clone().acquire_many_owned(kib) => permit.map_err(|_| Error::Internal("budget closed".into()))?,
         _ = stop.cancelled() => return Ok(Flow::Stop),
     };
     let seq = window.push(pos, false);
-    let item = LaneItem { seq, op: ev.op.clone(), ops, budget: Some(permit) };
+    let item = LaneItem {
+        seq,
+        op: ev.op.clone(),
+        ops,
+        budget: Some(permit),
+    };
     // A closed lane has failed and reports its own error.
-    Ok(if lanes[lane].send(item).await.is_ok() { Flow::Continue } else { Flow::Stop })
+    Ok(if lanes[lane].send(item).await.is_ok() {
+        Flow::Continue
+    } else {
+        Flow::Stop
+    })
 }
 
 async fn apply_ddl(p: &Pipeline, ev: &ChangeEvent) -> Result<()> {
@@ -248,7 +282,13 @@ async fn apply_ddl(p: &Pipeline, ev: &ChangeEvent) -> Result<()> {
             .and_then(|d| d.get_array("indexes").ok())
             .map(|a| {
                 a.into_iter()
-                    .filter_map(|v| v.ok()?.as_document()?.get_str("name").ok().map(str::to_string))
+                    .filter_map(|v| {
+                        v.ok()?
+                            .as_document()?
+                            .get_str("name")
+                            .ok()
+                            .map(str::to_string)
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -256,7 +296,10 @@ async fn apply_ddl(p: &Pipeline, ev: &ChangeEvent) -> Result<()> {
             Ok(specs) => {
                 let specs: Vec<Document> = specs
                     .into_iter()
-                    .filter(|s| s.get_str("name").is_ok_and(|n| names.iter().any(|m| m == n)))
+                    .filter(|s| {
+                        s.get_str("name")
+                            .is_ok_and(|n| names.iter().any(|m| m == n))
+                    })
                     .collect();
                 if !specs.is_empty() {
                     p.sink.create_indexes(&ev.ns, &specs).await?;
@@ -264,7 +307,9 @@ async fn apply_ddl(p: &Pipeline, ev: &ChangeEvent) -> Result<()> {
                     return Ok(());
                 }
             }
-            Err(e) => warn!(error = %e, "Could not read index specs from the source; using the event's."),
+            Err(e) => {
+                warn!(error = %e, "Could not read index specs from the source; using the event's.")
+            }
         }
     }
     p.sink.apply_ddl(ev).await

@@ -50,7 +50,9 @@ pub enum WriteOp {
 impl WriteOp {
     fn ns(&self) -> &Namespace {
         match self {
-            WriteOp::Upsert { ns, .. } | WriteOp::Update { ns, .. } | WriteOp::Delete { ns, .. } => ns,
+            WriteOp::Upsert { ns, .. }
+            | WriteOp::Update { ns, .. }
+            | WriteOp::Delete { ns, .. } => ns,
         }
     }
     fn is_delete(&self) -> bool {
@@ -59,8 +61,12 @@ impl WriteOp {
     /// Approximate size on the wire, for batching.
     pub fn size(&self) -> usize {
         match self {
-            WriteOp::Upsert { filter, doc, .. } => filter.as_bytes().len() + doc.as_bytes().len() + 32,
-            WriteOp::Update { filter, update, .. } => filter.as_bytes().len() + update.as_bytes().len() + 32,
+            WriteOp::Upsert { filter, doc, .. } => {
+                filter.as_bytes().len() + doc.as_bytes().len() + 32
+            }
+            WriteOp::Update { filter, update, .. } => {
+                filter.as_bytes().len() + update.as_bytes().len() + 32
+            }
             WriteOp::Delete { filter, .. } => filter.as_bytes().len() + 16,
         }
     }
@@ -77,15 +83,22 @@ pub fn ops_for_event(ev: &ChangeEvent, mode: UpdateMode) -> Result<Vec<WriteOp>,
     let ns = ev.ns.clone();
     Ok(match ev.op {
         OpType::Insert | OpType::Replace => {
-            let doc = ev
-                .full_document
-                .clone()
-                .ok_or_else(|| EventError(format!("{} event without fullDocument", ev.op.as_str())))?;
-            vec![WriteOp::Upsert { ns, filter: filter()?, doc }]
+            let doc = ev.full_document.clone().ok_or_else(|| {
+                EventError(format!("{} event without fullDocument", ev.op.as_str()))
+            })?;
+            vec![WriteOp::Upsert {
+                ns,
+                filter: filter()?,
+                doc,
+            }]
         }
         OpType::Update if mode == UpdateMode::FullDocument && ev.full_document.is_some() => {
             let doc = ev.full_document.clone().expect("checked");
-            vec![WriteOp::Upsert { ns, filter: filter()?, doc }]
+            vec![WriteOp::Upsert {
+                ns,
+                filter: filter()?,
+                doc,
+            }]
         }
         // Delta mode, or a lookup that found nothing (deleted since): replay the description,
         // so a pipeline that skips deletes still keeps the last update.
@@ -97,10 +110,17 @@ pub fn ops_for_event(ev: &ChangeEvent, mode: UpdateMode) -> Result<Vec<WriteOp>,
             let filter = filter()?;
             update_ops(ud)?
                 .into_iter()
-                .map(|update| WriteOp::Update { ns: ns.clone(), filter: filter.clone(), update })
+                .map(|update| WriteOp::Update {
+                    ns: ns.clone(),
+                    filter: filter.clone(),
+                    update,
+                })
                 .collect()
         }
-        OpType::Delete => vec![WriteOp::Delete { ns, filter: filter()? }],
+        OpType::Delete => vec![WriteOp::Delete {
+            ns,
+            filter: filter()?,
+        }],
         _ => vec![],
     })
 }
@@ -116,7 +136,9 @@ pub fn update_ops(ud: &RawDocument) -> Result<Vec<RawDocumentBuf>, EventError> {
         let mut push = RawDocumentBuf::new();
         for t in truncated {
             let t = t.map_err(|e| bad(&e))?;
-            let RawBsonRef::Document(t) = t else { return Err(bad(&"truncatedArrays entry is not a document")) };
+            let RawBsonRef::Document(t) = t else {
+                return Err(bad(&"truncatedArrays entry is not a document"));
+            };
             let field = t.get_str("field").map_err(|e| bad(&e))?;
             let size = match t.get("newSize").map_err(|e| bad(&e))? {
                 Some(RawBsonRef::Int32(n)) => n as i64,
@@ -124,7 +146,10 @@ pub fn update_ops(ud: &RawDocument) -> Result<Vec<RawDocumentBuf>, EventError> {
                 Some(RawBsonRef::Double(n)) => n as i64,
                 _ => return Err(bad(&"truncatedArrays entry without newSize")),
             };
-            push.append(key(field)?, rawdoc! { "$each": RawArrayBuf::new(), "$slice": size });
+            push.append(
+                key(field)?,
+                rawdoc! { "$each": RawArrayBuf::new(), "$slice": size },
+            );
         }
         if !push.is_empty() {
             out.push(rawdoc! { "$push": push });
@@ -189,7 +214,12 @@ pub struct MongoSink {
 impl MongoSink {
     /// A sink writing through `client` with write concern majority.
     pub fn new(client: Client) -> Self {
-        Self { client, telemetry: None, write_concern: doc! { "w": "majority" }, retry_for: Duration::from_secs(300) }
+        Self {
+            client,
+            telemetry: None,
+            write_concern: doc! { "w": "majority" },
+            retry_for: Duration::from_secs(300),
+        }
     }
 
     /// Reports retried errors to `t`.
@@ -249,9 +279,10 @@ impl MongoSink {
             let client = self.client.clone();
             let db = ns.db.clone();
             // Spawned: a driver future must never be dropped mid-call.
-            let reply = tokio::spawn(async move { client.database(&db).run_raw_command(cmd).await })
-                .await
-                .map_err(|e| Error::Internal(format!("write task failed: {e}")))?;
+            let reply =
+                tokio::spawn(async move { client.database(&db).run_raw_command(cmd).await })
+                    .await
+                    .map_err(|e| Error::Internal(format!("write task failed: {e}")))?;
             let failure = match reply {
                 Ok(reply) => match first_write_error(&reply) {
                     None => {
@@ -268,7 +299,9 @@ impl MongoSink {
                         let op = &run[from];
                         if TRANSIENT_CODES.contains(&code) {
                             RunFailure::Transient(format!("code {code}: {msg}"))
-                        } else if matches!(op, WriteOp::Update { .. }) && SHAPE_MISMATCH_CODES.contains(&code) {
+                        } else if matches!(op, WriteOp::Update { .. })
+                            && SHAPE_MISMATCH_CODES.contains(&code)
+                        {
                             debug!(ns = %ns, code, msg, "skipped an update that does not fit the target document");
                             counts.skipped += 1;
                             from += 1;
@@ -284,12 +317,17 @@ impl MongoSink {
                         }
                     }
                 },
-                Err(e) if is_transient(&e) || error_code(&e) == Some(11000) => RunFailure::Transient(e.to_string()),
+                Err(e) if is_transient(&e) || error_code(&e) == Some(11000) => {
+                    RunFailure::Transient(e.to_string())
+                }
                 Err(e) => return Err(Error::mongo(Role::Sink, format!("writing to {ns}"), e)),
             };
             let RunFailure::Transient(why) = failure;
             if started.elapsed() > self.retry_for {
-                return Err(Error::User(format!("sink: writes to {ns} kept failing for {:?}: {why}", self.retry_for)));
+                return Err(Error::User(format!(
+                    "sink: writes to {ns} kept failing for {:?}: {why}",
+                    self.retry_for
+                )));
             }
             warn!(ns = %ns, error = %why, retry_in = ?backoff, "Sink write failed; retrying.");
             self.note_error(&format!("sink: writing to {ns}: {why}"));
@@ -301,18 +339,31 @@ impl MongoSink {
 
     async fn apply_large(&self, op: &WriteOp) -> Result<()> {
         let ns = op.ns().clone();
-        let coll = self.client.database(&ns.db).collection::<RawDocumentBuf>(ns.coll_name());
+        let coll = self
+            .client
+            .database(&ns.db)
+            .collection::<RawDocumentBuf>(ns.coll_name());
         let op = op.clone();
         let res = tokio::spawn(async move {
             match op {
                 WriteOp::Upsert { filter, doc, .. } => {
-                    let filter = Document::try_from(filter).map_err(|e| Error::Internal(e.to_string()))?;
-                    coll.replace_one(filter, doc).upsert(true).await.map(|_| ()).map_err(Error::from_sink)
+                    let filter =
+                        Document::try_from(filter).map_err(|e| Error::Internal(e.to_string()))?;
+                    coll.replace_one(filter, doc)
+                        .upsert(true)
+                        .await
+                        .map(|_| ())
+                        .map_err(Error::from_sink)
                 }
                 WriteOp::Update { filter, update, .. } => {
-                    let filter = Document::try_from(filter).map_err(|e| Error::Internal(e.to_string()))?;
-                    let update = Document::try_from(update).map_err(|e| Error::Internal(e.to_string()))?;
-                    coll.update_one(filter, update).await.map(|_| ()).map_err(Error::from_sink)
+                    let filter =
+                        Document::try_from(filter).map_err(|e| Error::Internal(e.to_string()))?;
+                    let update =
+                        Document::try_from(update).map_err(|e| Error::Internal(e.to_string()))?;
+                    coll.update_one(filter, update)
+                        .await
+                        .map(|_| ())
+                        .map_err(Error::from_sink)
                 }
                 WriteOp::Delete { .. } => Ok(()),
             }
@@ -320,7 +371,9 @@ impl MongoSink {
         .await
         .map_err(|e| Error::Internal(format!("write task failed: {e}")))?;
         res.map_err(|e| match e {
-            Error::Mongo { source, .. } => Error::User(format!("sink rejected a large write to {ns}: {source}")),
+            Error::Mongo { source, .. } => {
+                Error::User(format!("sink rejected a large write to {ns}: {source}"))
+            }
             other => other,
         })
     }
@@ -359,7 +412,6 @@ impl MongoSink {
 enum RunFailure {
     Transient(String),
 }
-
 
 fn first_write_error(reply: &Document) -> Option<(usize, i32, String)> {
     let errs = reply.get_array("writeErrors").ok()?;
@@ -402,16 +454,28 @@ mod tests {
         });
         let ops = ops_for_event(&ev, UpdateMode::Delta).unwrap();
         assert_eq!(ops.len(), 2);
-        let WriteOp::Update { update, .. } = &ops[0] else { panic!() };
-        assert_eq!(update, &rawdoc! { "$push": { "arr": { "$each": [], "$slice": 2_i64 } } });
-        let WriteOp::Update { update, filter, .. } = &ops[1] else { panic!() };
+        let WriteOp::Update { update, .. } = &ops[0] else {
+            panic!()
+        };
+        assert_eq!(
+            update,
+            &rawdoc! { "$push": { "arr": { "$each": [], "$slice": 2_i64 } } }
+        );
+        let WriteOp::Update { update, filter, .. } = &ops[1] else {
+            panic!()
+        };
         assert_eq!(filter, &rawdoc! { "_id": 1_i32 });
-        assert_eq!(update, &rawdoc! { "$set": { "a.b": 1_i32, "arr.1": "x" }, "$unset": { "gone": "", "n.old": "" } });
+        assert_eq!(
+            update,
+            &rawdoc! { "$set": { "a.b": 1_i32, "arr.1": "x" }, "$unset": { "gone": "", "n.old": "" } }
+        );
     }
 
     #[test]
     fn empty_update_writes_nothing() {
-        let ev = update_event(rawdoc! { "updatedFields": {}, "removedFields": [], "truncatedArrays": [] });
+        let ev = update_event(
+            rawdoc! { "updatedFields": {}, "removedFields": [], "truncatedArrays": [] },
+        );
         assert!(ops_for_event(&ev, UpdateMode::Delta).unwrap().is_empty());
     }
 
@@ -421,7 +485,10 @@ mod tests {
         let ops = ops_for_event(&ev, UpdateMode::FullDocument).unwrap();
         assert!(matches!(&ops[..], [WriteOp::Update { .. }]), "{ops:?}");
         ev.full_document = Some(rawdoc! { "_id": 1_i32, "a": 1_i32 });
-        assert!(matches!(ops_for_event(&ev, UpdateMode::FullDocument).unwrap()[0], WriteOp::Upsert { .. }));
+        assert!(matches!(
+            ops_for_event(&ev, UpdateMode::FullDocument).unwrap()[0],
+            WriteOp::Upsert { .. }
+        ));
     }
 
     #[test]
@@ -432,17 +499,23 @@ mod tests {
         })
         .unwrap();
         let ops = ops_for_event(&ev, UpdateMode::Delta).unwrap();
-        assert_eq!(ops, vec![WriteOp::Upsert {
-            ns: Namespace::new("d", Some("c")),
-            filter: rawdoc! { "_id": 1_i32 },
-            doc: rawdoc! { "_id": 1_i32, "z": 1_i32, "a": 2_i32 },
-        }]);
+        assert_eq!(
+            ops,
+            vec![WriteOp::Upsert {
+                ns: Namespace::new("d", Some("c")),
+                filter: rawdoc! { "_id": 1_i32 },
+                doc: rawdoc! { "_id": 1_i32, "z": 1_i32, "a": 2_i32 },
+            }]
+        );
         let ev = ChangeEvent::from_raw(rawdoc! {
             "_id": { "_data": "02" }, "operationType": "delete", "ns": { "db": "d", "coll": "c" },
             "documentKey": { "_id": 1_i32 },
         })
         .unwrap();
-        assert!(matches!(&ops_for_event(&ev, UpdateMode::Delta).unwrap()[0], WriteOp::Delete { .. }));
+        assert!(matches!(
+            &ops_for_event(&ev, UpdateMode::Delta).unwrap()[0],
+            WriteOp::Delete { .. }
+        ));
     }
 
     #[test]

@@ -18,7 +18,8 @@ impl Renamer {
         for (from, to) in rules {
             match (from.split_once('.'), to.split_once('.')) {
                 (Some((fd, fc)), Some((td, tc))) => {
-                    r.colls.insert((fd.into(), fc.into()), (td.into(), tc.into()));
+                    r.colls
+                        .insert((fd.into(), fc.into()), (td.into(), tc.into()));
                 }
                 _ => {
                     r.dbs.insert(from.clone(), to.clone());
@@ -41,7 +42,10 @@ impl Renamer {
             }
         }
         match self.dbs.get(&ns.db) {
-            Some(d) => Namespace { db: d.clone(), coll: ns.coll.clone() },
+            Some(d) => Namespace {
+                db: d.clone(),
+                coll: ns.coll.clone(),
+            },
             None => ns.clone(),
         }
     }
@@ -57,9 +61,18 @@ mod tests {
         rules.insert("a.b".to_string(), "c.d".to_string());
         rules.insert("a".to_string(), "z".to_string());
         let r = Renamer::new(&rules);
-        assert_eq!(r.map(&Namespace::new("a", Some("b"))), Namespace::new("c", Some("d")));
-        assert_eq!(r.map(&Namespace::new("a", Some("x"))), Namespace::new("z", Some("x")));
-        assert_eq!(r.map(&Namespace::new("q", Some("x"))), Namespace::new("q", Some("x")));
+        assert_eq!(
+            r.map(&Namespace::new("a", Some("b"))),
+            Namespace::new("c", Some("d"))
+        );
+        assert_eq!(
+            r.map(&Namespace::new("a", Some("x"))),
+            Namespace::new("z", Some("x"))
+        );
+        assert_eq!(
+            r.map(&Namespace::new("q", Some("x"))),
+            Namespace::new("q", Some("x"))
+        );
         assert_eq!(r.map(&Namespace::new("a", None)), Namespace::new("z", None));
     }
 }

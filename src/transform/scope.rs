@@ -91,8 +91,14 @@ impl Scope {
             return self.may_include_db(&ns.db);
         };
         let db = ns.db.as_str();
-        let protected = SYSTEM_DBS.contains(&db) || db == self.meta_db || coll.starts_with("system.");
-        if protected && !self.include.iter().any(|p| p.names_db(db) && p.matches(db, coll)) {
+        let protected =
+            SYSTEM_DBS.contains(&db) || db == self.meta_db || coll.starts_with("system.");
+        if protected
+            && !self
+                .include
+                .iter()
+                .any(|p| p.names_db(db) && p.matches(db, coll))
+        {
             return false;
         }
         let included = self.include.is_empty() || self.include.iter().any(|p| p.matches(db, coll));
@@ -105,7 +111,11 @@ impl Scope {
         if protected {
             return self.include.iter().any(|p| p.names_db(db));
         }
-        if self.exclude.iter().any(|p| matches!(p, NamespacePattern::Database(d) if d == db)) {
+        if self
+            .exclude
+            .iter()
+            .any(|p| matches!(p, NamespacePattern::Database(d) if d == db))
+        {
             return false;
         }
         self.include.is_empty()
@@ -121,9 +131,15 @@ impl Scope {
     pub fn covers_whole_db(&self, db: &str) -> bool {
         let protected = SYSTEM_DBS.contains(&db) || db == self.meta_db;
         let included = if protected {
-            self.include.iter().any(|p| matches!(p, NamespacePattern::Database(d) if d == db))
+            self.include
+                .iter()
+                .any(|p| matches!(p, NamespacePattern::Database(d) if d == db))
         } else {
-            self.include.is_empty() || self.include.iter().any(|p| matches!(p, NamespacePattern::Database(d) if d == db))
+            self.include.is_empty()
+                || self
+                    .include
+                    .iter()
+                    .any(|p| matches!(p, NamespacePattern::Database(d) if d == db))
         };
         let excluded = self.exclude.iter().any(|p| match p {
             NamespacePattern::Exact(d, _) | NamespacePattern::Database(d) => d == db,
@@ -210,7 +226,10 @@ mod tests {
 
     #[test]
     fn exact_database_regex_and_exclude() {
-        let s = scope(&["shop.*", "crm.users", "/^logs\\.2024/"], &["shop.tmp", "/_bak$/"]);
+        let s = scope(
+            &["shop.*", "crm.users", "/^logs\\.2024/"],
+            &["shop.tmp", "/_bak$/"],
+        );
         assert!(s.includes(&ns("shop", "orders")));
         assert!(!s.includes(&ns("shop", "tmp")));
         assert!(!s.includes(&ns("shop", "orders_bak")));
@@ -238,10 +257,22 @@ mod tests {
 
     #[test]
     fn narrowest_watch_target() {
-        assert_eq!(scope(&["a.b"], &[]).watch_target(), WatchTarget::Collection(ns("a", "b")));
-        assert_eq!(scope(&["a.b", "a.c"], &[]).watch_target(), WatchTarget::Database("a".into()));
-        assert_eq!(scope(&["a.*"], &[]).watch_target(), WatchTarget::Database("a".into()));
-        assert_eq!(scope(&["a.b", "c.d"], &[]).watch_target(), WatchTarget::Cluster);
+        assert_eq!(
+            scope(&["a.b"], &[]).watch_target(),
+            WatchTarget::Collection(ns("a", "b"))
+        );
+        assert_eq!(
+            scope(&["a.b", "a.c"], &[]).watch_target(),
+            WatchTarget::Database("a".into())
+        );
+        assert_eq!(
+            scope(&["a.*"], &[]).watch_target(),
+            WatchTarget::Database("a".into())
+        );
+        assert_eq!(
+            scope(&["a.b", "c.d"], &[]).watch_target(),
+            WatchTarget::Cluster
+        );
     }
 
     #[test]

@@ -26,7 +26,11 @@ fn secantusd() -> String {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Server {
@@ -44,7 +48,10 @@ impl Server {
     /// Starts a server whose data lives in `dir` (so it survives a restart).
     pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Server {
         let bin = secantusd();
-        assert!(Path::new(&bin).exists(), "SecantusDB not installed at {bin}; run dev/test.sh");
+        assert!(
+            Path::new(&bin).exists(),
+            "SecantusDB not installed at {bin}; run dev/test.sh"
+        );
         let port = free_port();
         let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
         let data = dir.path().join("data");
@@ -92,7 +99,9 @@ impl Drop for Server {
 
 /// The strait binary under test.
 pub fn strait_bin() -> PathBuf {
-    std::env::var("STRAIT_BIN").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from(env!("CARGO_BIN_EXE_strait")))
+    std::env::var("STRAIT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_BIN_EXE_strait")))
 }
 
 /// Writes a pipeline file and returns its path.
@@ -119,7 +128,11 @@ pub struct Strait {
 
 impl Strait {
     pub fn spawn(config: &Path, log: &Path) -> Strait {
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
         let child = Command::new(strait_bin())
             .args(["run", "-c"])
             .arg(config)
@@ -128,7 +141,10 @@ impl Strait {
             .stderr(out)
             .spawn()
             .unwrap();
-        Strait { child, log: log.to_path_buf() }
+        Strait {
+            child,
+            log: log.to_path_buf(),
+        }
     }
 
     pub fn sigkill(&mut self) {
@@ -143,11 +159,18 @@ impl Strait {
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
                 if !s.success() {
-                    eprintln!("strait exited with {s} after SIGTERM; log:\n{}", self.log_text());
+                    eprintln!(
+                        "strait exited with {s} after SIGTERM; log:\n{}",
+                        self.log_text()
+                    );
                 }
                 return s;
             }
-            assert!(Instant::now() < deadline, "strait did not stop after SIGTERM; log:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "strait did not stop after SIGTERM; log:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -163,7 +186,11 @@ impl Strait {
             if let Some(s) = self.child.try_wait().unwrap() {
                 return s;
             }
-            assert!(Instant::now() < deadline, "strait did not finish; log:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "strait did not finish; log:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -206,7 +233,13 @@ pub fn strait_cmd(args: &[&str], timeout: Duration) -> (i32, String, String) {
 /// Every document of a collection, raw, sorted by `_id`.
 pub async fn raw_docs(client: &Client, db: &str, coll: &str) -> Vec<RawDocumentBuf> {
     let c = client.database(db).collection::<RawDocumentBuf>(coll);
-    c.find(doc! {}).sort(doc! { "_id": 1 }).await.unwrap().try_collect().await.unwrap()
+    c.find(doc! {})
+        .sort(doc! { "_id": 1 })
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap()
 }
 
 /// Differences between two collections, byte for byte (empty when identical).
@@ -219,7 +252,12 @@ pub async fn diff(src: &Client, s: (&str, &str), dst: &Client, d: (&str, &str)) 
     }
     let index = |v: &Vec<RawDocumentBuf>| {
         v.iter()
-            .map(|d| (format!("{:?}", d.get("_id").unwrap().unwrap()), d.as_bytes().to_vec()))
+            .map(|d| {
+                (
+                    format!("{:?}", d.get("_id").unwrap().unwrap()),
+                    d.as_bytes().to_vec(),
+                )
+            })
             .collect::<std::collections::BTreeMap<_, _>>()
     };
     let (ia, ib) = (index(&a), index(&b));
@@ -243,7 +281,14 @@ pub async fn diff(src: &Client, s: (&str, &str), dst: &Client, d: (&str, &str)) 
 }
 
 /// Waits until `src` and `dst` collections are identical, or panics with the differences.
-pub async fn wait_identical(src: &Client, s: (&str, &str), dst: &Client, d: (&str, &str), timeout: Duration, strait: Option<&Strait>) {
+pub async fn wait_identical(
+    src: &Client,
+    s: (&str, &str),
+    dst: &Client,
+    d: (&str, &str),
+    timeout: Duration,
+    strait: Option<&Strait>,
+) {
     let deadline = Instant::now() + timeout;
     loop {
         let dif = diff(src, s, dst, d).await;
@@ -252,7 +297,15 @@ pub async fn wait_identical(src: &Client, s: (&str, &str), dst: &Client, d: (&st
         }
         if Instant::now() > deadline {
             let log = strait.map(|s| s.log_text()).unwrap_or_default();
-            let tail: String = log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+            let tail: String = log
+                .lines()
+                .rev()
+                .take(40)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n");
             panic!("{}.{} and {}.{} still differ ({} differences), first: {:?}\nstrait log tail:\n{tail}", s.0, s.1, d.0, d.1, dif.len(), &dif[..dif.len().min(5)]);
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -261,7 +314,11 @@ pub async fn wait_identical(src: &Client, s: (&str, &str), dst: &Client, d: (&st
 
 /// Index specs of a collection without version fields, sorted by name (none if it is missing).
 pub async fn indexes(client: &Client, db: &str, coll: &str) -> Vec<Document> {
-    let r = match client.database(db).run_command(doc! { "listIndexes": coll }).await {
+    let r = match client
+        .database(db)
+        .run_command(doc! { "listIndexes": coll })
+        .await
+    {
         Ok(r) => r,
         Err(e) if e.to_string().contains("NamespaceNotFound") => return Vec::new(),
         Err(e) => panic!("listIndexes {db}.{coll}: {e}"),

@@ -36,15 +36,36 @@ pub fn varied_doc(i: i64) -> Document {
 /// With `multi_operator` false, every update uses a single operator (see
 /// `stream.update_mode` on why field order of several operators differs between servers).
 #[allow(clippy::too_many_arguments)]
-pub async fn run_mixed(client: &Client, db: &str, coll: &str, keys: i64, n: u64, seed: u64, stop: Option<Arc<AtomicBool>>, done: Option<Arc<AtomicU64>>) -> u64 {
+pub async fn run_mixed(
+    client: &Client,
+    db: &str,
+    coll: &str,
+    keys: i64,
+    n: u64,
+    seed: u64,
+    stop: Option<Arc<AtomicBool>>,
+    done: Option<Arc<AtomicU64>>,
+) -> u64 {
     run_mixed_ops(client, db, coll, keys, n, seed, stop, done, true).await
 }
 
 /// [`run_mixed`], choosing whether updates combine several operators.
 #[allow(clippy::too_many_arguments)]
-pub async fn run_mixed_ops(client: &Client, db: &str, coll: &str, keys: i64, n: u64, seed: u64, stop: Option<Arc<AtomicBool>>, done: Option<Arc<AtomicU64>>, multi_operator: bool) -> u64 {
+pub async fn run_mixed_ops(
+    client: &Client,
+    db: &str,
+    coll: &str,
+    keys: i64,
+    n: u64,
+    seed: u64,
+    stop: Option<Arc<AtomicBool>>,
+    done: Option<Arc<AtomicU64>>,
+    multi_operator: bool,
+) -> u64 {
     let c = client.database(db).collection::<Document>(coll);
-    let tx_coll = client.database(db).collection::<Document>(&format!("{coll}_tx"));
+    let tx_coll = client
+        .database(db)
+        .collection::<Document>(&format!("{coll}_tx"));
     let mut rng = StdRng::seed_from_u64(seed);
     let mut count = 0;
     while count < n {

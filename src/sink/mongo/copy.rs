@@ -20,7 +20,9 @@ impl MongoSink {
             match self.insert_copy_once(ns, docs).await {
                 Ok(n) => return Ok(n),
                 // The whole batch again: inserts of existing documents become replaces.
-                Err((Error::Mongo { source, .. }, back)) if is_transient(&source) && started.elapsed() < self.retry_for => {
+                Err((Error::Mongo { source, .. }, back))
+                    if is_transient(&source) && started.elapsed() < self.retry_for =>
+                {
                     tracing::warn!(ns = %ns, error = %source, retry_in = ?backoff, "Copy batch failed; retrying.");
                     self.note_error(&format!("sink: copying into {ns}: {source}"));
                     tokio::time::sleep(backoff).await;
@@ -32,44 +34,76 @@ impl MongoSink {
         }
     }
 
-    async fn insert_copy_once(&self, ns: &Namespace, docs: Vec<RawDocumentBuf>) -> Result<u64, (Error, Vec<RawDocumentBuf>)> {
+    async fn insert_copy_once(
+        &self,
+        ns: &Namespace,
+        docs: Vec<RawDocumentBuf>,
+    ) -> Result<u64, (Error, Vec<RawDocumentBuf>)> {
         let wc = WriteConcern::builder().w(Acknowledgment::Majority).build();
         let coll = self
             .client
             .database(&ns.db)
-            .collection_with_options::<RawDocumentBuf>(ns.coll_name(), CollectionOptions::builder().write_concern(wc).build());
+            .collection_with_options::<RawDocumentBuf>(
+                ns.coll_name(),
+                CollectionOptions::builder().write_concern(wc).build(),
+            );
         let (docs, res) = tokio::spawn(async move {
             let r = coll.insert_many(docs.iter()).ordered(false).await;
             (docs, r)
         })
         .await
-        .map_err(|e| (Error::Internal(format!("insert task failed: {e}")), Vec::new()))?;
+        .map_err(|e| {
+            (
+                Error::Internal(format!("insert task failed: {e}")),
+                Vec::new(),
+            )
+        })?;
         let n = docs.len() as u64;
         let err = match res {
             Ok(_) => return Ok(n),
             Err(e) => e,
         };
         let ErrorKind::InsertMany(ime) = err.kind.as_ref() else {
-            return Err((Error::mongo(Role::Sink, format!("copying into {ns}"), err), docs));
+            return Err((
+                Error::mongo(Role::Sink, format!("copying into {ns}"), err),
+                docs,
+            ));
         };
-        if ime.write_concern_error.is_some() || ime.write_errors.iter().flatten().any(|we| TRANSIENT_CODES.contains(&we.code)) {
-            return Err((Error::mongo(Role::Sink, format!("copying into {ns}"), err), docs));
+        if ime.write_concern_error.is_some()
+            || ime
+                .write_errors
+                .iter()
+                .flatten()
+                .any(|we| TRANSIENT_CODES.contains(&we.code))
+        {
+            return Err((
+                Error::mongo(Role::Sink, format!("copying into {ns}"), err),
+                docs,
+            ));
         }
         let mut existing = Vec::new();
         for we in ime.write_errors.iter().flatten() {
             if we.code != 11000 {
-                let msg = format!("sink rejected a copied document in {ns} (code {}): {}", we.code, we.message);
+                let msg = format!(
+                    "sink rejected a copied document in {ns} (code {}): {}",
+                    we.code, we.message
+                );
                 return Err((Error::User(msg), Vec::new()));
             }
             let doc = &docs[we.index];
-            let id = doc
-                .get("_id")
-                .ok()
-                .flatten()
-                .ok_or_else(|| (Error::Internal("copied document without _id".into()), Vec::new()))?;
+            let id = doc.get("_id").ok().flatten().ok_or_else(|| {
+                (
+                    Error::Internal("copied document without _id".into()),
+                    Vec::new(),
+                )
+            })?;
             let mut filter = RawDocumentBuf::new();
             filter.append(bson::raw::cstr!("_id"), id);
-            existing.push(WriteOp::Upsert { ns: ns.clone(), filter, doc: doc.clone() });
+            existing.push(WriteOp::Upsert {
+                ns: ns.clone(),
+                filter,
+                doc: doc.clone(),
+            });
         }
         self.apply(&existing).await.map_err(|e| (e, Vec::new()))?;
         Ok(n)
@@ -106,7 +140,11 @@ impl MongoSink {
         if specs.is_empty() {
             return Ok(());
         }
-        self.run(&ns.db, doc! { "createIndexes": ns.coll_name(), "indexes": specs }).await?;
+        self.run(
+            &ns.db,
+            doc! { "createIndexes": ns.coll_name(), "indexes": specs },
+        )
+        .await?;
         Ok(())
     }
 

@@ -29,7 +29,9 @@ impl MongoSink {
                     }
                 }
                 match self.run(&ns.db, cmd).await {
-                    Err(Error::Mongo { source, .. }) if error_code(&source).is_some_and(|c| !ALREADY_DONE.contains(&c)) => {
+                    Err(Error::Mongo { source, .. })
+                        if error_code(&source).is_some_and(|c| !ALREADY_DONE.contains(&c)) =>
+                    {
                         warn!(ns = %ns, error = %source, "Creating with the source's options failed; creating plainly.");
                         self.run(&ns.db, doc! { "create": ns.coll_name() }).await
                     }
@@ -56,7 +58,9 @@ impl MongoSink {
                 if specs.is_empty() {
                     return Ok(());
                 }
-                self.create_indexes(ns, &specs).await.map(|_| Document::new())
+                self.create_indexes(ns, &specs)
+                    .await
+                    .map(|_| Document::new())
             }
             OpType::DropIndexes => {
                 let names: Vec<Bson> = index_specs(desc)
@@ -66,7 +70,11 @@ impl MongoSink {
                 if names.is_empty() {
                     return Ok(());
                 }
-                self.run(&ns.db, doc! { "dropIndexes": ns.coll_name(), "index": names }).await
+                self.run(
+                    &ns.db,
+                    doc! { "dropIndexes": ns.coll_name(), "index": names },
+                )
+                .await
             }
             OpType::Modify => {
                 let mut cmd = doc! { "collMod": ns.coll_name() };
@@ -90,7 +98,11 @@ impl MongoSink {
                 info!(op = ev.op.as_str(), ns = %ns, "Applied DDL.");
                 Ok(())
             }
-            Err(Error::Mongo { source, .. }) if error_code(&source).is_some_and(|c| ALREADY_DONE.contains(&c)) => Ok(()),
+            Err(Error::Mongo { source, .. })
+                if error_code(&source).is_some_and(|c| ALREADY_DONE.contains(&c)) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(e),
         }
     }
@@ -101,6 +113,10 @@ fn index_specs(desc: Option<&RawDocument>) -> Vec<Document> {
         return vec![];
     };
     arr.into_iter()
-        .filter_map(|v| v.ok()?.as_document().and_then(|d| Document::try_from(d).ok()))
+        .filter_map(|v| {
+            v.ok()?
+                .as_document()
+                .and_then(|d| Document::try_from(d).ok())
+        })
         .collect()
 }

@@ -26,7 +26,10 @@ fn src_err(ctx: String) -> impl FnOnce(mongodb::error::Error) -> Error {
 
 /// Lists the source collections in scope (views and system collections excluded).
 pub async fn list_collections(client: &Client, scope: &Scope) -> Result<Vec<SourceCollection>> {
-    let dbs = client.list_database_names().await.map_err(src_err("listing databases".into()))?;
+    let dbs = client
+        .list_database_names()
+        .await
+        .map_err(src_err("listing databases".into()))?;
     let mut out = Vec::new();
     for db in dbs.iter().filter(|d| scope.may_include_db(d)) {
         let mut cursor = client
@@ -35,11 +38,18 @@ pub async fn list_collections(client: &Client, scope: &Scope) -> Result<Vec<Sour
             .filter(doc! { "type": "collection" })
             .await
             .map_err(src_err(format!("listing collections of {db}")))?;
-        while let Some(spec) = cursor.try_next().await.map_err(src_err(format!("listing collections of {db}")))? {
+        while let Some(spec) = cursor
+            .try_next()
+            .await
+            .map_err(src_err(format!("listing collections of {db}")))?
+        {
             let ns = Namespace::new(db, Some(&spec.name));
             if scope.includes(&ns) {
                 let options = bson::serialize_to_document(&spec.options).unwrap_or_default();
-                out.push(SourceCollection { ns, options: strip_nulls(options) });
+                out.push(SourceCollection {
+                    ns,
+                    options: strip_nulls(options),
+                });
             }
         }
     }
@@ -63,7 +73,10 @@ pub async fn list_indexes(client: &Client, ns: &Namespace) -> Result<Vec<Documen
         .get_document("cursor")
         .and_then(|c| c.get_array("firstBatch"))
         .map_err(|e| Error::Internal(format!("listIndexes reply: {e}")))?;
-    Ok(batch.iter().filter_map(|b| b.as_document().cloned()).collect())
+    Ok(batch
+        .iter()
+        .filter_map(|b| b.as_document().cloned())
+        .collect())
 }
 
 /// BSON comparison class of an `_id`: range queries only match values of the same class.
@@ -87,14 +100,26 @@ async fn edge_id(coll: &mongodb::Collection<Document>, dir: i32) -> Result<Optio
 
 /// Plans the copy of one collection: `_id` ranges of about `chunk_docs` documents. A small
 /// collection, or one whose `_id`s are of mixed types, is one range.
-pub async fn plan_collection(client: &Client, ns: &Namespace, chunk_docs: u64) -> Result<CollectionPlan> {
-    let coll = client.database(&ns.db).collection::<Document>(ns.coll_name());
+pub async fn plan_collection(
+    client: &Client,
+    ns: &Namespace,
+    chunk_docs: u64,
+) -> Result<CollectionPlan> {
+    let coll = client
+        .database(&ns.db)
+        .collection::<Document>(ns.coll_name());
     let estimated = coll
         .estimated_document_count()
         .await
         .map_err(src_err(format!("counting {ns}")))?;
     let whole = vec![ChunkPlan::default()];
-    let mut plan = CollectionPlan { ns: ns.to_string(), estimated, chunks: whole, created: false, indexes_done: false };
+    let mut plan = CollectionPlan {
+        ns: ns.to_string(),
+        estimated,
+        chunks: whole,
+        created: false,
+        indexes_done: false,
+    };
     if estimated <= chunk_docs {
         return Ok(plan);
     }
@@ -118,13 +143,21 @@ pub async fn plan_collection(client: &Client, ns: &Namespace, chunk_docs: u64) -
         .await
         .map_err(src_err(format!("sampling {ns}")))?;
     let mut sample = Vec::with_capacity(size as usize);
-    while let Some(d) = cursor.try_next().await.map_err(src_err(format!("sampling {ns}")))? {
+    while let Some(d) = cursor
+        .try_next()
+        .await
+        .map_err(src_err(format!("sampling {ns}")))?
+    {
         if let Some(id) = d.get("_id") {
             sample.push(id.clone());
         }
     }
     let mut bounds: Vec<Bson> = Vec::new();
-    for b in sample.into_iter().skip(OVERSAMPLE as usize).step_by(OVERSAMPLE as usize) {
+    for b in sample
+        .into_iter()
+        .skip(OVERSAMPLE as usize)
+        .step_by(OVERSAMPLE as usize)
+    {
         if type_class(&b) == type_class(&min) && bounds.last() != Some(&b) && b != min {
             bounds.push(b);
         }
@@ -132,10 +165,18 @@ pub async fn plan_collection(client: &Client, ns: &Namespace, chunk_docs: u64) -
     let mut chunks = Vec::with_capacity(bounds.len() + 1);
     let mut lower = None;
     for b in bounds {
-        chunks.push(ChunkPlan { lower: lower.take(), upper: Some(b.clone()), done: false });
+        chunks.push(ChunkPlan {
+            lower: lower.take(),
+            upper: Some(b.clone()),
+            done: false,
+        });
         lower = Some(b);
     }
-    chunks.push(ChunkPlan { lower, upper: None, done: false });
+    chunks.push(ChunkPlan {
+        lower,
+        upper: None,
+        done: false,
+    });
     plan.chunks = chunks;
     Ok(plan)
 }
@@ -165,7 +206,9 @@ pub async fn read_chunk(
     batch_docs: usize,
     tx: mpsc::Sender<Vec<RawDocumentBuf>>,
 ) -> Result<()> {
-    let coll = client.database(&ns.db).collection::<RawDocumentBuf>(ns.coll_name());
+    let coll = client
+        .database(&ns.db)
+        .collection::<RawDocumentBuf>(ns.coll_name());
     let mut cursor = coll
         .find(chunk_filter(&chunk))
         .batch_size(batch_docs as u32)
@@ -173,12 +216,23 @@ pub async fn read_chunk(
         .map_err(src_err(format!("reading {ns}")))?;
     let mut batch = Vec::with_capacity(batch_docs);
     let mut bytes = 0;
-    while let Some(doc) = cursor.try_next().await.map_err(src_err(format!("reading {ns}")))? {
+    while let Some(doc) = cursor
+        .try_next()
+        .await
+        .map_err(src_err(format!("reading {ns}")))?
+    {
         bytes += doc.as_bytes().len();
         batch.push(doc);
         if batch.len() >= batch_docs || bytes >= 8 * 1024 * 1024 {
             bytes = 0;
-            if tx.send(std::mem::replace(&mut batch, Vec::with_capacity(batch_docs))).await.is_err() {
+            if tx
+                .send(std::mem::replace(
+                    &mut batch,
+                    Vec::with_capacity(batch_docs),
+                ))
+                .await
+                .is_err()
+            {
                 return Ok(());
             }
         }
@@ -196,15 +250,26 @@ mod tests {
     #[test]
     fn chunk_filters() {
         assert_eq!(chunk_filter(&ChunkPlan::default()), doc! {});
-        let c = ChunkPlan { lower: Some(Bson::Int32(5)), upper: Some(Bson::Int32(9)), done: false };
+        let c = ChunkPlan {
+            lower: Some(Bson::Int32(5)),
+            upper: Some(Bson::Int32(9)),
+            done: false,
+        };
         assert_eq!(chunk_filter(&c), doc! { "_id": { "$gte": 5, "$lt": 9 } });
-        let c = ChunkPlan { lower: None, upper: Some(Bson::Int32(9)), done: false };
+        let c = ChunkPlan {
+            lower: None,
+            upper: Some(Bson::Int32(9)),
+            done: false,
+        };
         assert_eq!(chunk_filter(&c), doc! { "_id": { "$lt": 9 } });
     }
 
     #[test]
     fn numbers_share_a_type_class() {
         assert_eq!(type_class(&Bson::Int32(1)), type_class(&Bson::Double(2.0)));
-        assert_ne!(type_class(&Bson::Int32(1)), type_class(&Bson::String("a".into())));
+        assert_ne!(
+            type_class(&Bson::Int32(1)),
+            type_class(&Bson::String("a".into()))
+        );
     }
 }

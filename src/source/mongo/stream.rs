@@ -64,22 +64,31 @@ pub struct StreamSettings {
 pub fn token_to_doc(t: &ResumeToken) -> Result<Document> {
     match bson::serialize_to_bson(t) {
         Ok(Bson::Document(d)) => Ok(d),
-        Ok(other) => Err(Error::Internal(format!("resume token is not a document: {other}"))),
+        Ok(other) => Err(Error::Internal(format!(
+            "resume token is not a document: {other}"
+        ))),
         Err(e) => Err(Error::Internal(format!("resume token: {e}"))),
     }
 }
 
 fn doc_to_token(d: &Document) -> Result<ResumeToken> {
-    bson::deserialize_from_bson(Bson::Document(d.clone())).map_err(|e| Error::Internal(format!("resume token: {e}")))
+    bson::deserialize_from_bson(Bson::Document(d.clone()))
+        .map_err(|e| Error::Internal(format!("resume token: {e}")))
 }
 
 /// Opens a change stream. Spawned so that the driver future is never dropped mid-call.
-pub async fn open(client: &Client, s: &StreamSettings, start: &StartPosition, start_after: bool) -> Result<ChangeStream<RawDocumentBuf>> {
+pub async fn open(
+    client: &Client,
+    s: &StreamSettings,
+    start: &StartPosition,
+    start_after: bool,
+) -> Result<ChangeStream<RawDocumentBuf>> {
     let client = client.clone();
     let s = s.clone();
     let start = start.clone();
     let task = tokio::spawn(async move {
-        let full = (s.update_mode == UpdateMode::FullDocument).then_some(FullDocumentType::UpdateLookup);
+        let full =
+            (s.update_mode == UpdateMode::FullDocument).then_some(FullDocumentType::UpdateLookup);
         macro_rules! configure {
             ($w:expr) => {{
                 let mut w = $w
@@ -105,18 +114,24 @@ pub async fn open(client: &Client, s: &StreamSettings, start: &StartPosition, st
                 configure!(db.watch())
             }
             WatchTarget::Collection(ns) => {
-                let coll = client.database(&ns.db).collection::<Document>(ns.coll_name());
+                let coll = client
+                    .database(&ns.db)
+                    .collection::<Document>(ns.coll_name());
                 configure!(coll.watch())
             }
         };
         res.map_err(|e| classify(e, &start))
     });
-    task.await.map_err(|e| Error::Internal(format!("watch task failed: {e}")))?
+    task.await
+        .map_err(|e| Error::Internal(format!("watch task failed: {e}")))?
 }
 
 fn classify(e: mongodb::error::Error, start: &StartPosition) -> Error {
     if error_code(&e).is_some_and(|c| HISTORY_LOST_CODES.contains(&c)) {
-        return Error::HistoryLost { position: describe(start), detail: e.to_string() };
+        return Error::HistoryLost {
+            position: describe(start),
+            detail: e.to_string(),
+        };
     }
     Error::mongo(Role::Source, "change stream", e)
 }
@@ -159,19 +174,27 @@ pub async fn read(
             Ok(Some(raw)) => {
                 backoff = Duration::from_millis(200);
                 let ev = ChangeEvent::from_raw(raw).map_err(|e| Error::Internal(e.to_string()))?;
-                telemetry.read.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                telemetry
+                    .read
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 telemetry.saw(ev.cluster_time.map(|t| t.time), false);
-                let token = Document::try_from(ev.resume_token.as_ref()).map_err(|e| Error::Internal(e.to_string()))?;
+                let token = Document::try_from(ev.resume_token.as_ref())
+                    .map_err(|e| Error::Internal(e.to_string()))?;
                 telemetry.set_read(&token, ev.cluster_time);
                 last_token = Some(token);
                 if ev.op == OpType::Invalidate {
                     // The watched collection or database is gone; continue after it.
-                    let pos = Position { token: ev.resume_token.clone(), time: ev.cluster_time };
+                    let pos = Position {
+                        token: ev.resume_token.clone(),
+                        time: ev.cluster_time,
+                    };
                     if tx.send(SourceItem::Position(pos)).await.is_err() {
                         return Ok(());
                     }
                     info!("Change stream invalidated (watched namespace dropped or renamed); reopening after it.");
-                    telemetry.stream_restarts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    telemetry
+                        .stream_restarts
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let after = StartPosition::After(last_token.clone().expect("set above"));
                     stream = open(&client, &settings, &after, true).await?;
                     continue;
@@ -186,28 +209,40 @@ pub async fn read(
                     let d = token_to_doc(&t)?;
                     if last_token.as_ref() != Some(&d) {
                         telemetry.set_read(&d, None);
-                        let token = RawDocumentBuf::try_from(&d).map_err(|e| Error::Internal(e.to_string()))?;
+                        let token = RawDocumentBuf::try_from(&d)
+                            .map_err(|e| Error::Internal(e.to_string()))?;
                         last_token = Some(d);
-                        if tx.send(SourceItem::Position(Position { token, time: None })).await.is_err() {
+                        if tx
+                            .send(SourceItem::Position(Position { token, time: None }))
+                            .await
+                            .is_err()
+                        {
                             return Ok(());
                         }
                     }
                 }
             }
             Err(e) => {
-                let start = last_token.clone().map(StartPosition::After).unwrap_or_else(|| start.clone());
+                let start = last_token
+                    .clone()
+                    .map(StartPosition::After)
+                    .unwrap_or_else(|| start.clone());
                 let err = classify(e, &start);
                 if !err.is_retryable() {
                     return Err(err);
                 }
                 warn!(error = %err, retry_in = ?backoff, "Change stream failed; reopening.");
                 telemetry.error(&format!("source: {err}"));
-                telemetry.stream_restarts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                telemetry
+                    .stream_restarts
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(10));
                 match open(&client, &settings, &start, false).await {
                     Ok(s) => stream = s,
-                    Err(e) if e.is_retryable() => warn!(error = %e, "Reopening the change stream failed; will retry."),
+                    Err(e) if e.is_retryable() => {
+                        warn!(error = %e, "Reopening the change stream failed; will retry.")
+                    }
                     Err(e) => return Err(e),
                 }
             }
