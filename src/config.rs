@@ -287,6 +287,10 @@ pub struct StreamConfig {
     /// `"fail"` stops with an error; `"resync"` copies the selected collections again, then follows.
     #[serde(default)]
     pub on_history_lost: HistoryLostPolicy,
+    /// Keep the target this far behind the source (a delayed replica that guards against
+    /// mistakes): an event is applied no earlier than its cluster time plus this delay.
+    #[serde(default, with = "humantime_serde")]
+    pub target_delay: Duration,
     /// Change events per getMore.
     #[serde(default = "default_stream_batch")]
     pub batch_size: u32,
@@ -319,6 +323,7 @@ impl Default for StreamConfig {
             ops: default_ops(),
             ddl: true,
             on_history_lost: HistoryLostPolicy::default(),
+            target_delay: Duration::ZERO,
             batch_size: default_stream_batch(),
             max_await: default_max_await(),
         }
@@ -475,6 +480,19 @@ pub struct CheckpointConfig {
     /// How often the position is saved while running (it is also saved on shutdown).
     #[serde(default = "default_ckpt_interval", with = "humantime_serde")]
     pub interval: Duration,
+    /// Standby failover: processes running the same pipeline id take a lease in the
+    /// checkpoint database; only the holder runs, the others wait and take over when it dies.
+    /// Needs `store = "mongodb"` and host clocks in sync (NTP).
+    #[serde(default)]
+    pub lease: bool,
+    /// How long a lease lasts without renewal; a standby takes over within about this long
+    /// after the active process dies.
+    #[serde(default = "default_lease_ttl", with = "humantime_serde")]
+    pub lease_ttl: Duration,
+}
+
+fn default_lease_ttl() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// Checkpoint store kind.
@@ -507,6 +525,8 @@ impl Default for CheckpointConfig {
             collection: default_ckpt_coll(),
             path: None,
             interval: default_ckpt_interval(),
+            lease: false,
+            lease_ttl: default_lease_ttl(),
         }
     }
 }
@@ -588,6 +608,19 @@ impl PipelineConfig {
             return Err(invalid(
                 "full_sync.batch_docs",
                 "batch_docs and chunk_docs must be at least 1".into(),
+            ));
+        }
+        if self.checkpoint.lease && self.checkpoint.store != CheckpointStoreKind::Mongodb {
+            return Err(invalid(
+                "checkpoint.lease",
+                "needs checkpoint.store = \"mongodb\" (a file cannot be shared between hosts)"
+                    .into(),
+            ));
+        }
+        if self.checkpoint.lease && self.checkpoint.lease_ttl < Duration::from_secs(2) {
+            return Err(invalid(
+                "checkpoint.lease_ttl",
+                "must be at least 2s".into(),
             ));
         }
         if self.checkpoint.store == CheckpointStoreKind::File && self.checkpoint.path.is_none() {

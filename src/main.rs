@@ -220,6 +220,35 @@ async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
     };
     info!(pipeline = %pipeline.cfg.id, mode = ?pipeline.cfg.mode, "Pipeline started.");
     let signals = tokio::spawn(shutdown_on_signal(cancel.clone()));
+    let lease = match (&pipeline.store, pipeline.cfg.checkpoint.lease) {
+        (strait::checkpoint::CheckpointStore::Mongo(m), true) => {
+            Some(strait::pipeline::lease::Lease::new(
+                m.database(),
+                &pipeline.cfg.id,
+                holder_id(),
+                pipeline.cfg.checkpoint.lease_ttl,
+            ))
+        }
+        _ => None,
+    };
+    if let Some(l) = &lease {
+        telemetry.set_state(strait::telemetry::PipelineState::Standby);
+        if !l.acquire(&cancel).await? {
+            info!("Stopped while standing by.");
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    let (lease_stop, lost) = (CancellationToken::new(), CancellationToken::new());
+    let keeper = lease
+        .clone()
+        .map(|l| tokio::spawn(l.keep_owned(lease_stop.clone(), lost.clone())));
+    let on_lost = {
+        let (lost, cancel) = (lost.clone(), cancel.clone());
+        tokio::spawn(async move {
+            lost.cancelled().await;
+            cancel.cancel();
+        })
+    };
     let reporter_stop = CancellationToken::new();
     let reporter = tokio::spawn(strait::report::report(
         telemetry,
@@ -227,6 +256,11 @@ async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
         Duration::from_secs(10),
     ));
     let result = strait::pipeline::run::run(pipeline).await;
+    lease_stop.cancel();
+    on_lost.abort();
+    if let Some(k) = keeper {
+        let _ = k.await;
+    }
     reporter_stop.cancel();
     let _ = reporter.await;
     api_stop.cancel();
@@ -235,6 +269,14 @@ async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
     }
     signals.abort();
     result?;
+    if lost.is_cancelled() {
+        anyhow::bail!(
+            "lost the lease to another process; stopped applying (run again to stand by)"
+        );
+    }
+    if let Some(l) = &lease {
+        l.release().await;
+    }
     info!("Pipeline stopped.");
     Ok(ExitCode::SUCCESS)
 }
@@ -443,4 +485,12 @@ async fn status(path: PathBuf, watch: bool, json: bool) -> anyhow::Result<ExitCo
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+}
+
+/// A lease holder id: host name and process id.
+fn holder_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    format!("{host}:{}", std::process::id())
 }

@@ -4,6 +4,7 @@
 pub mod ack;
 pub mod full_sync;
 pub mod lanes;
+pub mod lease;
 pub mod run;
 pub mod stream;
 

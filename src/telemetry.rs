@@ -18,6 +18,8 @@ use crate::pipeline::ack::AckWindow;
 pub enum PipelineState {
     /// Connecting and checking.
     Starting,
+    /// Waiting for the lease held by another process.
+    Standby,
     /// Full sync running.
     Copying,
     /// Following the change stream.

@@ -292,3 +292,30 @@ async fn rate_limit_holds_within_ten_percent_and_lag_follows() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_delay_keeps_the_target_behind() {
+    let (src, dst, st, _port, _dir) = start("[stream]\ntarget_delay = \"4s\"\n").await;
+    let (s, d) = (src.client().await, dst.client().await);
+    s.database("m")
+        .collection::<Document>("c")
+        .insert_one(doc! { "_id": 1 })
+        .await
+        .unwrap();
+    let written = Instant::now();
+    let target = d.database("m").collection::<Document>("c");
+    while target.find_one(doc! { "_id": 1 }).await.unwrap().is_none() {
+        assert!(
+            written.elapsed() < Duration::from_secs(20),
+            "{}",
+            st.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Cluster time has one-second resolution: at least 3 s of the 4 s delay are certain.
+    let took = written.elapsed();
+    assert!(
+        took >= Duration::from_secs(3),
+        "applied after {took:?} with a 4 s delay"
+    );
+}

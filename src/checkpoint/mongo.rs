@@ -10,6 +10,7 @@ use super::{Checkpoint, CheckpointError};
 #[derive(Debug, Clone)]
 pub struct MongoStore {
     coll: Collection<Document>,
+    db: mongodb::Database,
 }
 
 impl MongoStore {
@@ -25,7 +26,10 @@ impl MongoStore {
                 .write_concern(wc)
                 .build(),
         );
-        Self { coll }
+        Self {
+            coll,
+            db: client.database(db),
+        }
     }
 
     pub(super) async fn load(&self, pipeline: &str) -> Result<Option<Checkpoint>, CheckpointError> {
@@ -51,6 +55,11 @@ impl MongoStore {
             .await?
             .deleted_count
             > 0)
+    }
+
+    /// The checkpoint database (where leases live too).
+    pub fn database(&self) -> &mongodb::Database {
+        &self.db
     }
 
     pub(super) fn describe(&self) -> String {

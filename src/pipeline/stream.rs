@@ -245,7 +245,7 @@ async fn dispatch(
         window.push(pos, true);
         return Ok(Flow::Continue);
     }
-    if !p.control.admit(1, stop).await {
+    if !p.control.admit(1, stop).await || !delay(p, &ev, stop).await {
         return Ok(Flow::Stop);
     }
     let lane = lane_of(&ev, p.cfg.apply.lane_by, lanes.len());
@@ -269,6 +269,22 @@ async fn dispatch(
     } else {
         Flow::Stop
     })
+}
+
+/// Waits until the event is `stream.target_delay` old; false if stopped meanwhile.
+async fn delay(p: &Pipeline, ev: &ChangeEvent, stop: &tokio_util::sync::CancellationToken) -> bool {
+    let delay = p.cfg.stream.target_delay;
+    let Some(t) = ev.cluster_time.filter(|_| !delay.is_zero()) else {
+        return true;
+    };
+    let due = std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.time as u64) + delay;
+    let Ok(wait) = due.duration_since(std::time::SystemTime::now()) else {
+        return true;
+    };
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        _ = tokio::time::sleep(wait) => true,
+    }
 }
 
 async fn apply_ddl(p: &Pipeline, ev: &ChangeEvent) -> Result<()> {
