@@ -1,12 +1,10 @@
 //! MongoDB -> MongoDB replication against real SecantusDB servers.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::workload::{run_mixed, run_mixed_ops, varied_doc};
+use crate::common::*;
 use bson::{doc, Document};
-use common::workload::{run_mixed, run_mixed_ops, varied_doc};
-use common::*;
 use mongodb::options::IndexOptions;
 use mongodb::IndexModel;
 

@@ -1,11 +1,9 @@
 //! Bad input: one clear line, a non-zero exit within seconds, nothing written.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use bson::doc;
-use common::*;
 
 fn run_expect_failure(cfg: &std::path::Path, expect: &[&str]) -> String {
     let started = Instant::now();
@@ -103,4 +101,16 @@ async fn wrong_password_is_an_auth_error() {
     let line = run_expect_failure(&cfg, &["authentication to the source", "failed"]);
     assert!(!line.contains("wrong"), "password leaked: {line}");
     assert_nothing_written(&dst).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_refuses_a_remote_address_without_token() {
+    let (src, dst) = (Server::start(), Server::start());
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "p.toml",
+        &pipeline(&src, &dst, "[api]\nlisten = \"0.0.0.0:0\"\n"),
+    );
+    run_expect_failure(&cfg, &["api.listen", "token"]);
 }

@@ -1,12 +1,10 @@
 //! DDL replication: rename, drop, dropDatabase, and the barrier around them; namespace lanes
 //! with a unique secondary index; idle streams keep moving the checkpoint.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use bson::{doc, Document};
-use common::*;
 use mongodb::options::IndexOptions;
 use mongodb::IndexModel;
 

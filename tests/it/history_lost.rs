@@ -1,12 +1,10 @@
 //! A saved position that aged out of the change log: a clear error by default, a full resync
 //! when `stream.on_history_lost = "resync"`.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use bson::{doc, Document};
-use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_position_fails_clearly_or_resyncs() {

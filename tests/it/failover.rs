@@ -1,15 +1,13 @@
 //! Standby failover: two processes, one lease; the standby takes over when the active one is
 //! SIGKILLed under load, the target converges, and the lease log shows no overlap.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::workload::{run_mixed, varied_doc};
+use crate::common::*;
 use bson::{doc, DateTime, Document};
-use common::workload::{run_mixed, varied_doc};
-use common::*;
 use futures::TryStreamExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

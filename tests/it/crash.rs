@@ -1,15 +1,13 @@
 //! Crash safety: strait is SIGKILLed at random moments, during the copy and while streaming,
 //! with a writer running; after restarts the target equals the source byte for byte.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::workload::{run_mixed_ops, varied_doc};
+use crate::common::*;
 use bson::Document;
-use common::workload::{run_mixed_ops, varied_doc};
-use common::*;
 use rand::{Rng, SeedableRng};
 
 async fn kill_repeatedly(update_mode: &str, seed: u64) {

@@ -1,0 +1,12 @@
+//! Integration tests, in one binary (one link instead of one per file). Each module starts
+//! its own SecantusDB servers and drives the real `strait` binary.
+
+mod api;
+mod bad_input;
+mod common;
+mod crash;
+mod ddl;
+mod examples;
+mod failover;
+mod history_lost;
+mod replication;
