@@ -8,5 +8,5 @@ export STRAIT_SECANTUSD="$(dev/install-servers.sh)"
 echo "test server: $STRAIT_SECANTUSD" >&2
 cargo build --release --bins
 # Tests run strait's release binary; two at a time fits two cores and their servers.
-export STRAIT_BIN="$PWD/target/release/strait"
+export STRAIT_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/strait"
 cargo test --release -- --test-threads=2 "$@"
