@@ -143,7 +143,13 @@ async fn main() {
     let rss_docs = env_u64("BENCH_RSS_DOCS", 1_000_000) as i64;
     let dir = tempfile::tempdir().unwrap();
     // Free ports: a leftover server on a fixed port would be reused with stale data.
-    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
     let (src, dst) = (start_server(free()), start_server(free()));
     let (s, d) = (
         Client::with_uri_str(uri(src.1)).await.unwrap(),
