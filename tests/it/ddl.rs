@@ -8,22 +8,6 @@ use bson::{doc, Document};
 use mongodb::options::IndexOptions;
 use mongodb::IndexModel;
 
-async fn wait_for<F, Fut>(what: &str, st: &Strait, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !f().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}\n{}",
-            st.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rename_drop_and_drop_database_are_replicated() {
     let (src, dst) = (Server::start(), Server::start());
@@ -82,18 +66,26 @@ async fn rename_drop_and_drop_database_are_replicated() {
     )
     .await;
     let names = || async { d.database("a").list_collection_names().await.unwrap() };
-    wait_for("a.one to disappear", &st, || async {
-        !names().await.contains(&"one".to_string())
-    })
+    wait_for(
+        Duration::from_secs(30),
+        "a.one to disappear",
+        &st,
+        || async { !names().await.contains(&"one".to_string()) },
+    )
     .await;
 
     s.database("a").drop().await.unwrap();
-    wait_for("database a dropped", &st, || async {
-        !d.list_database_names()
-            .await
-            .unwrap()
-            .contains(&"a".to_string())
-    })
+    wait_for(
+        Duration::from_secs(30),
+        "database a dropped",
+        &st,
+        || async {
+            !d.list_database_names()
+                .await
+                .unwrap()
+                .contains(&"a".to_string())
+        },
+    )
     .await;
     // Unrelated data is untouched.
     assert_eq!(
@@ -135,7 +127,7 @@ async fn drop_database_with_partial_scope_drops_only_replicated_collections() {
     .await;
     s.database("a").drop().await.unwrap();
     let names = || async { d.database("a").list_collection_names().await.unwrap() };
-    wait_for("a.in dropped", &st, || async {
+    wait_for(Duration::from_secs(30), "a.in dropped", &st, || async {
         !names().await.contains(&"in".to_string())
     })
     .await;
@@ -163,7 +155,7 @@ async fn namespace_lanes_keep_unique_index_order() {
         &pipeline(&src, &dst, "[apply]\nlane_by = \"namespace\"\nlanes = 4\n"),
     );
     let st = Strait::spawn(&cfg, &dir.path().join("log"));
-    wait_for("index on target", &st, || async {
+    wait_for(Duration::from_secs(30), "index on target", &st, || async {
         indexes(&d, "u", "users").await.len() == 2
     })
     .await;

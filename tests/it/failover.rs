@@ -45,15 +45,14 @@ async fn standby_takes_over_without_overlap() {
     )
     .await;
     let b = Strait::spawn(&cfg, &dir.path().join("b.log"));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !b.log_text().contains("standing by") {
-        assert!(
-            Instant::now() < deadline,
-            "b did not stand by:\n{}",
-            b.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let bref = &b;
+    wait_for(
+        Duration::from_secs(20),
+        "b to stand by",
+        bref,
+        || async move { bref.log_text().contains("standing by") },
+    )
+    .await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
@@ -65,15 +64,13 @@ async fn standby_takes_over_without_overlap() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     a.sigkill();
     let killed = Instant::now();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !b.log_text().contains("Lease acquired") {
-        assert!(
-            Instant::now() < deadline,
-            "standby did not take over:\n{}",
-            b.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for(
+        Duration::from_secs(20),
+        "the standby to take over",
+        bref,
+        || async move { bref.log_text().contains("Lease acquired") },
+    )
+    .await;
     let takeover = killed.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);

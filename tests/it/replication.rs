@@ -244,6 +244,7 @@ async fn scope_rename_and_no_deletes() {
     let cfg = write_config(dir.path(), "p.toml", &pipeline(&src, &dst, extra));
     let mut st = Strait::spawn(&cfg, &dir.path().join("log"));
     let target = d.database("dr").collection::<Document>("foo_copy");
+    // One deadline for the copy and the streamed marker below.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     // The copy is done once the existing document arrived; later writes are streamed.
     while target.find_one(doc! { "_id": 0 }).await.unwrap().is_none() {
@@ -305,18 +306,12 @@ async fn delta_update_mode_converges_with_file_checkpoint() {
     let cfg = write_config(dir.path(), "p.toml", &pipeline(&src, &dst, &extra));
     let mut st = Strait::spawn(&cfg, &dir.path().join("log"));
     // Wait for the copy, so that every write below is streamed as a delta.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while d
-        .database("app")
-        .collection::<Document>("items")
-        .count_documents(doc! {})
-        .await
-        .unwrap()
-        < 50
-    {
-        assert!(std::time::Instant::now() < deadline, "{}", st.log_text());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let items = d.database("app").collection::<Document>("items");
+    let items = &items;
+    wait_for(Duration::from_secs(30), "the copy", &st, || async move {
+        items.count_documents(doc! {}).await.unwrap() >= 50
+    })
+    .await;
     run_mixed_ops(&s, "app", "items", 60, 400, 11, None, None, false).await;
     wait_identical(
         &s,

@@ -340,3 +340,20 @@ pub async fn indexes(client: &Client, db: &str, coll: &str) -> Vec<Document> {
     v
 }
 pub mod workload;
+
+/// Polls `f` until it holds, or panics after `timeout` with `what` and strait's log.
+pub async fn wait_for<F, Fut>(timeout: Duration, what: &str, st: &Strait, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !f().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}\n{}",
+            st.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
