@@ -2,28 +2,55 @@
 //!
 //! Starts two local SecantusDB servers and reports, as ratios against raw limits measured in
 //! the same run on the same servers:
-//! - full sync docs/s vs a raw `insert_many` of the same documents into the same target;
-//! - incremental apply rate vs the writer's own rate, and the time from writer stop until a
-//!   sentinel written after the last operation is on the target (catch-up time);
+//! - full sync docs/s vs a raw `insert_many` of the same documents into the same target
+//!   (repeated `BENCH_FULL_RUNS` times, each run with its own raw measurement);
+//! - incremental apply rate vs the writers' own rate, and the time from writer stop until the
+//!   target holds everything written (catch-up time), plus the time until strait's own
+//!   `lag_seconds` (HTTP API) is below 1 s;
 //! - peak RSS of strait while copying `BENCH_RSS_DOCS` documents.
 //!
-//! Sizes: BENCH_DOCS (200000), BENCH_OPS (100000), BENCH_RSS_DOCS (1000000; 0 skips).
+//! Sizes (0 skips a part): BENCH_DOCS (200000), BENCH_OPS (100000), BENCH_RSS_DOCS (1000000).
+//! Other knobs:
+//! - BENCH_FULL_RUNS (1): full-sync repetitions;
+//! - BENCH_WRITERS (8): concurrent incremental writers, each on its own key range;
+//! - BENCH_CACHE (6G): `--cache-size` of each server (2G made SecantusDB fail with InternalError
+//!   while loading 1,000,000 documents);
+//! - BENCH_LOAD_BATCH (1000): documents per `insert_many` when loading;
+//! - BENCH_CHUNK_DOCS (100000000), BENCH_PARALLELISM, BENCH_COPY_BATCH: the pipeline's
+//!   `[full_sync]` chunk_docs, parallelism and batch_docs (unset = strait's default);
+//! - BENCH_LOG_DIR: keep the servers' logs there (default: discarded);
+//! - STRAIT_BIN: the strait binary to run (default: the one cargo built for this bench).
 //!
-//! Collections are copied as one `_id` range each: SecantusDB answers every `_id` range query
-//! with a full collection scan (even on an IXSCAN plan), so splitting a collection into N
-//! ranges costs N scans there, while on mongod ranges are index scans.
+//! Collections are copied as one `_id` range each by default: SecantusDB answers every `_id`
+//! range query with a full collection scan (even on an IXSCAN plan), so splitting a collection
+//! into N ranges costs N scans there, while on mongod ranges are index scans.
+//!
+//! The harness retries its own loading writes when SecantusDB answers InternalError (code 1),
+//! which it does under memory pressure: at most `LOAD_RETRIES` times per batch, unordered, with
+//! duplicate-key errors of the retried batch (documents the failed attempt did insert) ignored.
+//! Retries are counted and printed.
 
+use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bson::{doc, Document};
+use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::Client;
+
+const LOAD_RETRIES: u32 = 10;
 
 fn env_u64(k: &str, d: u64) -> u64 {
     std::env::var(k)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(d)
+}
+
+fn env_opt(k: &str) -> Option<String> {
+    std::env::var(k).ok().filter(|v| !v.is_empty())
 }
 
 struct Server(Child, u16);
@@ -34,8 +61,17 @@ impl Drop for Server {
     }
 }
 
-fn start_server(port: u16) -> Server {
+fn start_server(port: u16, name: &str) -> Server {
     let bin = std::env::var("STRAIT_SECANTUSD").expect("run benches/run.sh");
+    let cache = env_opt("BENCH_CACHE").unwrap_or_else(|| "6G".into());
+    let log = |suffix: &str| match env_opt("BENCH_LOG_DIR") {
+        Some(dir) => {
+            std::fs::create_dir_all(&dir).unwrap();
+            let f = std::fs::File::create(format!("{dir}/{name}-{port}.{suffix}")).unwrap();
+            Stdio::from(f)
+        }
+        None => Stdio::null(),
+    };
     let child = Command::new(bin)
         .args([
             "--host",
@@ -45,7 +81,7 @@ fn start_server(port: u16) -> Server {
             "--storage-path",
             ":memory:",
             "--cache-size",
-            "2G",
+            &cache,
         ])
         .args([
             "--noop-heartbeat-seconds",
@@ -55,18 +91,37 @@ fn start_server(port: u16) -> Server {
             "--oplog-retention-seconds",
             "86400",
         ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(log("out"))
+        .stderr(log("err"))
         .spawn()
         .unwrap();
+    println!(
+        "server {name}: pid {} port {port} cache {cache}",
+        child.id()
+    );
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         std::thread::sleep(Duration::from_millis(50));
     }
     Server(child, port)
 }
 
+/// The harness's own clients: SecantusDB drops connections left idle for minutes (a `drop`
+/// on the source after the full-sync runs failed with a broken pipe), so idle pooled
+/// connections are discarded after 20 s.
+fn harness_uri(port: u16) -> String {
+    format!("{}&maxIdleTimeMS=20000", uri(port))
+}
+
+/// Drops a database, once more after a network error.
+async fn drop_db(c: &Client, db: &str) {
+    if let Err(e) = c.database(db).drop().await {
+        eprintln!("  drop {db}: {}; retrying", short(&e));
+        c.database(db).drop().await.unwrap();
+    }
+}
+
 fn uri(port: u16) -> String {
-    format!("mongodb://127.0.0.1:{port}/?directConnection=true")
+    format!("mongodb://127.0.0.1:{port}/?directConnection=true&maxPoolSize=64")
 }
 
 /// A ~1 KB document.
@@ -74,19 +129,112 @@ fn doc_1k(i: i64) -> Document {
     doc! { "_id": i, "n": i, "s": "x".repeat(900), "sub": { "a": i, "b": [1, 2, 3] }, "t": bson::DateTime::now() }
 }
 
-async fn load(client: &Client, db: &str, n: i64) -> Duration {
-    let c = client.database(db).collection::<Document>("docs");
-    let t = Instant::now();
-    for start in (0..n).step_by(1000) {
-        c.insert_many((start..(start + 1000).min(n)).map(doc_1k))
-            .await
-            .unwrap();
+/// The server error code of a failed write or command, if there is one. For `insert_many`, the
+/// first write error whose code is not 11000 (duplicate key), else 11000.
+fn error_code(e: &mongodb::error::Error) -> Option<i32> {
+    match e.kind.as_ref() {
+        ErrorKind::Command(c) => Some(c.code),
+        ErrorKind::Write(WriteFailure::WriteError(w)) => Some(w.code),
+        ErrorKind::Write(WriteFailure::WriteConcernError(w)) => Some(w.code),
+        ErrorKind::InsertMany(m) => {
+            let codes: Vec<i32> = m.write_errors.iter().flatten().map(|w| w.code).collect();
+            codes
+                .iter()
+                .copied()
+                .find(|c| *c != 11000)
+                .or(m.write_concern_error.as_ref().map(|w| w.code))
+                .or(codes.first().copied())
+        }
+        _ => None,
     }
-    t.elapsed()
+}
+
+/// Errors the harness retries in its own writes: InternalError (code 1, SecantusDB under memory
+/// pressure), write conflicts, and dropped connections.
+fn retryable(e: &mongodb::error::Error) -> bool {
+    matches!(error_code(e), Some(1 | 112))
+        || matches!(
+            e.kind.as_ref(),
+            ErrorKind::Io(_) | ErrorKind::ConnectionPoolCleared { .. }
+        )
+}
+
+/// Inserts one batch; on a retryable error inserts it again, unordered, ignoring duplicate-key
+/// errors (the documents the failed attempt did insert). Returns the number of retries.
+async fn insert_batch(
+    c: &mongodb::Collection<Document>,
+    docs: Vec<Document>,
+    unordered: bool,
+) -> u32 {
+    let mut retries = 0;
+    let mut backoff = Duration::from_millis(200);
+    let mut r = c.insert_many(&docs).ordered(!unordered).await;
+    loop {
+        match r {
+            Ok(_) => return retries,
+            Err(e) if retries > 0 && error_code(&e) == Some(11000) => return retries,
+            Err(e) if retryable(&e) && retries < LOAD_RETRIES => {
+                retries += 1;
+                eprintln!(
+                    "  load into {}: {} (code {:?}); retry {retries}/{LOAD_RETRIES} in {backoff:?}",
+                    c.namespace(),
+                    short(&e),
+                    error_code(&e)
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                r = c.insert_many(&docs).ordered(false).await;
+            }
+            Err(e) => panic!("loading {}: {e}", c.namespace()),
+        }
+    }
+}
+
+fn short(e: &mongodb::error::Error) -> String {
+    let s = e.to_string();
+    s.chars().take(200).collect()
+}
+
+/// Loads `n` documents into `db.docs` in batches; returns (elapsed, retries). `like_strait`:
+/// with the write options of strait's copy (unordered, `w: "majority"`) instead of the
+/// driver's defaults (ordered, the server's default write concern).
+async fn load(client: &Client, db: &str, n: i64, like_strait: bool) -> (Duration, u32) {
+    let batch = env_u64("BENCH_LOAD_BATCH", 1000) as i64;
+    let mut opts = mongodb::options::CollectionOptions::default();
+    if like_strait {
+        opts.write_concern = Some(mongodb::options::WriteConcern::majority());
+    }
+    let c = client
+        .database(db)
+        .collection_with_options::<Document>("docs", opts);
+    let t = Instant::now();
+    let mut retries = 0;
+    let mut next_report = 200_000;
+    for start in (0..n).step_by(batch as usize) {
+        retries += insert_batch(
+            &c,
+            (start..(start + batch).min(n)).map(doc_1k).collect(),
+            like_strait,
+        )
+        .await;
+        if start + batch >= next_report {
+            eprintln!(
+                "  loaded {} of {n} into {db} in {:.0} s",
+                (start + batch).min(n),
+                t.elapsed().as_secs_f64()
+            );
+            next_report += 200_000;
+        }
+    }
+    (t.elapsed(), retries)
+}
+
+fn strait_bin() -> String {
+    env_opt("STRAIT_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_strait").to_string())
 }
 
 fn strait(cfg: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_strait"))
+    Command::new(strait_bin())
         .args(["run", "-c"])
         .arg(cfg)
         .env("STRAIT_LOG", "warn")
@@ -106,17 +254,50 @@ fn rss_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn config(dir: &std::path::Path, src: u16, dst: u16, mode: &str, db: &str) -> std::path::PathBuf {
-    let p = dir.join(format!("{mode}-{db}.toml"));
-    std::fs::write(
-        &p,
-        format!(
-            "id = \"bench-{db}\"\nmode = \"{mode}\"\n[source]\nuri = \"{}\"\n[sink]\nuri = \"{}\"\n[scope]\ninclude = [\"{db}.*\"]\n[full_sync]\nchunk_docs = 100000000\n",
-            uri(src),
-            uri(dst)
-        ),
-    )
-    .unwrap();
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The `[full_sync]` table of the bench's pipelines.
+fn full_sync_table() -> String {
+    let mut t = format!(
+        "[full_sync]\nchunk_docs = {}\n",
+        env_u64("BENCH_CHUNK_DOCS", 100_000_000)
+    );
+    if let Some(p) = env_opt("BENCH_PARALLELISM") {
+        t += &format!("parallelism = {p}\n");
+    }
+    if let Some(b) = env_opt("BENCH_COPY_BATCH") {
+        t += &format!("batch_docs = {b}\n");
+    }
+    t
+}
+
+fn config(
+    dir: &std::path::Path,
+    src: u16,
+    dst: u16,
+    mode: &str,
+    db: &str,
+    run: u64,
+    api: Option<u16>,
+) -> std::path::PathBuf {
+    // A fresh pipeline id per run: the checkpoint (on the sink) of an earlier run would resume.
+    let p = dir.join(format!("{mode}-{db}-{run}.toml"));
+    let mut text = format!(
+        "id = \"bench-{db}-{run}\"\nmode = \"{mode}\"\n[source]\nuri = \"{}\"\n[sink]\nuri = \"{}\"\n[scope]\ninclude = [\"{db}.*\"]\n{}",
+        uri(src),
+        uri(dst),
+        full_sync_table()
+    );
+    if let Some(port) = api {
+        text += &format!("[api]\nlisten = \"127.0.0.1:{port}\"\n");
+    }
+    std::fs::write(&p, text).unwrap();
     p
 }
 
@@ -136,96 +317,266 @@ fn run_full(cfg: &std::path::Path) -> (Duration, u64) {
     }
 }
 
+/// `lag_seconds` from strait's `GET /status`, if the API answers.
+fn api_lag(port: u16) -> Option<f64> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    let json = &body[body.find("\r\n\r\n")? + 4..];
+    let v: serde_json::Value = serde_json::from_str(json).ok()?;
+    v.get("lag_seconds")?.as_f64()
+}
+
+/// One incremental writer: cycles of six single-document writes on a fresh key of its own range
+/// (insert, `$set`, `$inc` of the writer's counter document, `$push`, replace, delete), each a
+/// separate write and so one change event. Returns the number of `$inc`s done.
+async fn writer(
+    coll: mongodb::Collection<Document>,
+    w: i64,
+    ops: u64,
+    done: Arc<AtomicU64>,
+) -> i64 {
+    let base = (w + 1) * 100_000_000;
+    let counter = -(w + 1);
+    let mut incs = 0;
+    for i in 0..ops {
+        let key = base + (i / 6) as i64;
+        let r = match i % 6 {
+            0 => coll.insert_one(doc_1k(key)).await.map(|_| ()),
+            1 => coll
+                .update_one(
+                    doc! { "_id": key },
+                    doc! { "$set": { "n": i as i64, "s2": "set" } },
+                )
+                .await
+                .map(|_| ()),
+            2 => {
+                incs += 1;
+                coll.update_one(doc! { "_id": counter }, doc! { "$inc": { "n": 1 } })
+                    .await
+                    .map(|_| ())
+            }
+            3 => coll
+                .update_one(doc! { "_id": key }, doc! { "$push": { "sub.b": i as i64 } })
+                .await
+                .map(|_| ()),
+            4 => {
+                let mut d = doc_1k(key);
+                d.insert("replaced", true);
+                coll.replace_one(doc! { "_id": key }, d).await.map(|_| ())
+            }
+            _ => coll.delete_one(doc! { "_id": key }).await.map(|_| ()),
+        };
+        if let Err(e) = r {
+            panic!("writer {w}, op {i}: {e}");
+        }
+        done.fetch_add(1, Relaxed);
+    }
+    incs
+}
+
 #[tokio::main]
 async fn main() {
     let docs = env_u64("BENCH_DOCS", 200_000) as i64;
+    let full_runs = env_u64("BENCH_FULL_RUNS", 1).max(1);
     let ops = env_u64("BENCH_OPS", 100_000);
+    let writers = env_u64("BENCH_WRITERS", 8).max(1);
     let rss_docs = env_u64("BENCH_RSS_DOCS", 1_000_000) as i64;
     let dir = tempfile::tempdir().unwrap();
+    println!(
+        "strait: {}; pipeline {}",
+        strait_bin(),
+        full_sync_table().replace('\n', " ")
+    );
     // Free ports: a leftover server on a fixed port would be reused with stale data.
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
-    let (src, dst) = (start_server(free()), start_server(free()));
+    let (src, dst) = (
+        start_server(free_port(), "source"),
+        start_server(free_port(), "target"),
+    );
     let (s, d) = (
-        Client::with_uri_str(uri(src.1)).await.unwrap(),
-        Client::with_uri_str(uri(dst.1)).await.unwrap(),
+        Client::with_uri_str(harness_uri(src.1)).await.unwrap(),
+        Client::with_uri_str(harness_uri(dst.1)).await.unwrap(),
     );
 
     // 1. Full sync vs raw insert_many of the same documents into the same target.
-    load(&s, "full", docs).await;
-    let raw = load(&d, "raw", docs).await;
-    let (copy, peak_small) = run_full(&config(dir.path(), src.1, dst.1, "full", "full"));
-    let raw_rate = docs as f64 / raw.as_secs_f64();
-    let copy_rate = docs as f64 / copy.as_secs_f64();
-    println!("full sync: {docs} docs of ~1 KB in {:.1} s = {:.0} docs/s; raw insert_many {:.0} docs/s; ratio {:.2} (goal >= 0.8); peak RSS {} MB",
-        copy.as_secs_f64(), copy_rate, raw_rate, copy_rate / raw_rate, peak_small / 1024);
-    d.database("raw").drop().await.unwrap();
-
-    // 2. Incremental: ops written as fast as one writer can, applied while they arrive.
-    let coll = s.database("inc").collection::<Document>("docs");
-    coll.insert_one(doc_1k(-1)).await.unwrap();
-    let cfg = config(dir.path(), src.1, dst.1, "full+incremental", "inc");
-    let mut child = strait(&cfg);
-    let target = d.database("inc").collection::<Document>("docs");
-    while target.count_documents(doc! {}).await.unwrap() < 1 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    if docs > 0 {
+        let (_, r) = load(&s, "full", docs, false).await;
+        if r > 0 {
+            println!("  source load: {r} retried batches");
+        }
+        for run in 1..=full_runs {
+            // The same target state for both measurements: neither database present.
+            drop_db(&d, "full").await;
+            let (raw, raw_retries) = load(&d, "raw", docs, false).await;
+            drop_db(&d, "raw").await;
+            let (raw2, raw2_retries) = load(&d, "raw", docs, true).await;
+            drop_db(&d, "raw").await;
+            let (copy, peak) =
+                run_full(&config(dir.path(), src.1, dst.1, "full", "full", run, None));
+            let copied = d
+                .database("full")
+                .collection::<Document>("docs")
+                .count_documents(doc! {})
+                .await
+                .unwrap();
+            assert_eq!(
+                copied, docs as u64,
+                "documents on the target after the copy"
+            );
+            let raw_rate = docs as f64 / raw.as_secs_f64();
+            let copy_rate = docs as f64 / copy.as_secs_f64();
+            let raw2_rate = docs as f64 / raw2.as_secs_f64();
+            println!("full sync run {run}/{full_runs}: {docs} docs of ~1 KB in {:.1} s = {:.0} docs/s; raw insert_many {:.1} s = {:.0} docs/s ({raw_retries} retried batches); ratio {:.2} (goal >= 0.8); raw insert_many with strait's write options (unordered, w: majority) {:.0} docs/s ({raw2_retries} retried), ratio {:.2}; peak RSS {} MB",
+                copy.as_secs_f64(), copy_rate, raw.as_secs_f64(), raw_rate, copy_rate / raw_rate, raw2_rate, copy_rate / raw2_rate, peak / 1024);
+        }
+        drop_db(&d, "full").await;
+        drop_db(&s, "full").await;
     }
-    let t = Instant::now();
-    let mut i = 0u64;
-    while i < ops {
-        // Batches of mixed single-document operations, as separate writes.
-        let id = (i % 5000) as i64;
-        match i % 4 {
-            0 => {
-                let _ = coll
-                    .insert_one(doc_1k(id + 1_000_000 * (i as i64 / 5000)))
-                    .await;
-            }
-            1 => {
-                coll.update_one(doc! { "_id": id }, doc! { "$set": { "n": i as i64 } })
-                    .await
-                    .unwrap();
-            }
-            2 => {
-                coll.update_one(doc! { "_id": -1 }, doc! { "$inc": { "n": 1 } })
-                    .await
-                    .unwrap();
-            }
-            _ => {
-                coll.delete_one(doc! { "_id": id + 1_000_000 * (i as i64 / 5000) })
-                    .await
-                    .unwrap();
+
+    // 2. Incremental: `writers` concurrent writers, as fast as they can, applied while they run.
+    if ops > 0 {
+        let coll = s.database("inc").collection::<Document>("docs");
+        coll.insert_one(doc_1k(-1_000_000)).await.unwrap();
+        for w in 0..writers as i64 {
+            coll.insert_one(doc! { "_id": -(w + 1), "n": 0i64 })
+                .await
+                .unwrap();
+        }
+        let api = free_port();
+        let cfg = config(
+            dir.path(),
+            src.1,
+            dst.1,
+            "full+incremental",
+            "inc",
+            1,
+            Some(api),
+        );
+        let mut child = strait(&cfg);
+        let pid = child.id();
+        let target = d.database("inc").collection::<Document>("docs");
+        while target.count_documents(doc! {}).await.unwrap() < 1 + writers {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Let the copy finish and the stream start (the API reports `streaming`).
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let done = Arc::new(AtomicU64::new(0));
+        let t = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        let per = ops / writers;
+        for w in 0..writers {
+            let n = per + u64::from(w < ops % writers);
+            tasks.spawn(writer(coll.clone(), w as i64, n, done.clone()));
+        }
+        // Progress and the largest lag seen, every 5 s.
+        let mut max_lag: f64 = 0.0;
+        let mut last = Instant::now();
+        let mut incs = vec![];
+        loop {
+            tokio::select! {
+                r = tasks.join_next() => match r {
+                    Some(r) => incs.push(r.unwrap()),
+                    None => break,
+                },
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                    if let Some(l) = tokio::task::spawn_blocking(move || api_lag(api)).await.unwrap() {
+                        max_lag = max_lag.max(l);
+                    }
+                    if last.elapsed() > Duration::from_secs(30) {
+                        last = Instant::now();
+                        eprintln!("  {} ops written in {:.0} s; strait lag {:.0} s", done.load(Relaxed), t.elapsed().as_secs_f64(), max_lag);
+                    }
+                }
             }
         }
-        i += 1;
+        let write = t.elapsed();
+        let stop = Instant::now();
+        coll.insert_one(doc! { "_id": "sentinel" }).await.unwrap();
+        // Caught up: the sentinel, every writer's counter and the document count match the source.
+        let expected_count = coll.count_documents(doc! {}).await.unwrap();
+        let counters: i64 = incs.iter().sum();
+        let mut lag_below_1s: Option<Duration> = None;
+        let caught_up = loop {
+            if lag_below_1s.is_none() {
+                if let Some(l) = tokio::task::spawn_blocking(move || api_lag(api))
+                    .await
+                    .unwrap()
+                {
+                    if l < 1.0 {
+                        lag_below_1s = Some(stop.elapsed());
+                    }
+                }
+            }
+            let sentinel = target
+                .find_one(doc! { "_id": "sentinel" })
+                .await
+                .unwrap()
+                .is_some();
+            if sentinel {
+                let mut sum = 0;
+                let mut cur = target
+                    .find(doc! { "_id": { "$lt": 0, "$gt": -1000 } })
+                    .await
+                    .unwrap();
+                while cur.advance().await.unwrap() {
+                    sum += cur.deserialize_current().unwrap().get_i64("n").unwrap_or(0);
+                }
+                if sum == counters
+                    && target.count_documents(doc! {}).await.unwrap() == expected_count
+                {
+                    break stop.elapsed();
+                }
+            }
+            if stop.elapsed() > Duration::from_secs(600) {
+                panic!("target not caught up 600 s after the writers stopped");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let total = t.elapsed();
+        // lag_seconds counts whole seconds of cluster time: it may reach < 1 s a little later.
+        while lag_below_1s.is_none() && stop.elapsed() < caught_up + Duration::from_secs(10) {
+            if let Some(l) = tokio::task::spawn_blocking(move || api_lag(api))
+                .await
+                .unwrap()
+            {
+                if l < 1.0 {
+                    lag_below_1s = Some(stop.elapsed());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let peak = rss_kb(pid);
+        unsafe_sigterm(&mut child);
+        println!("incremental: {ops} mixed single-document ops (insert, $set, $inc, $push, replace, delete) by {writers} concurrent writers in {:.1} s ({:.0} ops/s, the writers' limit); all applied within {:.1} s of the start ({:.0} ops/s, ratio {:.2}); catch-up after writer stop {:.2} s (goal < 2 s); strait lag_seconds < 1 s at {}; largest lag_seconds seen while writing {:.0} s; strait peak RSS {} MB",
+            write.as_secs_f64(), ops as f64 / write.as_secs_f64(), total.as_secs_f64(), ops as f64 / total.as_secs_f64(),
+            write.as_secs_f64() / total.as_secs_f64(), caught_up.as_secs_f64(),
+            lag_below_1s.map(|d| format!("{:.2} s", d.as_secs_f64())).unwrap_or_else(|| "never seen".into()),
+            max_lag, peak / 1024);
+        drop_db(&s, "inc").await;
+        drop_db(&d, "inc").await;
     }
-    let write = t.elapsed();
-    coll.insert_one(doc! { "_id": "sentinel" }).await.unwrap();
-    let stop = Instant::now();
-    while target
-        .find_one(doc! { "_id": "sentinel" })
-        .await
-        .unwrap()
-        .is_none()
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let catch_up = stop.elapsed();
-    let total = t.elapsed();
-    unsafe_sigterm(&mut child);
-    println!("incremental: {ops} mixed ops written in {:.1} s ({:.0} ops/s, the writer's limit); applied within {:.1} s ({:.0} ops/s, ratio {:.2}); catch-up after writer stop {:.2} s (goal < 2 s)",
-        write.as_secs_f64(), ops as f64 / write.as_secs_f64(), total.as_secs_f64(), ops as f64 / total.as_secs_f64(),
-        write.as_secs_f64() / total.as_secs_f64(), catch_up.as_secs_f64());
 
     // 3. Peak RSS while copying many documents.
     if rss_docs > 0 {
-        load(&s, "rss", rss_docs).await;
-        let (copy, peak) = run_full(&config(dir.path(), src.1, dst.1, "full", "rss"));
+        let (load_t, retries) = load(&s, "rss", rss_docs, false).await;
+        println!(
+            "  loaded {rss_docs} docs into the source in {:.0} s ({retries} retried batches)",
+            load_t.as_secs_f64()
+        );
+        let (copy, peak) = run_full(&config(dir.path(), src.1, dst.1, "full", "rss", 1, None));
+        let copied = d
+            .database("rss")
+            .collection::<Document>("docs")
+            .count_documents(doc! {})
+            .await
+            .unwrap();
+        assert_eq!(
+            copied, rss_docs as u64,
+            "documents on the target after the copy"
+        );
         println!("memory: copying {rss_docs} docs took {:.1} s ({:.0} docs/s); strait peak RSS {} MB (goal < 256 MB)",
             copy.as_secs_f64(), rss_docs as f64 / copy.as_secs_f64(), peak / 1024);
     }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs the local MongoDB-compatible test server (SecantusDB, Python build) into a cache
-# outside the repository, so a second run costs nothing. Prints nothing on a warm cache.
-#   STRAIT_CACHE (default ~/.cache/strait) holds the virtualenv.
+# Installs the local test servers into a cache outside the repository, so a second run costs
+# nothing: SecantusDB (MongoDB wire protocol, Python build) and s3s-fs (S3 on a directory,
+# built from crates.io once, about 80 s). Prints the SecantusDB path on stdout.
+#   STRAIT_CACHE (default ~/.cache/strait) holds the virtualenv and the s3s-fs binary.
 set -euo pipefail
 CACHE="${STRAIT_CACHE:-$HOME/.cache/strait}"
 VENV="$CACHE/venv-mongo"
@@ -17,5 +18,13 @@ fi
 # The reference Prometheus text parser, used by the metrics test.
 if ! "$VENV/bin/python" -c "import prometheus_client" 2>/dev/null; then
   "$VENV/bin/pip" install -q --disable-pip-version-check "prometheus_client>=0.20"
+fi
+# S3: s3s-fs 0.14.1 (0.17 needs a newer rustc). Checks SigV4 signatures, stores plain files.
+S3S="$CACHE/s3s-fs/bin/s3s-fs"
+if [ ! -x "$S3S" ]; then
+  echo "building s3s-fs 0.14.1 into $CACHE/s3s-fs (about 80 s, once)" >&2
+  CARGO_TARGET_DIR="$CACHE/build-s3s" cargo install -q s3s-fs --version 0.14.1 --locked \
+    --features binary --root "$CACHE/s3s-fs" >&2
+  rm -rf "$CACHE/build-s3s"
 fi
 echo "$VENV/bin/secantusd-py"

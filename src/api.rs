@@ -159,7 +159,21 @@ pub fn status_of(cfg: &PipelineConfig, t: &Telemetry, control: &Control) -> Stat
         pending: s.pending,
         read: s.read,
         applied: json!({ "insert": s.inserts, "update": s.updates, "replace": s.replaces, "delete": s.deletes, "ddl": s.ddl, "skipped": s.skipped }),
-        sinks: json!({ "mongodb": { "applied": total, "errors": t.errors.load(std::sync::atomic::Ordering::Relaxed) } }),
+        sinks: {
+            use std::sync::atomic::Ordering::Relaxed;
+            let mut sinks =
+                json!({ "mongodb": { "applied": total, "errors": t.errors.load(Relaxed) } });
+            if !cfg.sinks.is_empty() {
+                let a = &t.archive;
+                sinks["archive"] = json!({
+                    "archived": a.events.load(Relaxed),
+                    "objects": a.objects.load(Relaxed),
+                    "bytes": a.bytes.load(Relaxed),
+                    "duplicates_skipped": a.duplicates.load(Relaxed),
+                });
+            }
+            sinks
+        },
         errors: json!({
             "total": t.errors.load(std::sync::atomic::Ordering::Relaxed),
             "last": last.as_ref().map(|(m, _)| m.clone()),
@@ -313,6 +327,31 @@ pub fn render_metrics(cfg: &PipelineConfig, t: &Telemetry, control: &Control) ->
         "counter",
         "Updates skipped on replay because the target document had a later shape.",
         &[(String::new(), s.skipped as f64)],
+    );
+    let a = &t.archive;
+    metric(
+        "strait_archive_events_total",
+        "counter",
+        "Events stored by archive sinks.",
+        &[(String::new(), a.events.load(Relaxed) as f64)],
+    );
+    metric(
+        "strait_archive_objects_total",
+        "counter",
+        "Objects written by archive sinks.",
+        &[(String::new(), a.objects.load(Relaxed) as f64)],
+    );
+    metric(
+        "strait_archive_bytes_total",
+        "counter",
+        "Bytes written by archive sinks (compressed).",
+        &[(String::new(), a.bytes.load(Relaxed) as f64)],
+    );
+    metric(
+        "strait_archive_duplicates_total",
+        "counter",
+        "Replayed events an earlier run had already archived (not written again).",
+        &[(String::new(), a.duplicates.load(Relaxed) as f64)],
     );
     metric(
         "strait_errors_total",

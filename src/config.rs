@@ -62,8 +62,13 @@ pub struct PipelineConfig {
     pub mode: SyncMode,
     /// The MongoDB deployment changes are read from.
     pub source: MongoEndpoint,
-    /// The MongoDB deployment changes are written to.
+    /// The MongoDB deployment changes are written to (the main sink; its `ops` chooses which
+    /// operation types it receives).
     pub sink: MongoEndpoint,
+    /// More sinks, by name: `[sinks.deletes]` with `type = "archive"` keeps the events routed to
+    /// it (by default the deletes) as JSON lines in S3 or a directory.
+    #[serde(default)]
+    pub sinks: BTreeMap<String, ArchiveSinkConfig>,
     /// Which namespaces are replicated.
     #[serde(default)]
     pub scope: ScopeConfig,
@@ -167,6 +172,186 @@ pub struct MongoEndpoint {
     /// How long to wait for a reachable server before failing, e.g. `"10s"`.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// `[sink]` only: the operation types written to this sink, e.g.
+    /// `["insert", "update", "replace"]` for an append-only copy whose deletes go to an archive.
+    /// Default: every operation the stream passes.
+    #[serde(default)]
+    pub ops: Option<Vec<RouteOp>>,
+}
+
+/// An operation type, as the server names it, for routing events to sinks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RouteOp {
+    /// Document inserts.
+    Insert,
+    /// Document updates.
+    Update,
+    /// Document replaces.
+    Replace,
+    /// Document deletes.
+    Delete,
+    /// Collection creation.
+    Create,
+    /// Collection drops.
+    Drop,
+    /// Collection renames.
+    Rename,
+    /// Database drops.
+    DropDatabase,
+    /// Index creation.
+    CreateIndexes,
+    /// Index drops.
+    DropIndexes,
+    /// Collection option changes (`collMod`).
+    Modify,
+}
+
+impl RouteOp {
+    /// Whether an event of this operation type matches.
+    pub fn matches(self, op: &crate::event::OpType) -> bool {
+        use crate::event::OpType as O;
+        matches!(
+            (self, op),
+            (RouteOp::Insert, O::Insert)
+                | (RouteOp::Update, O::Update)
+                | (RouteOp::Replace, O::Replace)
+                | (RouteOp::Delete, O::Delete)
+                | (RouteOp::Create, O::Create)
+                | (RouteOp::Drop, O::Drop)
+                | (RouteOp::Rename, O::Rename)
+                | (RouteOp::DropDatabase, O::DropDatabase)
+                | (RouteOp::CreateIndexes, O::CreateIndexes)
+                | (RouteOp::DropIndexes, O::DropIndexes)
+                | (RouteOp::Modify, O::Modify)
+        )
+    }
+}
+
+/// Kind of an extra sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExtraSinkType {
+    /// JSON lines in an S3-compatible bucket or a local directory.
+    Archive,
+}
+
+/// An archive sink: events as JSON lines, one object per batch, laid out
+/// `<prefix>/<db>/<coll>/YYYY/MM/DD/<first-event>-<last-event>.jsonl[.zst|.gz]`.
+/// Either `bucket` (S3) or `path` (local directory) is required.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveSinkConfig {
+    /// Sink kind: `"archive"`.
+    #[serde(rename = "type")]
+    pub kind: ExtraSinkType,
+    /// Operation types archived (default `["delete"]`; `drop` and `dropDatabase` are common
+    /// additions).
+    #[serde(default = "default_archive_ops")]
+    pub ops: Vec<RouteOp>,
+    /// A local directory to write to, instead of a bucket.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// S3 bucket.
+    #[serde(default)]
+    pub bucket: Option<String>,
+    /// Key prefix inside the bucket or directory (e.g. `"prod/deletes"`).
+    #[serde(default)]
+    pub prefix: String,
+    /// S3 endpoint for S3-compatible servers (e.g. `"http://127.0.0.1:8014"`); default AWS.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// AWS region; default `AWS_REGION`/`AWS_DEFAULT_REGION`, the profile's region, else
+    /// `us-east-1`.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Access key; default `AWS_ACCESS_KEY_ID`, then the profile (`~/.aws/credentials`),
+    /// then instance/container credentials.
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    /// Secret key, with `access_key_id`.
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
+    /// Session token for temporary credentials.
+    #[serde(default)]
+    pub session_token: Option<String>,
+    /// Profile in `~/.aws/credentials` and `~/.aws/config` (default `AWS_PROFILE`, else
+    /// `default`).
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// Path-style requests (`endpoint/bucket/key`), which local S3 servers need. Default: true
+    /// when `endpoint` is set.
+    #[serde(default)]
+    pub path_style: Option<bool>,
+    /// Extended JSON flavour of documents in records: `"canonical"` (default; keeps every BSON
+    /// type, so `strait archive restore` is exact) or `"relaxed"` (plainer numbers and dates).
+    #[serde(default)]
+    pub json: JsonFlavour,
+    /// Object compression: `"none"` (default), `"zstd"` or `"gzip"`.
+    #[serde(default)]
+    pub compression: Compression,
+    /// Most events in one object.
+    #[serde(default = "default_batch_events")]
+    pub batch_events: usize,
+    /// Most MiB (uncompressed) in one object.
+    #[serde(default = "default_batch_mib")]
+    pub batch_mib: u32,
+    /// An object is written at the latest this long after its first event arrived. The
+    /// checkpoint waits for archived events, so this also bounds how far it lags.
+    #[serde(default = "default_batch_interval", with = "humantime_serde")]
+    pub batch_interval: Duration,
+}
+
+fn default_archive_ops() -> Vec<RouteOp> {
+    vec![RouteOp::Delete]
+}
+fn default_batch_events() -> usize {
+    10_000
+}
+fn default_batch_mib() -> u32 {
+    16
+}
+fn default_batch_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// Extended JSON flavour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JsonFlavour {
+    /// Type-exact (`{"$numberLong": "5"}`).
+    #[default]
+    Canonical,
+    /// Human-friendly (`5`); int32 and int64 become indistinguishable.
+    Relaxed,
+}
+
+/// Compression of archive objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// Plain `.jsonl`.
+    #[default]
+    None,
+    /// `.jsonl.zst`.
+    Zstd,
+    /// `.jsonl.gz`.
+    Gzip,
+}
+
+/// Pre-images (the document as it was before an update, replace or delete).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PreImages {
+    /// Ask for them when an archive sink exists.
+    #[default]
+    Auto,
+    /// Never ask.
+    Off,
+    /// Ask; events of collections without pre-images enabled come without one.
+    WhenAvailable,
+    /// Ask; an event without a pre-image is an error.
+    Required,
 }
 
 fn default_connect_timeout() -> Duration {
@@ -291,6 +476,16 @@ pub struct StreamConfig {
     /// mistakes): an event is applied no earlier than its cluster time plus this delay.
     #[serde(default, with = "humantime_serde")]
     pub target_delay: Duration,
+    /// Ask the source for pre-images (`fullDocumentBeforeChange`), which archive records keep
+    /// as `preImage`: `"auto"` (default: when an archive sink exists), `"off"`,
+    /// `"when_available"` or `"required"`. The source must have them enabled per collection
+    /// (MongoDB 6+ `changeStreamPreAndPostImages`; see `enable_pre_images`).
+    #[serde(default)]
+    pub pre_images: PreImages,
+    /// At start, enable `changeStreamPreAndPostImages` on every source collection in scope
+    /// (a `collMod` on the source; needs the privilege to run it).
+    #[serde(default)]
+    pub enable_pre_images: bool,
     /// Change events per getMore.
     #[serde(default = "default_stream_batch")]
     pub batch_size: u32,
@@ -324,6 +519,8 @@ impl Default for StreamConfig {
             ddl: true,
             on_history_lost: HistoryLostPolicy::default(),
             target_delay: Duration::ZERO,
+            pre_images: PreImages::default(),
+            enable_pre_images: false,
             batch_size: default_stream_batch(),
             max_await: default_max_await(),
         }
@@ -532,6 +729,23 @@ impl Default for CheckpointConfig {
 }
 
 impl PipelineConfig {
+    /// Whether the main `[sink]` receives events of this operation type.
+    pub fn sink_takes(&self, op: &crate::event::OpType) -> bool {
+        match &self.sink.ops {
+            None => true,
+            Some(ops) => ops.iter().any(|o| o.matches(op)),
+        }
+    }
+
+    /// Whether the source should be asked for pre-images.
+    pub fn wants_pre_images(&self) -> bool {
+        match self.stream.pre_images {
+            PreImages::Auto => !self.sinks.is_empty(),
+            PreImages::Off => false,
+            PreImages::WhenAvailable | PreImages::Required => true,
+        }
+    }
+
     /// Reads and validates a pipeline file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -629,6 +843,66 @@ impl PipelineConfig {
                 "required when checkpoint.store = \"file\"".into(),
             ));
         }
+        if self.source.ops.is_some() {
+            return Err(invalid(
+                "source.ops",
+                "only sinks take ops (set it under [sink] or [sinks.<name>])".into(),
+            ));
+        }
+        for (name, a) in &self.sinks {
+            let key = |k: &str| format!("sinks.{name}.{k}");
+            match (&a.bucket, &a.path) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        &key("path"),
+                        "give either bucket or path, not both".into(),
+                    ))
+                }
+                (None, None) => {
+                    return Err(invalid(
+                        &key("bucket"),
+                        "an archive needs a bucket (S3) or a path (local directory)".into(),
+                    ))
+                }
+                _ => {}
+            }
+            if a.ops.is_empty() {
+                return Err(invalid(
+                    &key("ops"),
+                    "must name at least one operation type".into(),
+                ));
+            }
+            if a.batch_events == 0 || a.batch_mib == 0 || a.batch_interval.is_zero() {
+                return Err(invalid(
+                    &key("batch_events"),
+                    "batch_events, batch_mib and batch_interval must be above zero".into(),
+                ));
+            }
+            for op in &a.ops {
+                let data = match op {
+                    RouteOp::Insert => Some(DataOp::Insert),
+                    RouteOp::Update => Some(DataOp::Update),
+                    RouteOp::Replace => Some(DataOp::Replace),
+                    RouteOp::Delete => Some(DataOp::Delete),
+                    _ => None,
+                };
+                match data {
+                    Some(d) if !self.stream.ops.contains(&d) => {
+                        return Err(invalid(
+                            &key("ops"),
+                            format!("{op:?} is routed here but stream.ops leaves it out, so no such event would ever arrive; add it to stream.ops and leave it out of [sink] ops instead").to_lowercase(),
+                        ))
+                    }
+                    None if !self.stream.ddl => {
+                        return Err(invalid(
+                            &key("ops"),
+                            format!("{op:?} is DDL, which stream.ddl = false turns off"),
+                        ))
+                    }
+                    _ => {}
+                }
+            }
+        }
         for (key, uri) in [
             ("source.uri", &self.source.uri),
             ("sink.uri", &self.sink.uri),
@@ -649,6 +923,13 @@ impl PipelineConfig {
         c.source.uri = redact_uri(&c.source.uri);
         c.sink.uri = redact_uri(&c.sink.uri);
         c.checkpoint.uri = c.checkpoint.uri.as_deref().map(redact_uri);
+        for a in c.sinks.values_mut() {
+            for secret in [&mut a.secret_access_key, &mut a.session_token] {
+                if secret.is_some() {
+                    *secret = Some("***".to_string());
+                }
+            }
+        }
         if let Some(api) = &mut c.api {
             api.token = api.token.as_ref().map(|_| "***".to_string());
         }

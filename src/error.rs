@@ -80,6 +80,9 @@ pub enum Error {
     /// The checkpoint could not be read or written.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// An archive sink failed.
+    #[error(transparent)]
+    Archive(#[from] crate::sink::archive::ArchiveError),
     /// The saved position is older than the source's change log.
     #[error("the saved position ({position}) is no longer in the source's change log ({detail}); run with stream.on_history_lost = \"resync\" to copy the data again, or `strait checkpoint reset` to start over")]
     HistoryLost {
@@ -123,6 +126,8 @@ impl Error {
             Error::Unreachable { .. } | Error::Mongo { .. } | Error::Checkpoint(_) => {
                 ErrorClass::External
             }
+            Error::Archive(e) if e.is_user() => ErrorClass::User,
+            Error::Archive(_) => ErrorClass::External,
             Error::Internal(_) => ErrorClass::Internal,
         }
     }
@@ -133,6 +138,7 @@ impl Error {
             Error::Mongo { source, .. } => is_transient(source),
             Error::Checkpoint(e) => e.is_retryable(),
             Error::Unreachable { .. } => true,
+            Error::Archive(e) => !e.is_user(),
             _ => false,
         }
     }

@@ -58,6 +58,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Find, read and undo what archive sinks kept (`[sinks.<name>]` with `type = "archive"`).
+    Archive {
+        #[command(subcommand)]
+        action: ArchiveAction,
+    },
     /// Show or reset the saved position.
     Checkpoint {
         #[command(subcommand)]
@@ -100,6 +105,62 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum ArchiveAction {
+    /// List archive objects: key, time of first and last event, size.
+    Ls {
+        #[command(flatten)]
+        at: ArchiveArgs,
+    },
+    /// Print archived events as JSON lines.
+    Cat {
+        #[command(flatten)]
+        at: ArchiveArgs,
+        /// Only events of the document with this `_id` (JSON, e.g. `7`, `"abc"` or
+        /// `{"$oid":"..."}`).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Re-insert deleted documents from their archived pre-images (existing documents are
+    /// left alone; a document deleted several times gets its latest pre-image).
+    Restore {
+        #[command(flatten)]
+        at: ArchiveArgs,
+        /// MongoDB to restore into; default the pipeline's source (where the deletes happened).
+        #[arg(long)]
+        uri: Option<String>,
+        /// Restore every document into this one collection (`db.coll`) instead of its own.
+        #[arg(long)]
+        into: Option<String>,
+        /// List what would be restored without writing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// Which archive, and which of its events.
+#[derive(clap::Args)]
+struct ArchiveArgs {
+    /// Pipeline file.
+    #[arg(short, long)]
+    config: PathBuf,
+    /// Archive sink name (`[sinks.<name>]`); needed when the pipeline has several.
+    #[arg(long)]
+    sink: Option<String>,
+    /// Namespaces: `db.coll`, `db.*` or `/regex/` (source names).
+    #[arg(long)]
+    ns: Option<String>,
+    /// Earliest event time: RFC 3339 (`2026-11-22T10:00:00Z`) or seconds since the epoch.
+    #[arg(long)]
+    from: Option<String>,
+    /// Latest event time (inclusive), same forms as `--from`.
+    #[arg(long)]
+    to: Option<String>,
+    /// Operation types to keep (repeatable), e.g. `--op delete`.
+    #[arg(long = "op")]
+    ops: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -169,6 +230,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             json,
         } => verify(config, limit, json).await,
         Command::Checkpoint { action } => checkpoint(action).await,
+        Command::Archive { action } => archive(action).await,
         Command::Status {
             config,
             watch,
@@ -292,6 +354,121 @@ async fn shutdown_on_signal(cancel: CancellationToken) {
     cancel.cancel();
 }
 
+fn parse_time(key: &str, v: &Option<String>) -> anyhow::Result<Option<u32>> {
+    let Some(v) = v else { return Ok(None) };
+    if let Ok(secs) = v.parse::<u32>() {
+        return Ok(Some(secs));
+    }
+    let t = humantime::parse_rfc3339_weak(v).with_context(|| {
+        format!("{key} {v:?}: expected RFC 3339 (2026-11-22T10:00:00Z) or seconds since the epoch")
+    })?;
+    Ok(Some(
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as u32)
+            .unwrap_or(0),
+    ))
+}
+
+async fn archive(action: ArchiveAction) -> anyhow::Result<ExitCode> {
+    use strait::sink::archive::{query, record::iso8601, ArchiveSink};
+    let at = match &action {
+        ArchiveAction::Ls { at }
+        | ArchiveAction::Cat { at, .. }
+        | ArchiveAction::Restore { at, .. } => at,
+    };
+    let cfg = PipelineConfig::load(&at.config).map_err(Error::from)?;
+    let (name, sink_cfg) = match &at.sink {
+        Some(n) => cfg
+            .sinks
+            .get_key_value(n)
+            .with_context(|| format!("no sink [sinks.{n}] in {}", at.config.display()))?,
+        None if cfg.sinks.len() == 1 => cfg.sinks.iter().next().expect("one"),
+        None if cfg.sinks.is_empty() => {
+            anyhow::bail!(
+                "{} has no archive sink ([sinks.<name>] with type = \"archive\")",
+                at.config.display()
+            )
+        }
+        None => anyhow::bail!(
+            "{} has several archive sinks; choose one with --sink ({})",
+            at.config.display(),
+            cfg.sinks.keys().cloned().collect::<Vec<_>>().join(", ")
+        ),
+    };
+    let sink = ArchiveSink::open(name, sink_cfg).map_err(Error::from)?;
+    let filter = query::Filter {
+        ns: at
+            .ns
+            .as_deref()
+            .map(strait::transform::scope::NamespacePattern::parse)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--ns: {e}"))?,
+        from: parse_time("--from", &at.from)?,
+        to: parse_time("--to", &at.to)?,
+        ops: at.ops.clone(),
+    };
+    match action {
+        ArchiveAction::Ls { .. } => {
+            for o in query::objects(&sink, &filter).await.map_err(Error::from)? {
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    o.path,
+                    iso8601(o.first.0),
+                    iso8601(o.last.0),
+                    o.size
+                );
+            }
+        }
+        ArchiveAction::Cat { id, .. } => {
+            let want = id
+                .map(|s| {
+                    let v: serde_json::Value =
+                        serde_json::from_str(&s).unwrap_or(serde_json::Value::String(s));
+                    relaxed(&v)
+                })
+                .transpose()?;
+            for r in query::records(&sink, &filter).await.map_err(Error::from)? {
+                if let Some(w) = &want {
+                    if r.get("_id").map(relaxed).transpose()?.as_ref() != Some(w) {
+                        continue;
+                    }
+                }
+                println!("{r}");
+            }
+        }
+        ArchiveAction::Restore {
+            uri, into, dry_run, ..
+        } => {
+            let target = match &uri {
+                Some(u) => strait::connect::connect_uri(u, &cfg.source, Role::Sink).await?,
+                None => strait::connect::connect(&cfg.source, Role::Sink).await?,
+            };
+            let into = into.as_deref().map(strait::event::Namespace::parse);
+            if into.as_ref().is_some_and(|n| n.coll.is_none()) {
+                anyhow::bail!("--into needs db.coll");
+            }
+            let r = query::restore(&sink, &filter, &target, into.as_ref(), dry_run).await?;
+            let verb = if dry_run { "would restore" } else { "restored" };
+            for (ns, id) in &r.ids {
+                println!("{verb} {ns} _id {id}");
+            }
+            println!(
+                "{verb} {} documents; {} already present (left alone); {} deletes had no pre-image",
+                r.restored, r.already_present, r.without_pre_image
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A JSON `_id` (canonical or relaxed Extended JSON, or plain) in relaxed form, so `7` matches
+/// `{"$numberLong": "7"}`.
+fn relaxed(v: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
+    Ok(bson::Bson::try_from(v.clone())
+        .with_context(|| format!("{v} is not Extended JSON"))?
+        .into_relaxed_extjson())
+}
+
 async fn verify(path: PathBuf, limit: usize, json: bool) -> anyhow::Result<ExitCode> {
     let cfg = PipelineConfig::load(&path).map_err(Error::from)?;
     let (source, target) = tokio::join!(
@@ -300,15 +477,23 @@ async fn verify(path: PathBuf, limit: usize, json: bool) -> anyhow::Result<ExitC
     );
     let (source, target) = (source?, target?);
     let transforms = strait::transform::Transforms::from_config(&cfg);
-    let reports = strait::verify::verify(&source, &target, &transforms, limit).await?;
+    let delete = strait::event::OpType::Delete;
+    let append_only =
+        !cfg.sink_takes(&delete) || !cfg.stream.ops.contains(&strait::config::DataOp::Delete);
+    let reports = strait::verify::verify(&source, &target, &transforms, limit, append_only).await?;
     let equal = reports.iter().all(|r| r.is_equal());
     if json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
     } else {
         for r in &reports {
             let mark = if r.is_equal() { "OK  " } else { "DIFF" };
+            let kept = if r.extra_expected && r.extra_total > 0 {
+                " (kept: deletes are not applied to this sink)"
+            } else {
+                ""
+            };
             println!(
-                "{mark} {} -> {}: source {} docs, target {} docs, missing {}, extra {}, different {}",
+                "{mark} {} -> {}: source {} docs, target {} docs, missing {}, extra {}{kept}, different {}",
                 r.source_ns, r.target_ns, r.source_count, r.target_count, r.missing_total, r.extra_total, r.different_total
             );
             for (label, ids) in [

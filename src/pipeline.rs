@@ -27,8 +27,10 @@ pub struct Pipeline {
     pub cfg: Arc<PipelineConfig>,
     /// Source client.
     pub source: Client,
-    /// The sink.
+    /// The MongoDB sink.
     pub sink: MongoSink,
+    /// Archive sinks (`[sinks.<name>]`), in name order.
+    pub archives: Vec<crate::sink::archive::ArchiveSink>,
     /// Checkpoint store.
     pub store: CheckpointStore,
     /// Filters and renames.

@@ -73,6 +73,21 @@ pub struct Telemetry {
     pub apply_latency: Histogram,
     /// Queue depth of each lane, when streaming.
     lane_depths: Mutex<Option<LaneDepths>>,
+    /// Archive sinks, all together.
+    pub archive: ArchiveCounters,
+}
+
+/// Progress of the archive sinks.
+#[derive(Debug, Default)]
+pub struct ArchiveCounters {
+    /// Events stored in archive objects.
+    pub events: AtomicU64,
+    /// Objects written.
+    pub objects: AtomicU64,
+    /// Bytes written (after compression).
+    pub bytes: AtomicU64,
+    /// Events replayed after a restart that an earlier run had already archived.
+    pub duplicates: AtomicU64,
 }
 
 /// Reads the queue depth of every lane.
@@ -197,6 +212,7 @@ impl Default for Telemetry {
             errors: AtomicU64::new(0),
             last_error: Mutex::new(None),
             stream_restarts: AtomicU64::new(0),
+            archive: ArchiveCounters::default(),
             batch_size: Histogram::new(&BATCH_BUCKETS),
             apply_latency: Histogram::new(&LATENCY_BUCKETS),
             lane_depths: Mutex::new(None),

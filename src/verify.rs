@@ -38,13 +38,16 @@ pub struct CollectionReport {
     pub different_total: u64,
     /// Index differences, described.
     pub index_differences: Vec<String>,
+    /// Extra target documents are expected: deletes are not applied to this sink (an
+    /// append-only copy), so they do not count as a difference.
+    pub extra_expected: bool,
 }
 
 impl CollectionReport {
     /// Whether source and target match.
     pub fn is_equal(&self) -> bool {
         self.missing_total == 0
-            && self.extra_total == 0
+            && (self.extra_total == 0 || self.extra_expected)
             && self.different_total == 0
             && self.index_differences.is_empty()
     }
@@ -246,16 +249,21 @@ pub async fn verify_collection(
 }
 
 /// Compares every collection in scope.
+/// Compares every collection in scope. With `append_only` (deletes are not applied to the
+/// sink), documents only on the target are reported but are not a difference.
 pub async fn verify(
     source: &Client,
     target: &Client,
     transforms: &Transforms,
     limit: usize,
+    append_only: bool,
 ) -> Result<Vec<CollectionReport>> {
     let mut out = Vec::new();
     for c in list_collections(source, &transforms.scope).await? {
         let dst = transforms.target_ns(&c.ns);
-        out.push(verify_collection(source, target, &c.ns, &dst, limit).await?);
+        let mut r = verify_collection(source, target, &c.ns, &dst, limit).await?;
+        r.extra_expected = append_only;
+        out.push(r);
     }
     Ok(out)
 }

@@ -1,7 +1,8 @@
 //! The ack window: which source positions are safe to checkpoint.
 //!
-//! Every event read gets a sequence number and a slot. Lanes mark slots done when the sink has
-//! durably written the event. The committed position is that of the last slot of the longest
+//! Every event read gets a sequence number and a slot, with one part per sink it goes to. Each
+//! sink acknowledges its part once it has durably written the event; the slot is done when all
+//! parts are. The committed position is that of the last slot of the longest
 //! all-done prefix, so a checkpoint never passes an event that some lane has not yet written,
 //! however the lanes interleave.
 
@@ -23,7 +24,8 @@ pub struct Position {
 #[derive(Debug)]
 struct Slot {
     pos: Position,
-    done: bool,
+    /// Sinks that have not yet acknowledged this event.
+    parts: u32,
 }
 
 #[derive(Debug, Default)]
@@ -51,13 +53,18 @@ impl AckWindow {
         w
     }
 
-    /// Adds a position; `done` for positions with nothing to write (filtered events, idle
-    /// post-batch tokens). Returns its sequence number.
-    pub fn push(&self, pos: Position, done: bool) -> u64 {
+    /// Adds a position with nothing to write (a filtered event, an idle post-batch token).
+    pub fn push_done(&self, pos: Position) -> u64 {
+        self.push(pos, 0)
+    }
+
+    /// Adds a position whose event goes to `parts` sinks, each of which acks it once (0: nothing
+    /// to write). Returns its sequence number.
+    pub fn push(&self, pos: Position, parts: u32) -> u64 {
         let mut g = self.inner.lock().unwrap();
         let seq = g.base + g.slots.len() as u64;
-        g.slots.push_back(Slot { pos, done });
-        if done {
+        g.slots.push_back(Slot { pos, parts });
+        if parts == 0 {
             Self::advance(&mut g);
         } else {
             g.pending += 1;
@@ -65,7 +72,7 @@ impl AckWindow {
         seq
     }
 
-    /// Marks events written.
+    /// Marks events written by one sink (one part each).
     pub fn ack(&self, seqs: &[u64]) {
         {
             let mut g = self.inner.lock().unwrap();
@@ -74,9 +81,11 @@ impl AckWindow {
                     continue;
                 };
                 if let Some(slot) = g.slots.get_mut(i as usize) {
-                    if !slot.done {
-                        slot.done = true;
-                        g.pending -= 1;
+                    if slot.parts > 0 {
+                        slot.parts -= 1;
+                        if slot.parts == 0 {
+                            g.pending -= 1;
+                        }
                     }
                 }
             }
@@ -86,9 +95,14 @@ impl AckWindow {
     }
 
     fn advance(g: &mut Inner) {
-        while g.slots.front().is_some_and(|s| s.done) {
-            let s = g.slots.pop_front().expect("front exists");
+        while g.slots.front().is_some_and(|s| s.parts == 0) {
+            let mut s = g.slots.pop_front().expect("front exists");
             g.base += 1;
+            // An idle stream's position has no cluster time of its own; it is at least as late
+            // as the events before it.
+            if s.pos.time.is_none() {
+                s.pos.time = g.committed.as_ref().and_then(|c| c.time);
+            }
             g.committed = Some(s.pos);
         }
     }
@@ -116,7 +130,10 @@ impl AckWindow {
     /// Cluster time of the oldest unwritten event.
     pub fn oldest_pending_time(&self) -> Option<Timestamp> {
         let g = self.inner.lock().unwrap();
-        g.slots.iter().find(|s| !s.done).and_then(|s| s.pos.time)
+        g.slots
+            .iter()
+            .find(|s| s.parts > 0)
+            .and_then(|s| s.pos.time)
     }
 
     /// Waits until every event pushed so far is written.
@@ -161,9 +178,9 @@ mod tests {
     #[test]
     fn committed_waits_for_the_oldest_event() {
         let w = AckWindow::new(None);
-        let a = w.push(pos(1), false);
-        let b = w.push(pos(2), false);
-        let _c = w.push(pos(3), true);
+        let a = w.push(pos(1), 1);
+        let b = w.push(pos(2), 1);
+        let _c = w.push_done(pos(3));
         w.ack(&[b]);
         assert_eq!(w.committed(), None);
         w.ack(&[a]);
@@ -172,13 +189,39 @@ mod tests {
         assert!(w.is_empty());
     }
 
+    #[test]
+    fn an_idle_position_keeps_the_time_of_the_events_before_it() {
+        let w = AckWindow::new(None);
+        let a = w.push(pos(5), 1);
+        let idle = Position {
+            token: rawdoc! { "idle": 1 },
+            time: None,
+        };
+        w.push_done(idle.clone());
+        w.ack(&[a]);
+        assert_eq!(w.committed().unwrap().token, idle.token);
+        assert_eq!(w.committed().unwrap().time, pos(5).time);
+    }
+
+    #[test]
+    fn an_event_for_two_sinks_waits_for_both() {
+        let w = AckWindow::new(None);
+        let a = w.push(pos(1), 2);
+        w.ack(&[a]);
+        assert_eq!(w.committed(), None);
+        assert_eq!(w.pending(), 1);
+        w.ack(&[a]);
+        assert_eq!(w.committed(), Some(pos(1)));
+        assert_eq!(w.pending(), 0);
+    }
+
     proptest! {
         /// Whatever order lanes ack in, the committed position never passes an unacked event
         /// and reaches the last position once everything is acked.
         #[test]
         fn never_passes_an_unacked_event(order in Just((0u32..40).collect::<Vec<_>>()).prop_shuffle()) {
             let w = AckWindow::new(None);
-            let seqs: Vec<u64> = (0..40).map(|i| w.push(pos(i), false)).collect();
+            let seqs: Vec<u64> = (0..40).map(|i| w.push(pos(i), 1)).collect();
             let mut acked = std::collections::HashSet::new();
             for i in order {
                 w.ack(&[seqs[i as usize]]);

@@ -18,8 +18,9 @@ use crate::telemetry::Telemetry;
 pub struct LaneItem {
     /// Sequence number in the ack window.
     pub seq: u64,
-    /// Operation, for counting.
-    pub op: OpType,
+    /// Operation, for counting (`None`: not counted as applied, e.g. the pre-image kept for
+    /// a delete that went to an archive instead).
+    pub op: Option<OpType>,
     /// The writes.
     pub ops: Vec<WriteOp>,
     /// This event's share of the in-flight byte budget, returned when the item is dropped
@@ -70,8 +71,8 @@ pub async fn run_lane(
         telemetry
             .skipped
             .fetch_add(counts.skipped, std::sync::atomic::Ordering::Relaxed);
-        for i in &items {
-            telemetry.applied(&i.op, 1);
+        for i in items.iter().filter_map(|i| i.op.as_ref()) {
+            telemetry.applied(i, 1);
         }
         let seqs: Vec<u64> = items.iter().map(|i| i.seq).collect();
         window.ack(&seqs);

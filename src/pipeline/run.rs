@@ -45,6 +45,16 @@ pub async fn open(
             }
         }
     }
+    let mut archives = Vec::with_capacity(cfg.sinks.len());
+    for (name, a) in &cfg.sinks {
+        let sink = crate::sink::archive::ArchiveSink::open(name, a)?;
+        sink.check().await?;
+        info!(sink = %name, target = %sink.describe(), ops = ?a.ops, "Archive sink ready.");
+        archives.push(sink);
+    }
+    if cfg.stream.enable_pre_images {
+        enable_pre_images(&source, &transforms).await?;
+    }
     let checkpoint = Checkpoint {
         pipeline: cfg.id.clone(),
         ..Default::default()
@@ -53,6 +63,7 @@ pub async fn open(
         cfg: Arc::new(cfg),
         source,
         sink: MongoSink::new(sink).with_telemetry(telemetry.clone()),
+        archives,
         store,
         transforms,
         telemetry,
@@ -61,6 +72,30 @@ pub async fn open(
         checkpoint: Arc::new(Mutex::new(checkpoint)),
         save_lock: Mutex::new(()),
     })
+}
+
+/// Turns on `changeStreamPreAndPostImages` for every source collection in scope, so delete
+/// events carry the deleted document.
+async fn enable_pre_images(source: &mongodb::Client, transforms: &Transforms) -> Result<()> {
+    for c in list_collections(source, &transforms.scope).await? {
+        let ns = c.ns;
+        source
+            .database(&ns.db)
+            .run_command(bson::doc! {
+                "collMod": ns.coll_name(),
+                "changeStreamPreAndPostImages": { "enabled": true },
+            })
+            .await
+            .map_err(|e| {
+                Error::mongo(
+                    Role::Source,
+                    format!("enabling pre-images on {ns} (stream.enable_pre_images)"),
+                    e,
+                )
+            })?;
+        info!(%ns, "Pre-images enabled.");
+    }
+    Ok(())
 }
 
 /// The checkpoint store a config asks for (the sink's client unless another URI is given).

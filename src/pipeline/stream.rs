@@ -13,7 +13,8 @@ use super::lanes::{lane_of, run_lane, LaneItem};
 use super::Pipeline;
 use crate::error::{Error, Result};
 use crate::event::{ChangeEvent, OpType};
-use crate::sink::mongo::ops_for_event;
+use crate::sink::archive::writer::ArchiveItem;
+use crate::sink::mongo::{ops_for_event, WriteOp};
 use crate::source::mongo::stream::{read, SourceItem, StartPosition, StreamSettings};
 use crate::telemetry::PipelineState;
 use crate::transform::Verdict;
@@ -27,6 +28,7 @@ pub fn settings(p: &Pipeline) -> StreamSettings {
         ddl: s.ddl,
         batch_size: s.batch_size,
         max_await: s.max_await,
+        pre_images: p.cfg.wants_pre_images().then_some(s.pre_images),
     }
 }
 
@@ -61,7 +63,33 @@ pub async fn follow(p: &Pipeline, start: StartPosition) -> Result<()> {
         });
     }
 
-    let weak: Vec<_> = senders.iter().map(|s| s.downgrade()).collect();
+    let mut archive_senders = Vec::with_capacity(p.archives.len());
+    let mut archives = JoinSet::new();
+    for sink in &p.archives {
+        let (tx, rx) = mpsc::channel::<ArchiveItem>(cfg.apply.queue_depth);
+        archive_senders.push(tx);
+        let (sink, window, telemetry, stop) = (
+            sink.clone(),
+            window.clone(),
+            p.telemetry.clone(),
+            stop.clone(),
+        );
+        archives.spawn(async move {
+            let r = crate::sink::archive::writer::run(rx, sink, window, telemetry, stop.clone())
+                .await
+                .map_err(Error::from);
+            if r.is_err() {
+                stop.cancel();
+            }
+            r
+        });
+    }
+    let sinks = Senders {
+        lanes: senders,
+        archives: archive_senders,
+    };
+
+    let weak: Vec<_> = sinks.lanes.iter().map(|s| s.downgrade()).collect();
     p.telemetry.set_lane_depths(Some(Box::new(move || {
         weak.iter()
             .map(|w| {
@@ -108,7 +136,7 @@ pub async fn follow(p: &Pipeline, start: StartPosition) -> Result<()> {
     ));
     let mut dispatch_result = Ok(());
     while let Some(item) = rx.recv().await {
-        match dispatch(p, &window, &senders, item, max_window, &budget, &stop).await {
+        match dispatch(p, &window, &sinks, item, max_window, &budget, &stop).await {
             Ok(Flow::Continue) => {}
             // Stopping (shutdown, or a lane failed and reports its own error): what is not
             // dispatched is not acknowledged, so it is read again after a restart.
@@ -120,11 +148,14 @@ pub async fn follow(p: &Pipeline, start: StartPosition) -> Result<()> {
             }
         }
     }
-    // Closing the lanes' queues lets them finish what is queued, then stop.
-    drop(senders);
+    // Closing the sinks' queues lets them finish what is queued, then stop.
+    drop(sinks);
     drop(rx);
     let mut lane_result = Ok(());
-    while let Some(r) = lanes.join_next().await {
+    while let Some(r) = match lanes.join_next().await {
+        Some(r) => Some(r),
+        None => archives.join_next().await,
+    } {
         match r {
             Ok(Ok(())) => {}
             Ok(Err(e)) => lane_result = lane_result.and(Err(e)),
@@ -190,6 +221,12 @@ async fn save_committed(
     Ok(())
 }
 
+/// The queues of every sink.
+struct Senders {
+    lanes: Vec<mpsc::Sender<LaneItem>>,
+    archives: Vec<mpsc::Sender<ArchiveItem>>,
+}
+
 /// Whether the dispatcher goes on.
 enum Flow {
     Continue,
@@ -199,7 +236,7 @@ enum Flow {
 async fn dispatch(
     p: &Pipeline,
     window: &AckWindow,
-    lanes: &[mpsc::Sender<LaneItem>],
+    sinks: &Senders,
     item: SourceItem,
     max_window: usize,
     budget: &Arc<tokio::sync::Semaphore>,
@@ -213,7 +250,7 @@ async fn dispatch(
     }
     let mut ev: ChangeEvent = match item {
         SourceItem::Position(pos) => {
-            window.push(pos, true);
+            window.push_done(pos);
             return Ok(Flow::Continue);
         }
         SourceItem::Event(ev) => *ev,
@@ -223,10 +260,19 @@ async fn dispatch(
         time: ev.cluster_time,
     };
     if p.transforms.apply(&mut ev) == Verdict::Skip {
-        window.push(pos, true);
+        window.push_done(pos);
         return Ok(Flow::Continue);
     }
-    if !ev.op.is_data() {
+    let to_mongo = p.cfg.sink_takes(&ev.op);
+    let archives: Vec<usize> = p
+        .archives
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| a.cfg.ops.iter().any(|o| o.matches(&ev.op)))
+        .map(|(i, _)| i)
+        .collect();
+    let mut ops = Vec::new();
+    if to_mongo && !ev.op.is_data() {
         // DDL is a barrier: everything before it is written first, nothing after it starts
         // until it is done.
         tokio::select! {
@@ -236,39 +282,78 @@ async fn dispatch(
         }
         apply_ddl(p, &ev).await?;
         p.telemetry.applied(&ev.op, 1);
-        window.push(pos, true);
-        return Ok(Flow::Continue);
+    } else if to_mongo {
+        ops = ops_for_event(&ev, p.cfg.stream.update_mode)
+            .map_err(|e| Error::Internal(e.to_string()))?;
+    } else if ev.op == OpType::Delete {
+        // A delete kept off the sink (append-only copy) still leaves its document there: if it
+        // is missing (deleted during the initial copy, before it was read), the pre-image is
+        // inserted, so the copy is the source "minus nothing".
+        if let Ok(Some(bson::RawBsonRef::Document(pre))) = ev.raw.get("fullDocumentBeforeChange") {
+            ops.push(WriteOp::InsertIfAbsent {
+                ns: ev.ns.clone(),
+                doc: pre.to_owned(),
+            });
+        }
     }
-    let ops =
-        ops_for_event(&ev, p.cfg.stream.update_mode).map_err(|e| Error::Internal(e.to_string()))?;
-    if ops.is_empty() {
-        window.push(pos, true);
+    let parts = u32::from(!ops.is_empty()) + archives.len() as u32;
+    if parts == 0 {
+        window.push_done(pos);
         return Ok(Flow::Continue);
     }
     if !p.control.admit(1, stop).await || !delay(p, &ev, stop).await {
         return Ok(Flow::Stop);
     }
-    let lane = lane_of(&ev, p.cfg.apply.lane_by, lanes.len());
-    let kib = (ops.iter().map(|o| o.size()).sum::<usize>() / 1024 + 1)
-        .min(p.cfg.apply.max_inflight_mib as usize * 1024) as u32;
-    let permit = tokio::select! {
-        biased;
-        permit = budget.clone().acquire_many_owned(kib) => permit.map_err(|_| Error::Internal("budget closed".into()))?,
-        _ = stop.cancelled() => return Ok(Flow::Stop),
+    let max_kib = p.cfg.apply.max_inflight_mib as usize * 1024;
+    let acquire = |kib: usize| async move {
+        tokio::select! {
+            biased;
+            permit = budget.clone().acquire_many_owned(kib.min(max_kib) as u32) => permit.map(Some).map_err(|_| Error::Internal("budget closed".into())),
+            _ = stop.cancelled() => Ok(None),
+        }
     };
-    let seq = window.push(pos, false);
-    let item = LaneItem {
-        seq,
-        op: ev.op.clone(),
-        ops,
-        budget: Some(permit),
-    };
-    // A closed lane has failed and reports its own error.
-    Ok(if lanes[lane].send(item).await.is_ok() {
-        Flow::Continue
+    let lane_permit = if ops.is_empty() {
+        None
     } else {
-        Flow::Stop
-    })
+        match acquire(ops.iter().map(|o| o.size()).sum::<usize>() / 1024 + 1).await? {
+            Some(p) => Some(p),
+            None => return Ok(Flow::Stop),
+        }
+    };
+    let mut archive_permits = Vec::with_capacity(archives.len());
+    for _ in &archives {
+        match acquire(ev.raw.as_bytes().len() / 1024 + 1).await? {
+            Some(p) => archive_permits.push(p),
+            None => return Ok(Flow::Stop),
+        }
+    }
+    let seq = window.push(pos, parts);
+    let op = to_mongo.then(|| ev.op.clone());
+    let lane = lane_of(&ev, p.cfg.apply.lane_by, sinks.lanes.len());
+    let ev = Arc::new(ev);
+    // A closed queue means its sink has failed and reports its own error.
+    for (i, permit) in archives.into_iter().zip(archive_permits) {
+        let item = ArchiveItem {
+            seq,
+            ev: ev.clone(),
+            budget: Some(permit),
+        };
+        if sinks.archives[i].send(item).await.is_err() {
+            return Ok(Flow::Stop);
+        }
+    }
+    if let Some(permit) = lane_permit {
+        let item = LaneItem {
+            seq,
+            op,
+            ops,
+            budget: Some(permit),
+        };
+        if sinks.lanes[lane].send(item).await.is_err() {
+            return Ok(Flow::Stop);
+        }
+    }
+    Ok(Flow::Continue)
 }
 
 /// Waits until the event is `stream.target_delay` old; false if stopped meanwhile.

@@ -45,6 +45,21 @@ pub enum WriteOp {
         /// The document key.
         filter: RawDocumentBuf,
     },
+    /// Insert `doc` unless a document with its `_id` exists (then do nothing).
+    InsertIfAbsent {
+        /// Target namespace.
+        ns: Namespace,
+        /// The document.
+        doc: RawDocumentBuf,
+    },
+}
+
+/// Which write command a [`WriteOp`] goes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Command {
+    Update,
+    Delete,
+    Insert,
 }
 
 impl WriteOp {
@@ -52,11 +67,19 @@ impl WriteOp {
         match self {
             WriteOp::Upsert { ns, .. }
             | WriteOp::Update { ns, .. }
-            | WriteOp::Delete { ns, .. } => ns,
+            | WriteOp::Delete { ns, .. }
+            | WriteOp::InsertIfAbsent { ns, .. } => ns,
         }
     }
     fn is_delete(&self) -> bool {
         matches!(self, WriteOp::Delete { .. })
+    }
+    fn command(&self) -> Command {
+        match self {
+            WriteOp::Upsert { .. } | WriteOp::Update { .. } => Command::Update,
+            WriteOp::Delete { .. } => Command::Delete,
+            WriteOp::InsertIfAbsent { .. } => Command::Insert,
+        }
     }
     /// Approximate size on the wire, for batching.
     pub fn size(&self) -> usize {
@@ -68,6 +91,7 @@ impl WriteOp {
                 filter.as_bytes().len() + update.as_bytes().len() + 32
             }
             WriteOp::Delete { filter, .. } => filter.as_bytes().len() + 16,
+            WriteOp::InsertIfAbsent { doc, .. } => doc.as_bytes().len() + 16,
         }
     }
 }
@@ -249,7 +273,7 @@ impl MongoSink {
             let mut bytes = ops[start].size();
             while end < ops.len()
                 && ops[end].ns() == ops[start].ns()
-                && ops[end].is_delete() == ops[start].is_delete()
+                && ops[end].command() == ops[start].command()
                 && bytes + ops[end].size() < 8 * 1024 * 1024
             {
                 bytes += ops[end].size();
@@ -261,7 +285,7 @@ impl MongoSink {
         Ok(counts)
     }
 
-    /// Applies a run of writes to one namespace, all deletes or all updates.
+    /// Applies a run of writes to one namespace that go in one kind of command.
     async fn apply_run(&self, run: &[WriteOp], counts: &mut ApplyCounts) -> Result<()> {
         let mut from = 0;
         let mut backoff = Duration::from_millis(100);
@@ -304,6 +328,11 @@ impl MongoSink {
                         {
                             debug!(ns = %ns, code, msg, "skipped an update that does not fit the target document");
                             counts.skipped += 1;
+                            from += 1;
+                            continue;
+                        } else if code == 11000 && op.command() == Command::Insert {
+                            // Already there: nothing to do.
+                            counts.written += 1;
                             from += 1;
                             continue;
                         } else if code == 11000 && !op.is_delete() {
@@ -366,6 +395,10 @@ impl MongoSink {
                         .map_err(Error::from_sink)
                 }
                 WriteOp::Delete { .. } => Ok(()),
+                WriteOp::InsertIfAbsent { doc, .. } => match coll.insert_one(doc).await {
+                    Err(e) if error_code(&e) == Some(11000) => Ok(()),
+                    r => r.map(|_| ()).map_err(Error::from_sink),
+                },
             }
         })
         .await
@@ -385,6 +418,16 @@ impl MongoSink {
         let wc = RawDocumentBuf::try_from(&self.write_concern)
             .map_err(|e| Error::Internal(e.to_string()))?;
         let mut stmts = RawArrayBuf::new();
+        if run[0].command() == Command::Insert {
+            for op in run {
+                if let WriteOp::InsertIfAbsent { doc, .. } = op {
+                    stmts.push(doc.clone());
+                }
+            }
+            return Ok(
+                rawdoc! { "insert": coll, "documents": stmts, "ordered": true, "writeConcern": wc },
+            );
+        }
         if run[0].is_delete() {
             for op in run {
                 if let WriteOp::Delete { filter, .. } = op {
@@ -401,7 +444,7 @@ impl MongoSink {
                     WriteOp::Update { filter, update, .. } => {
                         stmts.push(rawdoc! { "q": filter.clone(), "u": update.clone(), "upsert": false, "multi": false })
                     }
-                    WriteOp::Delete { .. } => {}
+                    WriteOp::Delete { .. } | WriteOp::InsertIfAbsent { .. } => {}
                 }
             }
             Ok(rawdoc! { "update": coll, "updates": stmts, "ordered": true, "writeConcern": wc })

@@ -45,7 +45,8 @@ impl NamespacePattern {
         }
     }
 
-    fn matches(&self, db: &str, coll: &str) -> bool {
+    /// Whether `db.coll` matches.
+    pub fn matches(&self, db: &str, coll: &str) -> bool {
         match self {
             NamespacePattern::Exact(d, c) => d == db && c == coll,
             NamespacePattern::Database(d) => d == db,

@@ -2,6 +2,7 @@
 //! its own SecantusDB servers and drives the real `strait` binary.
 
 mod api;
+mod archive;
 mod bad_input;
 mod common;
 mod crash;

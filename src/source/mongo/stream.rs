@@ -7,7 +7,7 @@ use std::time::Duration;
 use bson::{Bson, Document, RawDocumentBuf, Timestamp};
 use mongodb::change_stream::event::ResumeToken;
 use mongodb::change_stream::ChangeStream;
-use mongodb::options::FullDocumentType;
+use mongodb::options::{FullDocumentBeforeChangeType, FullDocumentType};
 use mongodb::Client;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -58,6 +58,8 @@ pub struct StreamSettings {
     pub batch_size: u32,
     /// Server wait for an empty batch.
     pub max_await: Duration,
+    /// Ask for pre-images (`fullDocumentBeforeChange`), and how strictly.
+    pub pre_images: Option<crate::config::PreImages>,
 }
 
 /// Converts a driver resume token to a document.
@@ -89,6 +91,10 @@ pub async fn open(
     let task = tokio::spawn(async move {
         let full =
             (s.update_mode == UpdateMode::FullDocument).then_some(FullDocumentType::UpdateLookup);
+        let before = s.pre_images.map(|p| match p {
+            crate::config::PreImages::Required => FullDocumentBeforeChangeType::Required,
+            _ => FullDocumentBeforeChangeType::WhenAvailable,
+        });
         macro_rules! configure {
             ($w:expr) => {{
                 let mut w = $w
@@ -97,6 +103,9 @@ pub async fn open(
                     .show_expanded_events(s.ddl);
                 if let Some(f) = full.clone() {
                     w = w.full_document(f);
+                }
+                if let Some(b) = before.clone() {
+                    w = w.full_document_before_change(b);
                 }
                 match &start {
                     StartPosition::After(d) if start_after => w = w.start_after(doc_to_token(d)?),

@@ -339,7 +339,13 @@ pub async fn indexes(client: &Client, db: &str, coll: &str) -> Vec<Document> {
     v.sort_by_key(|d| d.get_str("name").unwrap().to_string());
     v
 }
+pub mod s3;
 pub mod workload;
+
+/// A free loopback port.
+pub fn free_port_for_tests() -> u16 {
+    free_port()
+}
 
 /// Polls `f` until it holds, or panics after `timeout` with `what` and strait's log.
 pub async fn wait_for<F, Fut>(timeout: Duration, what: &str, st: &Strait, mut f: F)
