@@ -108,8 +108,10 @@ fn start_server(port: u16, name: &str) -> Server {
 /// The harness's own clients: SecantusDB drops connections left idle for minutes (a `drop`
 /// on the source after the full-sync runs failed with a broken pipe), so idle pooled
 /// connections are discarded after 20 s.
+/// The harness's own clients: more connections for the parallel writers, and idle ones
+/// recycled (the server drops connections idle for minutes).
 fn harness_uri(port: u16) -> String {
-    format!("{}&maxIdleTimeMS=20000", uri(port))
+    format!("{}&maxPoolSize=64&maxIdleTimeMS=20000", uri(port))
 }
 
 /// Drops a database, once more after a network error.
@@ -121,7 +123,7 @@ async fn drop_db(c: &Client, db: &str) {
 }
 
 fn uri(port: u16) -> String {
-    format!("mongodb://127.0.0.1:{port}/?directConnection=true&maxPoolSize=64")
+    format!("mongodb://127.0.0.1:{port}/?directConnection=true")
 }
 
 /// A ~1 KB document.
