@@ -94,6 +94,10 @@ pub enum Error {
     /// Something the user asked for does not exist or cannot be done.
     #[error("{0}")]
     User(String),
+    /// Shutdown was requested while a write kept failing; the unwritten changes stay after the
+    /// checkpoint and are applied on the next run.
+    #[error("stopped while writes were failing; the checkpoint stays before the unwritten changes, which the next run applies")]
+    Stopped,
     /// A broken invariant.
     #[error("internal error: {0}")]
     Internal(String),
@@ -129,6 +133,7 @@ impl Error {
             Error::Archive(e) if e.is_user() => ErrorClass::User,
             Error::Archive(_) => ErrorClass::External,
             Error::Internal(_) => ErrorClass::Internal,
+            Error::Stopped => ErrorClass::External,
         }
     }
 

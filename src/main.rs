@@ -330,7 +330,12 @@ async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
         let _ = h.await;
     }
     signals.abort();
-    result?;
+    match result {
+        // Shutdown while the sink was failing: nothing is lost, the next run goes on from the
+        // checkpoint.
+        Err(Error::Stopped) => tracing::warn!("{}", Error::Stopped),
+        other => other?,
+    }
     if lost.is_cancelled() {
         anyhow::bail!(
             "lost the lease to another process; stopped applying (run again to stand by)"

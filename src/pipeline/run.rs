@@ -62,7 +62,9 @@ pub async fn open(
     Ok(Pipeline {
         cfg: Arc::new(cfg),
         source,
-        sink: MongoSink::new(sink).with_telemetry(telemetry.clone()),
+        sink: MongoSink::new(sink)
+            .with_telemetry(telemetry.clone())
+            .with_cancel(cancel.clone()),
         archives,
         store,
         transforms,

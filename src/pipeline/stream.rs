@@ -124,7 +124,7 @@ pub async fn follow(p: &Pipeline, start: StartPosition) -> Result<()> {
                 if done {
                     return Ok::<_, Error>(());
                 }
-                save_committed(&window, &mut last, &store, &ckpt, &telemetry).await?;
+                save_committed(&window, &mut last, &store, &ckpt, &telemetry, None).await?;
             }
         })
     };
@@ -171,9 +171,20 @@ pub async fn follow(p: &Pipeline, start: StartPosition) -> Result<()> {
     checkpointer
         .await
         .map_err(|e| Error::Internal(format!("checkpointer panicked: {e}")))??;
-    // Final save: everything the lanes finished is durable.
+    // Final save: everything the lanes finished is durable. Bounded, so a shutdown does not
+    // hang on a checkpoint store that is down (the next run resumes from the previous save and
+    // re-applies idempotently).
     let mut none = None;
-    save_committed(&window, &mut none, &p.store, &p.checkpoint, &p.telemetry).await?;
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    save_committed(
+        &window,
+        &mut none,
+        &p.store,
+        &p.checkpoint,
+        &p.telemetry,
+        Some(give_up),
+    )
+    .await?;
     p.telemetry.set_window(None);
     p.telemetry.set_lane_depths(None);
     reader_result.and(dispatch_result).and(lane_result)
@@ -185,6 +196,7 @@ async fn save_committed(
     store: &crate::checkpoint::CheckpointStore,
     ckpt: &tokio::sync::Mutex<crate::checkpoint::Checkpoint>,
     telemetry: &crate::telemetry::Telemetry,
+    give_up: Option<std::time::Instant>,
 ) -> Result<()> {
     let Some(pos) = window.committed() else {
         return Ok(());
@@ -206,7 +218,7 @@ async fn save_committed(
     loop {
         match store.save(&snapshot).await {
             Ok(()) => break,
-            Err(e) if e.is_retryable() => {
+            Err(e) if e.is_retryable() && give_up.is_none_or(|t| std::time::Instant::now() < t) => {
                 warn!(error = %e, "Saving the checkpoint failed; retrying.");
                 telemetry.error(&format!("checkpoint: {e}"));
                 tokio::time::sleep(backoff).await;

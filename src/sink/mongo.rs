@@ -233,6 +233,8 @@ pub struct MongoSink {
     write_concern: Document,
     /// Give up on a transient failure after this long.
     retry_for: Duration,
+    /// Shutdown: stop retrying (what is unwritten stays unacknowledged).
+    cancel: Option<tokio_util::sync::CancellationToken>,
 }
 
 impl MongoSink {
@@ -243,6 +245,28 @@ impl MongoSink {
             telemetry: None,
             write_concern: doc! { "w": "majority" },
             retry_for: Duration::from_secs(300),
+            cancel: None,
+        }
+    }
+
+    /// Stops retrying failed writes once `cancel` fires, so a shutdown does not wait for a
+    /// sink that is down.
+    pub fn with_cancel(mut self, cancel: tokio_util::sync::CancellationToken) -> Self {
+        self.cancel = Some(cancel);
+        self
+    }
+
+    /// Waits `backoff` before a retry; `Err(Error::Stopped)` if shutdown comes first.
+    pub(crate) async fn backoff(&self, backoff: Duration) -> Result<()> {
+        match &self.cancel {
+            Some(c) => tokio::select! {
+                _ = c.cancelled() => Err(Error::Stopped),
+                _ = tokio::time::sleep(backoff) => Ok(()),
+            },
+            None => {
+                tokio::time::sleep(backoff).await;
+                Ok(())
+            }
         }
     }
 
@@ -360,7 +384,7 @@ impl MongoSink {
             }
             warn!(ns = %ns, error = %why, retry_in = ?backoff, "Sink write failed; retrying.");
             self.note_error(&format!("sink: writing to {ns}: {why}"));
-            tokio::time::sleep(backoff).await;
+            self.backoff(backoff).await?;
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
         Ok(())

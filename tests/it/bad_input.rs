@@ -114,3 +114,65 @@ async fn api_refuses_a_remote_address_without_token() {
     );
     run_expect_failure(&cfg, &["api.listen", "token"]);
 }
+
+/// Regression: SIGTERM while the sink is down used to wait for the sink's retry loop (up to
+/// 5 minutes). Now it stops within seconds, exits 0, and the next run applies what was left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_the_sink_is_down_stops_promptly_and_loses_nothing() {
+    let (src, dst) = (Server::start(), Server::start());
+    let s = src.client().await;
+    let coll = s.database("shop").collection::<bson::Document>("orders");
+    coll.insert_one(doc! { "_id": 0 }).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ckpt.json");
+    let extra = format!(
+        "[checkpoint]\nstore = \"file\"\npath = \"{}\"\ninterval = \"200ms\"\n",
+        file.display()
+    );
+    let cfg = write_config(dir.path(), "p.toml", &pipeline(&src, &dst, &extra));
+    let log = dir.path().join("log");
+    let mut st = Strait::spawn(&cfg, &log);
+    let d = dst.client().await;
+    wait_identical(
+        &s,
+        ("shop", "orders"),
+        &d,
+        ("shop", "orders"),
+        Duration::from_secs(30),
+        Some(&st),
+    )
+    .await;
+
+    let data = dst.stop();
+    for i in 1..=20 {
+        coll.insert_one(doc! { "_id": i }).await.unwrap();
+    }
+    wait_for(
+        Duration::from_secs(30),
+        "a failed sink write",
+        &st,
+        || async { st.log_text().contains("Sink write failed") },
+    )
+    .await;
+    let started = Instant::now();
+    assert!(st.sigterm().success(), "{}", st.log_text());
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "SIGTERM took {:?}",
+        started.elapsed()
+    );
+
+    let dst = Server::start_in(data, &[]);
+    let cfg = write_config(dir.path(), "p2.toml", &pipeline(&src, &dst, &extra));
+    let st = Strait::spawn(&cfg, &log);
+    let d = dst.client().await;
+    wait_identical(
+        &s,
+        ("shop", "orders"),
+        &d,
+        ("shop", "orders"),
+        Duration::from_secs(60),
+        Some(&st),
+    )
+    .await;
+}

@@ -25,7 +25,7 @@ impl MongoSink {
                 {
                     tracing::warn!(ns = %ns, error = %source, retry_in = ?backoff, "Copy batch failed; retrying.");
                     self.note_error(&format!("sink: copying into {ns}: {source}"));
-                    tokio::time::sleep(backoff).await;
+                    self.backoff(backoff).await?;
                     backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
                     docs = back;
                 }
