@@ -37,10 +37,13 @@ pub enum ConfigError {
         message: String,
     },
     /// The file parses, but a value is not acceptable.
-    #[error("{path}: {key}: {message}")]
+    #[error("{path}:{line}: {key}: {message}")]
     Invalid {
         /// The file.
         path: PathBuf,
+        /// 1-based line of the key (or of its table when the key is absent; 1 when neither is
+        /// in the file).
+        line: usize,
         /// Dotted key of the offending setting.
         key: String,
         /// What is wrong.
@@ -766,13 +769,24 @@ impl PipelineConfig {
                 message: e.message().trim().replace('\n', " "),
             }
         })?;
-        cfg.validate(path)?;
+        cfg.validate(path).map_err(|e| match e {
+            ConfigError::Invalid {
+                path, key, message, ..
+            } => ConfigError::Invalid {
+                line: line_of_key(text, &key),
+                path,
+                key,
+                message,
+            },
+            other => other,
+        })?;
         Ok(cfg)
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let invalid = |key: &str, message: String| ConfigError::Invalid {
             path: path.to_path_buf(),
+            line: 1,
             key: key.to_string(),
             message,
         };
@@ -954,6 +968,36 @@ pub fn redact_uri(uri: &str) -> String {
     }
 }
 
+/// The line of a dotted key (`sinks.a.bucket`, `apply.lanes`, `id`): the line setting it inside
+/// its table, else the table's header, else 1.
+fn line_of_key(text: &str, key: &str) -> usize {
+    let (table, leaf) = match key.rsplit_once('.') {
+        Some((t, l)) => (t, l),
+        None => ("", key),
+    };
+    let norm = |s: &str| s.replace(['"', ' '], "");
+    let mut in_table = table.is_empty();
+    let mut header = None;
+    for (i, line) in text.lines().enumerate() {
+        let l = line.trim();
+        if let Some(h) = l.strip_prefix('[') {
+            let name = norm(h.trim_start_matches('[').split(']').next().unwrap_or(""));
+            in_table = name == norm(table);
+            if in_table {
+                header = Some(i + 1);
+            }
+            continue;
+        }
+        if in_table {
+            let k = l.split('=').next().unwrap_or("").trim().trim_matches('"');
+            if l.contains('=') && k == leaf {
+                return i + 1;
+            }
+        }
+    }
+    header.unwrap_or(1)
+}
+
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
@@ -1002,6 +1046,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("rename"), "{e}");
+    }
+
+    #[test]
+    fn invalid_value_names_key_and_line() {
+        let text = format!("{MIN}[apply]\nbatch_docs = 10\nlanes = 0\n");
+        let e = PipelineConfig::parse(&text, Path::new("p.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("p.toml:7: apply.lanes:"), "{e}");
+        let text = format!("{MIN}[sinks.del]\ntype = \"archive\"\n");
+        let e = PipelineConfig::parse(&text, Path::new("p.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("p.toml:5: sinks.del.bucket:"), "{e}");
     }
 
     #[test]

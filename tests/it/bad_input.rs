@@ -55,7 +55,7 @@ async fn config_errors_name_key_and_line() {
         "r.toml",
         "id = \"x\"\n[source]\nuri = \"http://nope\"\n[sink]\nuri = \"mongodb://127.0.0.1:1\"\n",
     );
-    run_expect_failure(&cfg, &["source.uri"]);
+    run_expect_failure(&cfg, &["r.toml:3:", "source.uri"]);
     assert_nothing_written(&dst).await;
 }
 

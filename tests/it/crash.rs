@@ -61,8 +61,26 @@ async fn kill_repeatedly(update_mode: &str, seed: u64) {
     // At least five kills, at least two of them in each phase.
     while kills < 5 || copy_kills < 2 || kills - copy_kills < 2 {
         assert!(kills < 20, "could not land kills in both phases ({kills} kills, {copy_kills} in the copy); log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+        let seen = std::fs::read_to_string(&log).unwrap_or_default().len();
         let mut st = Strait::spawn(&cfg, &log);
-        let wait_ms = rng.random_range(200..2000);
+        // Kills meant for the copy land soon after this run starts copying: a resumed copy
+        // only has its unfinished ranges left, and once it is done no later run copies again.
+        let wait_ms = if copy_kills < 2 {
+            wait_for(
+                Duration::from_secs(30),
+                "the copy to start",
+                &st,
+                || async {
+                    let text = st.log_text();
+                    let new = text.get(seen..).unwrap_or("");
+                    new.contains("Full sync planned") || new.contains("Resuming from checkpoint")
+                },
+            )
+            .await;
+            rng.random_range(100..600)
+        } else {
+            rng.random_range(200..2000)
+        };
         tokio::time::sleep(Duration::from_millis(wait_ms)).await;
         let copying = !st.log_text().contains("Full sync finished");
         assert!(
