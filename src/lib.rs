@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod backoff;
 pub mod checkpoint;
 pub mod config;
 pub mod connect;

@@ -214,15 +214,17 @@ async fn save_committed(
         }
         c.clone()
     };
-    let mut backoff = std::time::Duration::from_millis(200);
+    let mut backoff = crate::backoff::Backoff::new(
+        std::time::Duration::from_millis(200),
+        std::time::Duration::from_secs(5),
+    );
     loop {
         match store.save(&snapshot).await {
             Ok(()) => break,
             Err(e) if e.is_retryable() && give_up.is_none_or(|t| std::time::Instant::now() < t) => {
                 warn!(error = %e, "Saving the checkpoint failed; retrying.");
                 telemetry.error(&format!("checkpoint: {e}"));
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                backoff.wait(None).await;
             }
             Err(e) => return Err(e.into()),
         }

@@ -13,6 +13,7 @@ use bson::{doc, rawdoc, Document, RawArrayBuf, RawBsonRef, RawDocument, RawDocum
 use mongodb::Client;
 use tracing::{debug, warn};
 
+use crate::backoff::Backoff;
 use crate::config::UpdateMode;
 use crate::error::{error_code, is_transient, Error, Result, Role, TRANSIENT_CODES};
 use crate::event::{ChangeEvent, EventError, Namespace, OpType};
@@ -256,17 +257,12 @@ impl MongoSink {
         self
     }
 
-    /// Waits `backoff` before a retry; `Err(Error::Stopped)` if shutdown comes first.
-    pub(crate) async fn backoff(&self, backoff: Duration) -> Result<()> {
-        match &self.cancel {
-            Some(c) => tokio::select! {
-                _ = c.cancelled() => Err(Error::Stopped),
-                _ = tokio::time::sleep(backoff) => Ok(()),
-            },
-            None => {
-                tokio::time::sleep(backoff).await;
-                Ok(())
-            }
+    /// Waits before a retry; `Err(Error::Stopped)` if shutdown comes first.
+    pub(crate) async fn backoff(&self, backoff: &mut Backoff) -> Result<()> {
+        if backoff.wait(self.cancel.as_ref()).await {
+            Ok(())
+        } else {
+            Err(Error::Stopped)
         }
     }
 
@@ -312,7 +308,7 @@ impl MongoSink {
     /// Applies a run of writes to one namespace that go in one kind of command.
     async fn apply_run(&self, run: &[WriteOp], counts: &mut ApplyCounts) -> Result<()> {
         let mut from = 0;
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let started = std::time::Instant::now();
         while from < run.len() {
             let ns = run[from].ns().clone();
@@ -382,10 +378,9 @@ impl MongoSink {
                     self.retry_for
                 )));
             }
-            warn!(ns = %ns, error = %why, retry_in = ?backoff, "Sink write failed; retrying.");
+            warn!(ns = %ns, error = %why, "Sink write failed; retrying.");
             self.note_error(&format!("sink: writing to {ns}: {why}"));
-            self.backoff(backoff).await?;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+            self.backoff(&mut backoff).await?;
         }
         Ok(())
     }

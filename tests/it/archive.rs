@@ -250,6 +250,17 @@ async fn archive_holds_every_delete_exactly_once_across_sigkills() {
     );
     let log = dir.path().join("log");
 
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let mut st = Strait::spawn(&cfg, &log);
+    // Deletes before strait has taken its start position are, rightly, in neither the copy nor
+    // the stream: the writer starts once the position is taken.
+    wait_for(
+        Duration::from_secs(30),
+        "the start position",
+        &st,
+        || async { st.log_text().contains("Full sync planned") },
+    )
+    .await;
     // Writer: inserts, single-operator updates and deletes of live documents.
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
@@ -286,8 +297,6 @@ async fn archive_holds_every_delete_exactly_once_across_sigkills() {
         })
     };
 
-    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-    let mut st = Strait::spawn(&cfg, &log);
     for _ in 0..5 {
         tokio::time::sleep(Duration::from_millis(rng.random_range(400..2500))).await;
         assert!(

@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 
 use super::record::{day_of, event_id, event_time, label, object_name, parse_object_name, record};
 use super::{ArchiveError, ArchiveSink};
+use crate::backoff::Backoff;
 use crate::event::{ChangeEvent, Namespace};
 use crate::pipeline::ack::AckWindow;
 use crate::telemetry::Telemetry;
@@ -248,18 +249,16 @@ impl Writer {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, ArchiveError>>,
     {
-        let mut backoff = Duration::from_millis(500);
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
         loop {
             match f().await {
                 Ok(v) => return Some(v),
                 Err(e) => {
-                    warn!(error = %e, "Archive {what} failed; retrying in {backoff:?}. Events stay unacknowledged until stored.");
+                    warn!(error = %e, "Archive {what} failed; retrying. Events stay unacknowledged until stored.");
                     self.telemetry.error(&e.to_string());
-                    tokio::select! {
-                        _ = self.cancel.cancelled() => return None,
-                        _ = tokio::time::sleep(backoff) => {}
+                    if !backoff.wait(Some(&self.cancel)).await {
+                        return None;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
             }
         }

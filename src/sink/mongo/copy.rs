@@ -13,7 +13,10 @@ impl MongoSink {
     /// chunk, or data already on the target) are replaced by the copied version, so the result
     /// equals the source as of the copy. Returns the number written.
     pub async fn insert_copy(&self, ns: &Namespace, docs: Vec<RawDocumentBuf>) -> Result<u64> {
-        let mut backoff = std::time::Duration::from_millis(100);
+        let mut backoff = crate::backoff::Backoff::new(
+            std::time::Duration::from_millis(100),
+            std::time::Duration::from_secs(5),
+        );
         let started = std::time::Instant::now();
         let mut docs = docs;
         loop {
@@ -23,10 +26,9 @@ impl MongoSink {
                 Err((Error::Mongo { source, .. }, back))
                     if is_transient(&source) && started.elapsed() < self.retry_for =>
                 {
-                    tracing::warn!(ns = %ns, error = %source, retry_in = ?backoff, "Copy batch failed; retrying.");
+                    tracing::warn!(ns = %ns, error = %source, "Copy batch failed; retrying.");
                     self.note_error(&format!("sink: copying into {ns}: {source}"));
-                    self.backoff(backoff).await?;
-                    backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                    self.backoff(&mut backoff).await?;
                     docs = back;
                 }
                 Err((e, _)) => return Err(e),

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::backoff::Backoff;
 use crate::config::UpdateMode;
 use crate::error::{error_code, Error, Result, Role};
 use crate::event::{ChangeEvent, OpType};
@@ -176,12 +177,12 @@ pub async fn read(
         StartPosition::After(d) => Some(d.clone()),
         _ => None,
     };
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     while !cancel.is_cancelled() {
         // next_if_any returns within max_await; it is awaited to completion, never dropped.
         match stream.next_if_any().await {
             Ok(Some(raw)) => {
-                backoff = Duration::from_millis(200);
+                backoff.reset();
                 let ev = ChangeEvent::from_raw(raw).map_err(|e| Error::Internal(e.to_string()))?;
                 telemetry
                     .read
@@ -240,13 +241,14 @@ pub async fn read(
                 if !err.is_retryable() {
                     return Err(err);
                 }
-                warn!(error = %err, retry_in = ?backoff, "Change stream failed; reopening.");
+                warn!(error = %err, "Change stream failed; reopening.");
                 telemetry.error(&format!("source: {err}"));
                 telemetry
                     .stream_restarts
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+                if !backoff.wait(Some(&cancel)).await {
+                    return Ok(());
+                }
                 match open(&client, &settings, &start, false).await {
                     Ok(s) => stream = s,
                     Err(e) if e.is_retryable() => {
