@@ -42,47 +42,45 @@ pub async fn follow(p: &Pipeline, start: StartPosition) -> Result<()> {
     p.telemetry.set_window(Some(window.clone()));
     let stop = p.cancel.child_token();
 
-    let mut lanes = JoinSet::new();
+    // Every sink writer (lanes and archives): a failed one stops the pipeline and reports
+    // its own error when joined.
+    let mut writers = JoinSet::new();
+    let mut spawn_writer =
+        |task: std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>| {
+            let stop = stop.clone();
+            writers.spawn(async move {
+                let r = task.await;
+                if r.is_err() {
+                    stop.cancel();
+                }
+                r
+            });
+        };
     let mut senders = Vec::with_capacity(cfg.apply.lanes);
     for _ in 0..cfg.apply.lanes {
         let (tx, rx) = mpsc::channel::<LaneItem>(cfg.apply.queue_depth);
         senders.push(tx);
-        let (sink, window, telemetry, stop) = (
-            p.sink.clone(),
-            window.clone(),
-            p.telemetry.clone(),
-            stop.clone(),
-        );
-        let batch = cfg.apply.batch_docs;
-        lanes.spawn(async move {
-            let r = run_lane(rx, sink, window, telemetry, batch).await;
-            if r.is_err() {
-                stop.cancel();
-            }
-            r
-        });
+        let (sink, window, telemetry) = (p.sink.clone(), window.clone(), p.telemetry.clone());
+        spawn_writer(Box::pin(run_lane(
+            rx,
+            sink,
+            window,
+            telemetry,
+            cfg.apply.batch_docs,
+        )));
     }
-
     let mut archive_senders = Vec::with_capacity(p.archives.len());
-    let mut archives = JoinSet::new();
     for sink in &p.archives {
         let (tx, rx) = mpsc::channel::<ArchiveItem>(cfg.apply.queue_depth);
         archive_senders.push(tx);
-        let (sink, window, telemetry, stop) = (
+        let run = crate::sink::archive::writer::run(
+            rx,
             sink.clone(),
             window.clone(),
             p.telemetry.clone(),
             stop.clone(),
         );
-        archives.spawn(async move {
-            let r = crate::sink::archive::writer::run(rx, sink, window, telemetry, stop.clone())
-                .await
-                .map_err(Error::from);
-            if r.is_err() {
-                stop.cancel();
-            }
-            r
-        });
+        spawn_writer(Box::pin(async move { run.await.map_err(Error::from) }));
     }
     let sinks = Senders {
         lanes: senders,
@@ -152,15 +150,13 @@ pub async fn follow(p: &Pipeline, start: StartPosition) -> Result<()> {
     drop(sinks);
     drop(rx);
     let mut lane_result = Ok(());
-    while let Some(r) = match lanes.join_next().await {
-        Some(r) => Some(r),
-        None => archives.join_next().await,
-    } {
+    while let Some(r) = writers.join_next().await {
         match r {
             Ok(Ok(())) => {}
             Ok(Err(e)) => lane_result = lane_result.and(Err(e)),
             Err(e) => {
-                lane_result = lane_result.and(Err(Error::Internal(format!("lane panicked: {e}"))))
+                lane_result =
+                    lane_result.and(Err(Error::Internal(format!("sink writer panicked: {e}"))))
             }
         }
     }
