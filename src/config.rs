@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::transform::scope::{NamespacePattern, PatternError};
 
+pub mod kafka;
+
+pub use kafka::{KafkaFormat, KafkaSinkConfig, KafkaSourceConfig};
+
 /// A configuration that could not be loaded. The message always names the file, and the line
 /// and key when the problem is in the file's content.
 #[derive(Debug, thiserror::Error)]
@@ -63,15 +67,17 @@ pub struct PipelineConfig {
     /// or `full+incremental` (copy, then follow changes made since the copy started).
     #[serde(default)]
     pub mode: SyncMode,
-    /// The MongoDB deployment changes are read from.
-    pub source: MongoEndpoint,
-    /// The MongoDB deployment changes are written to (the main sink; its `ops` chooses which
-    /// operation types it receives).
-    pub sink: MongoEndpoint,
+    /// Where changes come from: a MongoDB deployment (`type = "mongodb"`, the default) or Kafka
+    /// topics (`type = "kafka"`).
+    pub source: SourceEndpoint,
+    /// Where changes go: a MongoDB deployment (`type = "mongodb"`, the default; its `ops`
+    /// chooses which operation types it receives) or Kafka topics (`type = "kafka"`).
+    pub sink: SinkEndpoint,
     /// More sinks, by name: `[sinks.deletes]` with `type = "archive"` keeps the events routed to
-    /// it (by default the deletes) as JSON lines in S3 or a directory.
+    /// it (by default the deletes) as JSON lines in S3 or a directory; `type = "kafka"` also
+    /// publishes them to Kafka.
     #[serde(default)]
-    pub sinks: BTreeMap<String, ArchiveSinkConfig>,
+    pub sinks: BTreeMap<String, ExtraSinkConfig>,
     /// Which namespaces are replicated.
     #[serde(default)]
     pub scope: ScopeConfig,
@@ -180,6 +186,104 @@ pub struct MongoEndpoint {
     /// Default: every operation the stream passes.
     #[serde(default)]
     pub ops: Option<Vec<RouteOp>>,
+}
+
+/// Where changes come from.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum SourceEndpoint {
+    /// A MongoDB-family deployment's change stream.
+    Mongodb(MongoEndpoint),
+    /// Kafka topics.
+    Kafka(KafkaSourceConfig),
+}
+
+/// Where changes go.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum SinkEndpoint {
+    /// A MongoDB-family deployment.
+    Mongodb(MongoEndpoint),
+    /// Kafka topics.
+    Kafka(KafkaSinkConfig),
+}
+
+/// A sink of `[sinks.<name>]`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum ExtraSinkConfig {
+    /// JSON lines in a bucket or directory.
+    Archive(ArchiveSinkConfig),
+    /// Kafka topics.
+    Kafka(KafkaSinkConfig),
+}
+
+/// Reads a table and its `type` key, so the table can be read again as the struct of that
+/// type (each struct denies unknown keys itself).
+fn typed_table<'de, D: serde::Deserializer<'de>>(
+    d: D,
+    default: Option<&str>,
+    known: &str,
+) -> Result<(String, toml::Value), D::Error> {
+    use serde::de::Error;
+    let table = toml::Table::deserialize(d)?;
+    let ty = match table.get("type") {
+        Some(toml::Value::String(s)) => s.clone(),
+        Some(other) => {
+            return Err(D::Error::custom(format!(
+                "type: expected a string ({known}), found {}",
+                other.type_str()
+            )))
+        }
+        None => match default {
+            Some(d) => d.to_string(),
+            None => return Err(D::Error::custom(format!("missing field `type` ({known})"))),
+        },
+    };
+    Ok((ty, toml::Value::Table(table)))
+}
+
+fn as_typed<'de, T: Deserialize<'de>, E: serde::de::Error>(v: toml::Value) -> Result<T, E> {
+    T::deserialize(v).map_err(|e| E::custom(e.message().trim()))
+}
+
+impl<'de> Deserialize<'de> for SourceEndpoint {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (ty, v) = typed_table(d, Some("mongodb"), "\"mongodb\" or \"kafka\"")?;
+        match ty.as_str() {
+            "mongodb" => as_typed(v).map(SourceEndpoint::Mongodb),
+            "kafka" => as_typed(v).map(SourceEndpoint::Kafka),
+            other => Err(serde::de::Error::custom(format!(
+                "type: unknown source type \"{other}\", expected \"mongodb\" or \"kafka\""
+            ))),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SinkEndpoint {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (ty, v) = typed_table(d, Some("mongodb"), "\"mongodb\" or \"kafka\"")?;
+        match ty.as_str() {
+            "mongodb" => as_typed(v).map(SinkEndpoint::Mongodb),
+            "kafka" => as_typed(v).map(SinkEndpoint::Kafka),
+            other => Err(serde::de::Error::custom(format!(
+                "type: unknown sink type \"{other}\", expected \"mongodb\" or \"kafka\""
+            ))),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ExtraSinkConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (ty, v) = typed_table(d, None, "\"archive\" or \"kafka\"")?;
+        match ty.as_str() {
+            "archive" => as_typed(v).map(ExtraSinkConfig::Archive),
+            "kafka" => as_typed(v).map(ExtraSinkConfig::Kafka),
+            other => Err(serde::de::Error::custom(format!(
+                "type: unknown sink type \"{other}\", expected \"archive\" or \"kafka\""
+            ))),
+        }
+    }
 }
 
 /// An operation type, as the server names it, for routing events to sinks.
@@ -732,18 +836,68 @@ impl Default for CheckpointConfig {
 }
 
 impl PipelineConfig {
-    /// Whether the main `[sink]` receives events of this operation type.
+    /// Whether the main `[sink]` is MongoDB and receives events of this operation type.
     pub fn sink_takes(&self, op: &crate::event::OpType) -> bool {
-        match &self.sink.ops {
-            None => true,
-            Some(ops) => ops.iter().any(|o| o.matches(op)),
+        match self.mongo_sink() {
+            None => false,
+            Some(m) => match &m.ops {
+                None => true,
+                Some(ops) => ops.iter().any(|o| o.matches(op)),
+            },
         }
+    }
+
+    /// The MongoDB source, unless the source is Kafka.
+    pub fn mongo_source(&self) -> Option<&MongoEndpoint> {
+        match &self.source {
+            SourceEndpoint::Mongodb(m) => Some(m),
+            SourceEndpoint::Kafka(_) => None,
+        }
+    }
+
+    /// The MongoDB `[sink]`, unless the sink is Kafka.
+    pub fn mongo_sink(&self) -> Option<&MongoEndpoint> {
+        match &self.sink {
+            SinkEndpoint::Mongodb(m) => Some(m),
+            SinkEndpoint::Kafka(_) => None,
+        }
+    }
+
+    /// The MongoDB endpoint used for connection defaults (TLS, timeouts) of other clients:
+    /// the sink when it is MongoDB, else the source.
+    pub fn mongo_endpoint(&self) -> Option<&MongoEndpoint> {
+        self.mongo_sink().or(self.mongo_source())
+    }
+
+    /// Every Kafka sink with its name: `[sink]` (named `sink`) and `[sinks.<name>]`.
+    pub fn kafka_sinks(&self) -> Vec<(String, &KafkaSinkConfig)> {
+        let mut out = Vec::new();
+        if let SinkEndpoint::Kafka(k) = &self.sink {
+            out.push(("sink".to_string(), k));
+        }
+        for (name, s) in &self.sinks {
+            if let ExtraSinkConfig::Kafka(k) = s {
+                out.push((name.clone(), k));
+            }
+        }
+        out
+    }
+
+    /// Every archive sink with its name.
+    pub fn archive_sinks(&self) -> Vec<(String, &ArchiveSinkConfig)> {
+        self.sinks
+            .iter()
+            .filter_map(|(n, s)| match s {
+                ExtraSinkConfig::Archive(a) => Some((n.clone(), a)),
+                ExtraSinkConfig::Kafka(_) => None,
+            })
+            .collect()
     }
 
     /// Whether the source should be asked for pre-images.
     pub fn wants_pre_images(&self) -> bool {
         match self.stream.pre_images {
-            PreImages::Auto => !self.sinks.is_empty(),
+            PreImages::Auto => !self.archive_sinks().is_empty(),
             PreImages::Off => false,
             PreImages::WhenAvailable | PreImages::Required => true,
         }
@@ -761,7 +915,25 @@ impl PipelineConfig {
     /// Parses and validates pipeline TOML; `path` only labels errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let cfg: PipelineConfig = toml::from_str(text).map_err(|e| {
-            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+            let (mut line, mut column) =
+                e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+            // Errors of tables read by their `type` (source, sink, sinks.*) point at the
+            // table; find the offending key inside it.
+            if let Some(key) = e
+                .message()
+                .split_once("unknown field `")
+                .and_then(|(_, r)| r.split_once('`'))
+                .map(|(k, _)| k)
+            {
+                if let Some(l) = text.lines().enumerate().skip(line - 1).find_map(|(i, l)| {
+                    let l = l.trim_start();
+                    (l.strip_prefix(key)
+                        .is_some_and(|r| r.trim_start().starts_with('=')))
+                    .then_some(i + 1)
+                }) {
+                    (line, column) = (l, 1);
+                }
+            }
             ConfigError::Parse {
                 path: path.to_path_buf(),
                 line,
@@ -857,13 +1029,49 @@ impl PipelineConfig {
                 "required when checkpoint.store = \"file\"".into(),
             ));
         }
-        if self.source.ops.is_some() {
+        if self.mongo_source().is_some_and(|m| m.ops.is_some()) {
             return Err(invalid(
                 "source.ops",
                 "only sinks take ops (set it under [sink] or [sinks.<name>])".into(),
             ));
         }
-        for (name, a) in &self.sinks {
+        if let SourceEndpoint::Kafka(k) = &self.source {
+            self.validate_kafka_source(k, &invalid)?;
+        }
+        for (name, k) in self.kafka_sinks() {
+            let key = |k: &str| {
+                if name == "sink" && matches!(self.sink, SinkEndpoint::Kafka(_)) {
+                    format!("sink.{k}")
+                } else {
+                    format!("sinks.{name}.{k}")
+                }
+            };
+            if k.brokers.trim().is_empty() {
+                return Err(invalid(&key("brokers"), "must name at least one broker".into()));
+            }
+            if k.ops.as_ref().is_some_and(|o| o.is_empty()) {
+                return Err(invalid(
+                    &key("ops"),
+                    "must name at least one operation type".into(),
+                ));
+            }
+            if let Some(t) = &k.topic {
+                let bare = t.replace("{db}", "").replace("{coll}", "");
+                if t.is_empty() || bare.contains(['{', '}', ' ', '/']) {
+                    return Err(invalid(
+                        &key("topic"),
+                        format!("{t:?}: a topic name, with {{db}} and {{coll}} as the only placeholders"),
+                    ));
+                }
+            }
+            if k.topic_partitions.is_some_and(|n| n < 1) {
+                return Err(invalid(&key("topic_partitions"), "must be at least 1".into()));
+            }
+            if let Some(ops) = &k.ops {
+                self.validate_route_ops(ops, &key("ops"), &invalid)?;
+            }
+        }
+        for (name, a) in self.archive_sinks() {
             let key = |k: &str| format!("sinks.{name}.{k}");
             match (&a.bucket, &a.path) {
                 (Some(_), Some(_)) => {
@@ -892,35 +1100,15 @@ impl PipelineConfig {
                     "batch_events, batch_mib and batch_interval must be above zero".into(),
                 ));
             }
-            for op in &a.ops {
-                let data = match op {
-                    RouteOp::Insert => Some(DataOp::Insert),
-                    RouteOp::Update => Some(DataOp::Update),
-                    RouteOp::Replace => Some(DataOp::Replace),
-                    RouteOp::Delete => Some(DataOp::Delete),
-                    _ => None,
-                };
-                match data {
-                    Some(d) if !self.stream.ops.contains(&d) => {
-                        return Err(invalid(
-                            &key("ops"),
-                            format!("{op:?} is routed here but stream.ops leaves it out, so no such event would ever arrive; add it to stream.ops and leave it out of [sink] ops instead").to_lowercase(),
-                        ))
-                    }
-                    None if !self.stream.ddl => {
-                        return Err(invalid(
-                            &key("ops"),
-                            format!("{op:?} is DDL, which stream.ddl = false turns off"),
-                        ))
-                    }
-                    _ => {}
-                }
-            }
+            self.validate_route_ops(&a.ops, &key("ops"), &invalid)?;
         }
-        for (key, uri) in [
-            ("source.uri", &self.source.uri),
-            ("sink.uri", &self.sink.uri),
+        for (key, ep) in [
+            ("source.uri", self.mongo_source()),
+            ("sink.uri", self.mongo_sink()),
         ] {
+            let Some(uri) = ep.map(|e| &e.uri) else {
+                continue;
+            };
             if !(uri.starts_with("mongodb://") || uri.starts_with("mongodb+srv://")) {
                 return Err(invalid(
                     key,
@@ -931,17 +1119,122 @@ impl PipelineConfig {
         Ok(())
     }
 
-    /// The configuration as TOML with passwords in URIs replaced by `***`.
+    /// Checks that every routed operation type can arrive, given `stream.ops` and `stream.ddl`.
+    fn validate_route_ops(
+        &self,
+        ops: &[RouteOp],
+        key: &str,
+        invalid: &dyn Fn(&str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        for op in ops {
+            {
+                let data = match op {
+                    RouteOp::Insert => Some(DataOp::Insert),
+                    RouteOp::Update => Some(DataOp::Update),
+                    RouteOp::Replace => Some(DataOp::Replace),
+                    RouteOp::Delete => Some(DataOp::Delete),
+                    _ => None,
+                };
+                match data {
+                    Some(d) if !self.stream.ops.contains(&d) => {
+                        return Err(invalid(
+                            key,
+                            format!("{op:?} is routed here but stream.ops leaves it out, so no such event would ever arrive; add it to stream.ops and leave it out of [sink] ops instead").to_lowercase(),
+                        ))
+                    }
+                    None if !self.stream.ddl => {
+                        return Err(invalid(
+                            key,
+                            format!("{op:?} is DDL, which stream.ddl = false turns off"),
+                        ))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_kafka_source(
+        &self,
+        k: &KafkaSourceConfig,
+        invalid: &dyn Fn(&str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        if self.mongo_sink().is_none() {
+            return Err(invalid(
+                "sink.type",
+                "a Kafka source applies its topics to MongoDB: [sink] must be type = \"mongodb\"".into(),
+            ));
+        }
+        if !self.sinks.is_empty() {
+            return Err(invalid(
+                "sinks",
+                "a Kafka source writes to [sink] only; [sinks.<name>] tables need a MongoDB source".into(),
+            ));
+        }
+        if self.checkpoint.lease {
+            return Err(invalid(
+                "checkpoint.lease",
+                "a Kafka source needs no lease: processes sharing a consumer group split the partitions".into(),
+            ));
+        }
+        if k.brokers.trim().is_empty() {
+            return Err(invalid("source.brokers", "must name at least one broker".into()));
+        }
+        if k.topics.is_empty() {
+            return Err(invalid("source.topics", "must name at least one topic".into()));
+        }
+        for t in &k.topics {
+            if let Some(re) = t.strip_prefix('^') {
+                regex::Regex::new(re).map_err(|e| {
+                    invalid("source.topics", format!("{t:?}: bad regular expression: {e}"))
+                })?;
+            }
+        }
+        if let Some(ns) = &k.namespace {
+            if !ns.contains('.') || ns.starts_with('.') || ns.ends_with('.') {
+                return Err(invalid(
+                    "source.namespace",
+                    format!("{ns:?}: must be \"db.coll\""),
+                ));
+            }
+        }
+        if k.format != KafkaFormat::Document
+            && (k.namespace.is_some() || !k.key_fields.is_empty())
+        {
+            return Err(invalid(
+                if k.namespace.is_some() { "source.namespace" } else { "source.key_fields" },
+                "only for format = \"document\" (the other formats name their namespace and key in each record)".into(),
+            ));
+        }
+        if k.max_record_bytes == 0 {
+            return Err(invalid("source.max_record_bytes", "must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// The configuration as TOML with secrets replaced by `***`.
     pub fn redacted(&self) -> String {
         let mut c = self.clone();
-        c.source.uri = redact_uri(&c.source.uri);
-        c.sink.uri = redact_uri(&c.sink.uri);
+        match &mut c.source {
+            SourceEndpoint::Mongodb(m) => m.uri = redact_uri(&m.uri),
+            SourceEndpoint::Kafka(k) => k.security = k.security.redacted(),
+        }
+        match &mut c.sink {
+            SinkEndpoint::Mongodb(m) => m.uri = redact_uri(&m.uri),
+            SinkEndpoint::Kafka(k) => k.security = k.security.redacted(),
+        }
         c.checkpoint.uri = c.checkpoint.uri.as_deref().map(redact_uri);
-        for a in c.sinks.values_mut() {
-            for secret in [&mut a.secret_access_key, &mut a.session_token] {
-                if secret.is_some() {
-                    *secret = Some("***".to_string());
+        for s in c.sinks.values_mut() {
+            match s {
+                ExtraSinkConfig::Archive(a) => {
+                    for secret in [&mut a.secret_access_key, &mut a.session_token] {
+                        if secret.is_some() {
+                            *secret = Some("***".to_string());
+                        }
+                    }
                 }
+                ExtraSinkConfig::Kafka(k) => k.security = k.security.redacted(),
             }
         }
         if let Some(api) = &mut c.api {

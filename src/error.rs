@@ -83,6 +83,9 @@ pub enum Error {
     /// An archive sink failed.
     #[error(transparent)]
     Archive(#[from] crate::sink::archive::ArchiveError),
+    /// A Kafka sink or source failed.
+    #[error(transparent)]
+    Kafka(#[from] crate::kafka::KafkaError),
     /// The saved position is older than the source's change log.
     #[error("the saved position ({position}) is no longer in the source's change log ({detail}); run with stream.on_history_lost = \"resync\" to copy the data again, or `strait checkpoint reset` to start over")]
     HistoryLost {
@@ -132,6 +135,8 @@ impl Error {
             }
             Error::Archive(e) if e.is_user() => ErrorClass::User,
             Error::Archive(_) => ErrorClass::External,
+            Error::Kafka(e) if e.is_user() => ErrorClass::User,
+            Error::Kafka(_) => ErrorClass::External,
             Error::Internal(_) => ErrorClass::Internal,
             Error::Stopped => ErrorClass::External,
         }
@@ -144,6 +149,7 @@ impl Error {
             Error::Checkpoint(e) => e.is_retryable(),
             Error::Unreachable { .. } => true,
             Error::Archive(e) => !e.is_user(),
+            Error::Kafka(e) => !e.is_user(),
             _ => false,
         }
     }

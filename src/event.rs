@@ -204,6 +204,38 @@ impl ChangeEvent {
         })
     }
 
+    /// An insert standing for a document read by the initial copy, shaped like the events the
+    /// MongoDB Kafka source connector publishes while copying existing data: its `_id` is
+    /// `{ _id: <document _id>, copyingData: true }`.
+    pub fn snapshot(ns: &Namespace, doc: RawDocumentBuf) -> Result<Self, EventError> {
+        let id = doc
+            .get("_id")
+            .ok()
+            .flatten()
+            .map(|v| bson::RawBson::from(v))
+            .ok_or_else(|| EventError("document without _id".into()))?;
+        let mut token = RawDocumentBuf::new();
+        token.append(bson::raw::cstr!("_id"), id.clone());
+        token.append(bson::raw::cstr!("copyingData"), true);
+        let mut key = RawDocumentBuf::new();
+        key.append(bson::raw::cstr!("_id"), id);
+        let mut nsd = RawDocumentBuf::new();
+        nsd.append(bson::raw::cstr!("db"), ns.db.as_str());
+        nsd.append(bson::raw::cstr!("coll"), ns.coll_name());
+        let mut raw = RawDocumentBuf::new();
+        raw.append(bson::raw::cstr!("_id"), token);
+        raw.append(bson::raw::cstr!("operationType"), "insert");
+        raw.append(bson::raw::cstr!("ns"), nsd);
+        raw.append(bson::raw::cstr!("documentKey"), key);
+        raw.append(bson::raw::cstr!("fullDocument"), doc);
+        Self::from_raw(raw)
+    }
+
+    /// Whether this event stands for a document of the initial copy.
+    pub fn is_snapshot(&self) -> bool {
+        self.resume_token.get_bool("copyingData").unwrap_or(false)
+    }
+
     /// The `_id` value of the changed document, as raw BSON bytes (for hashing).
     pub fn key_bytes(&self) -> &[u8] {
         self.document_key

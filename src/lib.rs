@@ -14,6 +14,8 @@ pub mod connect;
 pub mod control;
 pub mod error;
 pub mod event;
+pub mod format;
+pub mod kafka;
 pub mod pipeline;
 pub mod report;
 pub mod sink;

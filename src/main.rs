@@ -254,6 +254,9 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
 
 async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
     let cfg = PipelineConfig::load(&path).map_err(Error::from)?;
+    if cfg.mongo_source().is_none() {
+        return run_from_kafka(cfg).await;
+    }
     let cancel = CancellationToken::new();
     let telemetry = Arc::new(Telemetry::default());
     let control = Arc::new(strait::control::Control::new(
@@ -348,6 +351,55 @@ async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `strait run` of a pipeline whose source is Kafka: the consumer group is the checkpoint
+/// and the coordination (no lease).
+async fn run_from_kafka(cfg: PipelineConfig) -> anyhow::Result<ExitCode> {
+    let cancel = CancellationToken::new();
+    let telemetry = Arc::new(Telemetry::default());
+    let control = Arc::new(strait::control::Control::new(
+        cfg.api.as_ref().map(|a| a.rate_limit).unwrap_or(0),
+    ));
+    let cfg = Arc::new(cfg);
+    let api_stop = CancellationToken::new();
+    let api = match &cfg.api {
+        Some(a) => {
+            let (addr, handle) = strait::api::serve(
+                a,
+                cfg.clone(),
+                telemetry.clone(),
+                control.clone(),
+                api_stop.clone(),
+            )
+            .await?;
+            info!(%addr, "HTTP API listening.");
+            Some(handle)
+        }
+        None => None,
+    };
+    info!(pipeline = %cfg.id, "Pipeline started (Kafka source).");
+    let signals = tokio::spawn(shutdown_on_signal(cancel.clone()));
+    let reporter_stop = CancellationToken::new();
+    let reporter = tokio::spawn(strait::report::report(
+        telemetry.clone(),
+        reporter_stop.clone(),
+        Duration::from_secs(10),
+    ));
+    let result = strait::pipeline::kafka_apply::run(cfg, telemetry, control, cancel).await;
+    reporter_stop.cancel();
+    let _ = reporter.await;
+    api_stop.cancel();
+    if let Some(h) = api {
+        let _ = h.await;
+    }
+    signals.abort();
+    match result {
+        Err(Error::Stopped) => tracing::warn!("{}", Error::Stopped),
+        other => other?,
+    }
+    info!("Pipeline stopped.");
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn shutdown_on_signal(cancel: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -382,13 +434,15 @@ async fn archive(action: ArchiveAction) -> anyhow::Result<ExitCode> {
         | ArchiveAction::Restore { at, .. } => at,
     };
     let cfg = PipelineConfig::load(&at.config).map_err(Error::from)?;
+    let archives = cfg.archive_sinks();
     let (name, sink_cfg) = match &at.sink {
-        Some(n) => cfg
-            .sinks
-            .get_key_value(n)
-            .with_context(|| format!("no sink [sinks.{n}] in {}", at.config.display()))?,
-        None if cfg.sinks.len() == 1 => cfg.sinks.iter().next().expect("one"),
-        None if cfg.sinks.is_empty() => {
+        Some(n) => archives
+            .iter()
+            .find(|(name, _)| name == n)
+            .cloned()
+            .with_context(|| format!("no archive sink [sinks.{n}] in {}", at.config.display()))?,
+        None if archives.len() == 1 => archives[0].clone(),
+        None if archives.is_empty() => {
             anyhow::bail!(
                 "{} has no archive sink ([sinks.<name>] with type = \"archive\")",
                 at.config.display()
@@ -397,10 +451,10 @@ async fn archive(action: ArchiveAction) -> anyhow::Result<ExitCode> {
         None => anyhow::bail!(
             "{} has several archive sinks; choose one with --sink ({})",
             at.config.display(),
-            cfg.sinks.keys().cloned().collect::<Vec<_>>().join(", ")
+            archives.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>().join(", ")
         ),
     };
-    let sink = ArchiveSink::open(name, sink_cfg).map_err(Error::from)?;
+    let sink = ArchiveSink::open(&name, sink_cfg).map_err(Error::from)?;
     let filter = query::Filter {
         ns: at
             .ns
@@ -444,9 +498,12 @@ async fn archive(action: ArchiveAction) -> anyhow::Result<ExitCode> {
         ArchiveAction::Restore {
             uri, into, dry_run, ..
         } => {
+            let source = cfg
+                .mongo_source()
+                .context("restoring needs a MongoDB source (or --uri)")?;
             let target = match &uri {
-                Some(u) => strait::connect::connect_uri(u, &cfg.source, Role::Sink).await?,
-                None => strait::connect::connect(&cfg.source, Role::Sink).await?,
+                Some(u) => strait::connect::connect_uri(u, source, Role::Sink).await?,
+                None => strait::connect::connect(source, Role::Sink).await?,
             };
             let into = into.as_deref().map(strait::event::Namespace::parse);
             if into.as_ref().is_some_and(|n| n.coll.is_none()) {
@@ -476,9 +533,15 @@ fn relaxed(v: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
 
 async fn verify(path: PathBuf, limit: usize, json: bool) -> anyhow::Result<ExitCode> {
     let cfg = PipelineConfig::load(&path).map_err(Error::from)?;
+    let (Some(source_cfg), Some(sink_cfg)) = (cfg.mongo_source(), cfg.mongo_sink()) else {
+        anyhow::bail!(
+            "verify compares two MongoDB deployments; {} has a Kafka source or sink (verify the MongoDB ends of the two pipelines against each other instead)",
+            path.display()
+        );
+    };
     let (source, target) = tokio::join!(
-        strait::connect::connect(&cfg.source, Role::Source),
-        strait::connect::connect(&cfg.sink, Role::Sink)
+        strait::connect::connect(source_cfg, Role::Source),
+        strait::connect::connect(sink_cfg, Role::Sink)
     );
     let (source, target) = (source?, target?);
     let transforms = strait::transform::Transforms::from_config(&cfg);
@@ -534,8 +597,11 @@ async fn verify(path: PathBuf, limit: usize, json: bool) -> anyhow::Result<ExitC
 async fn checkpoint(action: CheckpointAction) -> anyhow::Result<ExitCode> {
     let (CheckpointAction::Show { config } | CheckpointAction::Reset { config }) = &action;
     let cfg = PipelineConfig::load(config).map_err(Error::from)?;
-    let sink = strait::connect::connect(&cfg.sink, Role::Sink).await?;
-    let store = strait::pipeline::run::checkpoint_store(&cfg, &sink).await?;
+    let Some(endpoint) = cfg.mongo_sink().or(cfg.mongo_source()) else {
+        anyhow::bail!("a Kafka source keeps its position as consumer-group offsets in Kafka; use Kafka's tools (kafka-consumer-groups --reset-offsets) to move it");
+    };
+    let client = strait::connect::connect(endpoint, Role::Sink).await?;
+    let store = strait::pipeline::run::checkpoint_store(&cfg, &client).await?;
     match action {
         CheckpointAction::Show { .. } => match store.load(&cfg.id).await.map_err(Error::from)? {
             Some(c) => {

@@ -3,6 +3,7 @@
 
 pub mod ack;
 pub mod full_sync;
+pub mod kafka_apply;
 pub mod lanes;
 pub mod lease;
 pub mod run;
@@ -27,8 +28,10 @@ pub struct Pipeline {
     pub cfg: Arc<PipelineConfig>,
     /// Source client.
     pub source: Client,
-    /// The MongoDB sink.
-    pub sink: MongoSink,
+    /// The MongoDB sink (`None` when `[sink]` is Kafka).
+    pub sink: Option<MongoSink>,
+    /// Kafka sinks: `[sink]` when it is Kafka, then `[sinks.<name>]` ones, in name order.
+    pub kafkas: Vec<Arc<crate::sink::kafka::KafkaSink>>,
     /// Archive sinks (`[sinks.<name>]`), in name order.
     pub archives: Vec<crate::sink::archive::ArchiveSink>,
     /// Checkpoint store.
@@ -48,6 +51,18 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// The MongoDB sink, for steps that only exist with one.
+    pub fn mongo_sink(&self) -> Result<&MongoSink> {
+        self.sink
+            .as_ref()
+            .ok_or_else(|| crate::error::Error::Internal("no MongoDB sink".into()))
+    }
+
+    /// The Kafka sink that is `[sink]`, which also receives the initial copy.
+    pub fn primary_kafka(&self) -> Option<&Arc<crate::sink::kafka::KafkaSink>> {
+        self.kafkas.first().filter(|k| k.name == "sink" && self.sink.is_none())
+    }
+
     /// Saves the current checkpoint.
     pub async fn save_checkpoint(&self) -> Result<()> {
         let _turn = self.save_lock.lock().await;

@@ -1,3 +1,4 @@
 //! Where change events come from.
 
+pub mod kafka;
 pub mod mongo;

@@ -75,6 +75,21 @@ pub struct Telemetry {
     lane_depths: Mutex<Option<LaneDepths>>,
     /// Archive sinks, all together.
     pub archive: ArchiveCounters,
+    /// Kafka sinks and the Kafka source, all together.
+    pub kafka: KafkaCounters,
+}
+
+/// Progress of Kafka sinks and the Kafka source.
+#[derive(Debug, Default)]
+pub struct KafkaCounters {
+    /// Records the brokers confirmed (sinks).
+    pub produced: AtomicU64,
+    /// Records consumed (source).
+    pub consumed: AtomicU64,
+    /// Records sent to the dead-letter topic (source).
+    pub dead_lettered: AtomicU64,
+    /// Offset commits (source).
+    pub commits: AtomicU64,
 }
 
 /// Progress of the archive sinks.
@@ -213,6 +228,7 @@ impl Default for Telemetry {
             last_error: Mutex::new(None),
             stream_restarts: AtomicU64::new(0),
             archive: ArchiveCounters::default(),
+            kafka: KafkaCounters::default(),
             batch_size: Histogram::new(&BATCH_BUCKETS),
             apply_latency: Histogram::new(&LATENCY_BUCKETS),
             lane_depths: Mutex::new(None),

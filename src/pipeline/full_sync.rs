@@ -67,11 +67,13 @@ pub async fn copy(p: &Arc<Pipeline>, fresh: bool) -> Result<bool> {
             continue;
         }
         let target = p.transforms.target_ns(&Namespace::parse(&plan.ns));
-        if fresh && p.cfg.full_sync.drop_target {
-            p.sink.drop_collection(&target).await?;
+        if let Some(sink) = &p.sink {
+            if fresh && p.cfg.full_sync.drop_target {
+                sink.drop_collection(&target).await?;
+            }
+            let opts = options.get(&plan.ns).cloned().unwrap_or_default();
+            sink.create_collection(&target, &opts).await?;
         }
-        let opts = options.get(&plan.ns).cloned().unwrap_or_default();
-        p.sink.create_collection(&target, &opts).await?;
         p.checkpoint
             .lock()
             .await
@@ -179,7 +181,11 @@ async fn worker(
                 break;
             }
             let bytes: usize = batch.iter().map(|d| d.as_bytes().len()).sum();
-            let n = p.sink.insert_copy(&target, batch).await?;
+            let n = match (&p.sink, p.primary_kafka()) {
+                (Some(sink), _) => sink.insert_copy(&target, batch).await?,
+                (None, Some(kafka)) => kafka.produce_snapshot(&target, batch, stop).await?,
+                (None, None) => return Err(Error::Internal("no sink for the copy".into())),
+            };
             progress[ci].copied.fetch_add(n, Relaxed);
             progress[ci].bytes.fetch_add(bytes as u64, Relaxed);
         }
@@ -217,15 +223,14 @@ async fn finish_collection(p: &Pipeline, ci: usize) -> Result<()> {
         .ns
         .clone();
     let src = Namespace::parse(&ns);
-    if p.cfg.full_sync.indexes {
+    if let (true, Some(sink)) = (p.cfg.full_sync.indexes, &p.sink) {
         let target = p.transforms.target_ns(&src);
         let specs = list_indexes(&p.source, &src).await?;
-        if let Err(e) = p.sink.create_indexes(&target, &specs).await {
+        if let Err(e) = sink.create_indexes(&target, &specs).await {
             // One unsupported index must not cost the others.
             warn!(ns = %target, error = %e, "Building all indexes at once failed; building them one by one.");
             for spec in &specs {
-                if let Err(e) = p
-                    .sink
+                if let Err(e) = sink
                     .create_indexes(&target, std::slice::from_ref(spec))
                     .await
                 {

@@ -25,12 +25,19 @@ pub async fn open(
     control: Arc<crate::control::Control>,
     cancel: CancellationToken,
 ) -> Result<Pipeline> {
-    let (source, sink) = tokio::join!(
-        connect(&cfg.source, Role::Source),
-        connect(&cfg.sink, Role::Sink)
-    );
-    let (source, sink) = (source?, sink?);
-    let store = checkpoint_store(&cfg, &sink).await?;
+    let source_cfg = cfg
+        .mongo_source()
+        .ok_or_else(|| Error::Internal("this pipeline reads from MongoDB".into()))?;
+    let (source, sink) = match cfg.mongo_sink() {
+        Some(m) => {
+            let (source, sink) =
+                tokio::join!(connect(source_cfg, Role::Source), connect(m, Role::Sink));
+            (source?, Some(sink?))
+        }
+        None => (connect(source_cfg, Role::Source).await?, None),
+    };
+    // Without a MongoDB sink, checkpoints live on the source (as MongoShake keeps them).
+    let store = checkpoint_store(&cfg, sink.as_ref().unwrap_or(&source)).await?;
     let transforms = Transforms::from_config(&cfg);
     if !cfg.scope.allow_missing {
         let exact = transforms.scope.exact_includes();
@@ -45,9 +52,16 @@ pub async fn open(
             }
         }
     }
-    let mut archives = Vec::with_capacity(cfg.sinks.len());
-    for (name, a) in &cfg.sinks {
-        let sink = crate::sink::archive::ArchiveSink::open(name, a)?;
+    let mut kafkas = Vec::new();
+    for (name, k) in cfg.kafka_sinks() {
+        let sink = Arc::new(crate::sink::kafka::KafkaSink::open(&name, k)?);
+        sink.check(source_cfg.connect_timeout).await?;
+        info!(sink = %name, target = %sink.describe(), "Kafka sink ready.");
+        kafkas.push(sink);
+    }
+    let mut archives = Vec::new();
+    for (name, a) in cfg.archive_sinks() {
+        let sink = crate::sink::archive::ArchiveSink::open(&name, a)?;
         sink.check().await?;
         info!(sink = %name, target = %sink.describe(), ops = ?a.ops, "Archive sink ready.");
         archives.push(sink);
@@ -62,9 +76,12 @@ pub async fn open(
     Ok(Pipeline {
         cfg: Arc::new(cfg),
         source,
-        sink: MongoSink::new(sink)
-            .with_telemetry(telemetry.clone())
-            .with_cancel(cancel.clone()),
+        sink: sink.map(|s| {
+            MongoSink::new(s)
+                .with_telemetry(telemetry.clone())
+                .with_cancel(cancel.clone())
+        }),
+        kafkas,
         archives,
         store,
         transforms,
@@ -112,7 +129,10 @@ pub async fn checkpoint_store(
         }
         CheckpointStoreKind::Mongodb => {
             let client = match &c.uri {
-                Some(uri) => connect_uri(uri, &cfg.sink, Role::Checkpoint).await?,
+                Some(uri) => {
+                    let defaults = cfg.mongo_endpoint().expect("a MongoDB endpoint");
+                    connect_uri(uri, defaults, Role::Checkpoint).await?
+                }
                 None => sink.clone(),
             };
             CheckpointStore::Mongo(MongoStore::new(&client, &c.database, &c.collection))
@@ -191,7 +211,9 @@ pub async fn run(p: Arc<Pipeline>) -> Result<()> {
                     let target = p
                         .transforms
                         .target_ns(&crate::event::Namespace::parse(&c.ns));
-                    p.sink.drop_collection(&target).await?;
+                    if let Some(sink) = &p.sink {
+                        sink.drop_collection(&target).await?;
+                    }
                 }
                 {
                     let mut c = p.checkpoint.lock().await;

@@ -57,17 +57,20 @@ pub async fn follow(p: &Pipeline, start: StartPosition) -> Result<()> {
             });
         };
     let mut senders = Vec::with_capacity(cfg.apply.lanes);
-    for _ in 0..cfg.apply.lanes {
-        let (tx, rx) = mpsc::channel::<LaneItem>(cfg.apply.queue_depth);
-        senders.push(tx);
-        let (sink, window, telemetry) = (p.sink.clone(), window.clone(), p.telemetry.clone());
-        spawn_writer(Box::pin(run_lane(
-            rx,
-            sink,
-            window,
-            telemetry,
-            cfg.apply.batch_docs,
-        )));
+    if let Some(sink) = &p.sink {
+        for _ in 0..cfg.apply.lanes {
+            let (tx, rx) = mpsc::channel::<LaneItem>(cfg.apply.queue_depth);
+            senders.push(tx);
+            let (sink, window, telemetry) = (sink.clone(), window.clone(), p.telemetry.clone());
+            spawn_writer(Box::pin(run_lane(
+                rx,
+                sink,
+                window,
+                telemetry,
+                cfg.apply.batch_docs,
+                None,
+            )));
+        }
     }
     let mut archive_senders = Vec::with_capacity(p.archives.len());
     for sink in &p.archives {
@@ -82,9 +85,23 @@ pub async fn follow(p: &Pipeline, start: StartPosition) -> Result<()> {
         );
         spawn_writer(Box::pin(async move { run.await.map_err(Error::from) }));
     }
+    let mut kafka_senders = Vec::with_capacity(p.kafkas.len());
+    for sink in &p.kafkas {
+        let (tx, rx) = mpsc::channel::<ArchiveItem>(cfg.apply.queue_depth);
+        kafka_senders.push(tx);
+        let run = crate::sink::kafka::run(
+            rx,
+            sink.clone(),
+            window.clone(),
+            p.telemetry.clone(),
+            stop.clone(),
+        );
+        spawn_writer(Box::pin(async move { run.await.map_err(Error::from) }));
+    }
     let sinks = Senders {
         lanes: senders,
         archives: archive_senders,
+        kafkas: kafka_senders,
     };
 
     let weak: Vec<_> = sinks.lanes.iter().map(|s| s.downgrade()).collect();
@@ -235,6 +252,7 @@ async fn save_committed(
 struct Senders {
     lanes: Vec<mpsc::Sender<LaneItem>>,
     archives: Vec<mpsc::Sender<ArchiveItem>>,
+    kafkas: Vec<mpsc::Sender<ArchiveItem>>,
 }
 
 /// Whether the dispatcher goes on.
@@ -281,6 +299,13 @@ async fn dispatch(
         .filter(|(_, a)| a.cfg.ops.iter().any(|o| o.matches(&ev.op)))
         .map(|(i, _)| i)
         .collect();
+    let kafkas: Vec<usize> = p
+        .kafkas
+        .iter()
+        .enumerate()
+        .filter(|(_, k)| k.takes(&ev.op))
+        .map(|(i, _)| i)
+        .collect();
     let mut ops = Vec::new();
     if to_mongo && !ev.op.is_data() {
         // DDL is a barrier: everything before it is written first, nothing after it starts
@@ -295,7 +320,7 @@ async fn dispatch(
     } else if to_mongo {
         ops = ops_for_event(&ev, p.cfg.stream.update_mode)
             .map_err(|e| Error::Internal(e.to_string()))?;
-    } else if ev.op == OpType::Delete {
+    } else if ev.op == OpType::Delete && p.sink.is_some() {
         // A delete kept off the sink (append-only copy) still leaves its document there: if it
         // is missing (deleted during the initial copy, before it was read), the pre-image is
         // inserted, so the copy is the source "minus nothing".
@@ -306,7 +331,7 @@ async fn dispatch(
             });
         }
     }
-    let parts = u32::from(!ops.is_empty()) + archives.len() as u32;
+    let parts = u32::from(!ops.is_empty()) + archives.len() as u32 + kafkas.len() as u32;
     if parts == 0 {
         window.push_done(pos);
         return Ok(Flow::Continue);
@@ -330,8 +355,8 @@ async fn dispatch(
             None => return Ok(Flow::Stop),
         }
     };
-    let mut archive_permits = Vec::with_capacity(archives.len());
-    for _ in &archives {
+    let mut archive_permits = Vec::with_capacity(archives.len() + kafkas.len());
+    for _ in archives.iter().chain(&kafkas) {
         match acquire(ev.raw.as_bytes().len() / 1024 + 1).await? {
             Some(p) => archive_permits.push(p),
             None => return Ok(Flow::Stop),
@@ -339,16 +364,23 @@ async fn dispatch(
     }
     let seq = window.push(pos, parts);
     let op = to_mongo.then(|| ev.op.clone());
-    let lane = lane_of(&ev, p.cfg.apply.lane_by, sinks.lanes.len());
+    let lane = match sinks.lanes.len() {
+        0 => 0,
+        n => lane_of(&ev, p.cfg.apply.lane_by, n),
+    };
     let ev = Arc::new(ev);
     // A closed queue means its sink has failed and reports its own error.
-    for (i, permit) in archives.into_iter().zip(archive_permits) {
+    let queues = archives
+        .into_iter()
+        .map(|i| &sinks.archives[i])
+        .chain(kafkas.into_iter().map(|i| &sinks.kafkas[i]));
+    for (queue, permit) in queues.zip(archive_permits) {
         let item = ArchiveItem {
             seq,
             ev: ev.clone(),
             budget: Some(permit),
         };
-        if sinks.archives[i].send(item).await.is_err() {
+        if queue.send(item).await.is_err() {
             return Ok(Flow::Stop);
         }
     }
@@ -358,6 +390,8 @@ async fn dispatch(
             op,
             ops,
             budget: Some(permit),
+            window: None,
+            origin: None,
         };
         if sinks.lanes[lane].send(item).await.is_err() {
             return Ok(Flow::Stop);
@@ -413,7 +447,7 @@ async fn apply_ddl(p: &Pipeline, ev: &ChangeEvent) -> Result<()> {
                     })
                     .collect();
                 if !specs.is_empty() {
-                    p.sink.create_indexes(&ev.ns, &specs).await?;
+                    p.mongo_sink()?.create_indexes(&ev.ns, &specs).await?;
                     info!(ns = %ev.ns, indexes = ?names, "Created indexes.");
                     return Ok(());
                 }
@@ -423,5 +457,5 @@ async fn apply_ddl(p: &Pipeline, ev: &ChangeEvent) -> Result<()> {
             }
         }
     }
-    p.sink.apply_ddl(ev).await
+    p.mongo_sink()?.apply_ddl(ev).await
 }
