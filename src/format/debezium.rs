@@ -166,10 +166,21 @@ pub fn decode(
         increment: source.get("ord").and_then(Value::as_i64).unwrap_or(0).max(0) as u32,
     });
     let mut raw = RawDocumentBuf::new();
-    raw.append(bson::raw::cstr!("_id"), record_token(meta));
+    if op == "r" {
+        // A document of the initial copy stays one (the token shape of snapshot events).
+        let mut token = RawDocumentBuf::new();
+        token.append(bson::raw::cstr!("_id"), id.clone());
+        token.append(bson::raw::cstr!("copyingData"), true);
+        raw.append(bson::raw::cstr!("_id"), token);
+    } else {
+        raw.append(bson::raw::cstr!("_id"), record_token(meta));
+    }
     raw.append(bson::raw::cstr!("operationType"), op_type);
     if let Some(t) = time.filter(|t| t.time > 0) {
         raw.append(bson::raw::cstr!("clusterTime"), t);
+    }
+    if let Some(ms) = source.get("wallTime").and_then(Value::as_i64) {
+        raw.append(bson::raw::cstr!("wallTime"), bson::DateTime::from_millis(ms));
     }
     let mut ns = RawDocumentBuf::new();
     ns.append(bson::raw::cstr!("db"), db);

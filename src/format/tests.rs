@@ -41,7 +41,7 @@ fn with(mut d: RawDocumentBuf, more: RawDocumentBuf) -> RawDocumentBuf {
 
 fn full_doc() -> RawDocumentBuf {
     rawdoc! {
-        "_id": oid(), "n": 1_i32, "big": 5_i64, "price": Decimal128::from_bytes([1; 16]),
+        "_id": oid(), "n": 1_i32, "big": 5_i64, "price": "12.50".parse::<Decimal128>().unwrap(),
         "at": DateTime::from_millis(1_700_000_000_000), "bin": Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: vec![1, 2, 3] },
         "nested": { "z": 1.5, "a": [1_i32, "two", { "x": null }] },
     }
@@ -168,7 +168,7 @@ fn record_to_event_to_record_is_stable_and_keeps_the_meaning() {
                     assert!(r.value.is_none() && format == KafkaFormat::Debezium, "{format:?} {name}: skipped");
                     continue;
                 };
-                let again = encode(&back, format, JsonFlavour::Canonical, false);
+                let again = encode(&back, format, JsonFlavour::Canonical, true);
                 if format != KafkaFormat::Document || r.value.is_some() {
                     assert_eq!(again[0].value, r.value, "{format:?} {name}: re-encoding differs");
                 }
@@ -249,7 +249,7 @@ fn plain_documents_get_a_stable_object_id_and_a_namespace_from_the_topic() {
     else {
         panic!()
     };
-    assert_ne!(a.get_object_id("_id"), c.get_object_id("_id"));
+    assert_ne!(a.get_object_id("_id").unwrap(), c.get_object_id("_id").unwrap());
     let keyed = DocumentOptions {
         namespace: Some(crate::event::Namespace::parse("app.skus")),
         key_fields: vec!["sku".into()],
@@ -274,7 +274,9 @@ fn arb_value() -> impl Strategy<Value = bson::Bson> {
         Just(bson::Bson::Null),
         any::<i64>().prop_map(|m| bson::Bson::DateTime(DateTime::from_millis(m))),
         any::<[u8; 12]>().prop_map(|b| bson::Bson::ObjectId(bson::oid::ObjectId::from_bytes(b))),
-        any::<[u8; 16]>().prop_map(|b| bson::Bson::Decimal128(Decimal128::from_bytes(b))),
+        // Decimals as a server stores them (from their text); arbitrary bit patterns include
+        // non-canonical encodings no server writes.
+        (any::<i64>(), -30i32..30).prop_map(|(m, e)| bson::Bson::Decimal128(format!("{m}E{e}").parse::<Decimal128>().unwrap())),
         proptest::collection::vec(any::<u8>(), 0..8).prop_map(|bytes| bson::Bson::Binary(Binary { subtype: bson::spec::BinarySubtype::Generic, bytes })),
     ];
     leaf.prop_recursive(3, 24, 4, |inner| {

@@ -66,7 +66,9 @@ impl Record {
     /// The payload parsed as JSON (panics if it is not).
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(self.payload.as_deref().expect("tombstone has no payload"))
-            .unwrap_or_else(|e| panic!("record {}/{} is not JSON: {e}", self.partition, self.offset))
+            .unwrap_or_else(|e| {
+                panic!("record {}/{} is not JSON: {e}", self.partition, self.offset)
+            })
     }
 
     /// The first header named `name` (`Some(None)` for a null-valued one).
@@ -79,7 +81,11 @@ impl Record {
 }
 
 /// A record to produce: key, payload (`None` = tombstone), headers.
-pub type Produce<'a> = (Option<&'a [u8]>, Option<&'a [u8]>, &'a [(&'a str, &'a [u8])]);
+pub type Produce<'a> = (
+    Option<&'a [u8]>,
+    Option<&'a [u8]>,
+    &'a [(&'a str, &'a [u8])],
+);
 
 fn tansu() -> String {
     std::env::var("STRAIT_TANSU").unwrap_or_else(|_| {
@@ -128,7 +134,12 @@ impl Broker {
         let mut cmd = Command::new(bin);
         cmd.arg("broker")
             .args(["--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "memory://tansu/", "--cluster-id", "strait-test"]);
+            .args([
+                "--storage-engine",
+                "memory://tansu/",
+                "--cluster-id",
+                "strait-test",
+            ]);
         // Tansu reads these from the environment too; keep the test's settings.
         for var in [
             "CLUSTER_ID",
@@ -481,16 +492,24 @@ async fn kafka_harness_round_trip() {
     assert_eq!(b.produce_many("t", &many).len(), 3);
     let recs = b.consume_all("t", 4, Duration::from_secs(20)).await;
     assert_eq!(recs.len(), 4, "{recs:?}");
-    let kv: Vec<_> = recs.iter().filter(|r| r.key_str().as_deref() == Some("k")).collect();
+    let kv: Vec<_> = recs
+        .iter()
+        .filter(|r| r.key_str().as_deref() == Some("k"))
+        .collect();
     assert_eq!(kv.len(), 2);
     assert_eq!(kv[0].payload_str().as_deref(), Some("v"));
     assert_eq!(kv[0].header("h"), Some(Some(&b"1"[..])));
     assert_eq!(kv[1].payload, None, "tombstone");
-    assert!(recs.iter().any(|r| r.payload.as_ref().map(Vec::len) == Some(2 << 20)));
+    assert!(recs
+        .iter()
+        .any(|r| r.payload.as_ref().map(Vec::len) == Some(2 << 20)));
     let nokey = recs.iter().find(|r| r.key.is_none()).unwrap();
     assert_eq!(
         nokey.headers,
-        vec![("x".to_string(), Some(vec![])), ("x".to_string(), Some(b"2".to_vec()))]
+        vec![
+            ("x".to_string(), Some(vec![])),
+            ("x".to_string(), Some(b"2".to_vec()))
+        ]
     );
     let total: i64 = b.high_watermarks("t").iter().map(|(_, h)| h).sum();
     assert_eq!(total, 4);
@@ -517,5 +536,11 @@ async fn kafka_harness_round_trip() {
     .unwrap();
     let mut committed = b.committed_offsets("g", "t").await;
     committed.sort();
-    assert_eq!(committed, b.high_watermarks("t").into_iter().filter(|(_, h)| *h > 0).collect::<Vec<_>>());
+    assert_eq!(
+        committed,
+        b.high_watermarks("t")
+            .into_iter()
+            .filter(|(_, h)| *h > 0)
+            .collect::<Vec<_>>()
+    );
 }
