@@ -227,6 +227,8 @@ pub async fn run(
     }
     drop(rx);
     let _ = tokio::task::spawn_blocking(move || poller.join()).await;
+    // Closing leaves the group (a blocking call, and the last reference closes it).
+    let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
     telemetry.set_state(PipelineState::Stopped);
     result.and(lane_result)
 }

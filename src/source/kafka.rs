@@ -63,6 +63,10 @@ impl ConsumerContext for GroupContext {
         match rebalance {
             Rebalance::Revoke(tpl) => {
                 info!(partitions = tpl.count(), "Partitions revoked; finishing their writes and committing.");
+                // On shutdown the pipeline has already committed and stopped listening.
+                if self.tx.is_closed() || tokio::runtime::Handle::try_current().is_ok() {
+                    return;
+                }
                 let (reply, answer) = std::sync::mpsc::sync_channel(1);
                 if self.tx.blocking_send(ConsumerItem::Revoke(reply)).is_err() {
                     return;
@@ -123,6 +127,9 @@ pub async fn open(
                 (cfg.max_record_bytes + 1024 * 1024).min(1_000_000_000).to_string(),
             ),
             ("partition.assignment.strategy", "range,roundrobin".to_string()),
+            // Regex subscriptions see topics created later (a new collection upstream) within
+            // seconds, not librdkafka's default five minutes.
+            ("topic.metadata.refresh.interval.ms", "5000".to_string()),
         ],
         &[
             ("group.id", group.as_str()),

@@ -10,4 +10,5 @@ mod ddl;
 mod examples;
 mod failover;
 mod history_lost;
+mod kafka;
 mod replication;

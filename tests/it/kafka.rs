@@ -1,0 +1,370 @@
+//! Kafka both ways, against a real Tansu broker and SecantusDB: MongoDB -> Kafka -> MongoDB
+//! under a mixed workload with SIGKILLs of both processes, every format end to end, the
+//! dead-letter topic, plain JSON documents, and two apply processes sharing a group.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bson::{doc, Document};
+use rand::{Rng, SeedableRng};
+
+use crate::common::kafka::Broker;
+use crate::common::workload::{run_mixed_ops, varied_doc};
+use crate::common::*;
+
+fn capture_toml(src: &Server, broker: &Broker, extra_sink: &str, extra: &str) -> String {
+    format!(
+        "id = \"capture\"\n{extra}\n[source]\nuri = \"{}\"\n[sink]\ntype = \"kafka\"\nbrokers = \"{}\"\ntopic_prefix = \"cdc\"\ntopic_partitions = 4\n{extra_sink}\n[checkpoint]\ninterval = \"200ms\"\n",
+        src.uri(),
+        broker.bootstrap()
+    )
+}
+
+fn apply_toml(dst: &Server, broker: &Broker, group: &str, extra_source: &str) -> String {
+    format!(
+        "id = \"apply\"\n[source]\ntype = \"kafka\"\nbrokers = \"{}\"\ntopics = [\"^cdc\\\\..*\"]\ngroup = \"{group}\"\nsession_timeout = \"6s\"\n{extra_source}\n[sink]\nuri = \"{}\"\n[checkpoint]\ninterval = \"200ms\"\n",
+        broker.bootstrap(),
+        dst.uri()
+    )
+}
+
+async fn seed(s: &mongodb::Client, db: &str, n: i64) {
+    let c = s.database(db).collection::<Document>("items");
+    for start in (0..n).step_by(1000) {
+        c.insert_many((start..(start + 1000).min(n)).map(varied_doc))
+            .await
+            .unwrap();
+    }
+    s.database(db)
+        .collection::<Document>("items_tx")
+        .insert_one(doc! { "_id": -1_i64 })
+        .await
+        .unwrap();
+}
+
+/// The acceptance test of the two-site layout: site A captures into Kafka, site B applies;
+/// both are SIGKILLed at random moments while a writer runs; in the end B equals A byte for
+/// byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongo_to_kafka_to_mongo_survives_sigkills_of_both_sides() {
+    let (src, dst, broker) = (Server::start(), Server::start(), Broker::start());
+    let (s, d) = (src.client().await, dst.client().await);
+    seed(&s, "shop", 2000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let capture = write_config(
+        dir.path(),
+        "capture.toml",
+        &capture_toml(&src, &broker, "", "[full_sync]\nchunk_docs = 250\nbatch_docs = 50"),
+    );
+    let apply = write_config(dir.path(), "apply.toml", &apply_toml(&dst, &broker, "site-b", ""));
+    let (clog, alog) = (dir.path().join("capture.log"), dir.path().join("apply.log"));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (s, stop, done) = (s.clone(), stop.clone(), done.clone());
+        tokio::spawn(async move {
+            run_mixed_ops(&s, "shop", "items", 2200, u64::MAX, 7, Some(stop), Some(done), true)
+                .await
+        })
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let mut cap = Strait::spawn(&capture, &clog);
+    let mut app = Strait::spawn(&apply, &alog);
+    let (mut capture_kills, mut apply_kills) = (0, 0);
+    while capture_kills < 3 || apply_kills < 3 {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(500..2500))).await;
+        let which_capture = rng.random_bool(0.5);
+        let st = if which_capture { &mut cap } else { &mut app };
+        assert!(
+            st.child.try_wait().unwrap().is_none(),
+            "strait exited early:\n{}",
+            st.log_text()
+        );
+        st.sigkill();
+        if which_capture {
+            capture_kills += 1;
+            cap = Strait::spawn(&capture, &clog);
+        } else {
+            apply_kills += 1;
+            app = Strait::spawn(&apply, &alog);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let ops = writer.await.unwrap();
+    assert!(ops > 30, "writer did too little: {ops}");
+    for coll in ["items", "items_tx"] {
+        wait_identical(
+            &s,
+            ("shop", coll),
+            &d,
+            ("shop", coll),
+            Duration::from_secs(120),
+            Some(&app),
+        )
+        .await;
+    }
+    assert!(cap.sigterm().success());
+    assert!(app.sigterm().success());
+    let text = std::fs::read_to_string(&clog).unwrap();
+    assert_eq!(text.matches("Full sync planned").count(), 1, "copy restarted from zero");
+    eprintln!("{capture_kills} capture kills, {apply_kills} apply kills, {ops} writer operations");
+}
+
+/// Each format carries a mixed workload (with deletes) from one cluster to another; the
+/// records themselves have the documented shape.
+async fn format_end_to_end(format: &str, extra_sink: &str) {
+    let (src, dst, broker) = (Server::start(), Server::start(), Broker::start());
+    let (s, d) = (src.client().await, dst.client().await);
+    seed(&s, "fmt", 300).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = format!("format = \"{format}\"\n{extra_sink}");
+    let capture = write_config(dir.path(), "c.toml", &capture_toml(&src, &broker, &sink, ""));
+    let apply = write_config(
+        dir.path(),
+        "a.toml",
+        &apply_toml(&dst, &broker, "fmt", &format!("format = \"{format}\"\ntopic_prefix = \"cdc\"")),
+    );
+    let mut cap = Strait::spawn(&capture, &dir.path().join("c.log"));
+    let app = Strait::spawn(&apply, &dir.path().join("a.log"));
+    run_mixed_ops(&s, "fmt", "items", 350, 400, 3, None, None, true).await;
+    wait_identical(&s, ("fmt", "items"), &d, ("fmt", "items"), Duration::from_secs(90), Some(&app)).await;
+    assert!(cap.sigterm().success());
+    // The copy (300) and the writes that changed something (most of 400).
+    let records = broker.consume_all("cdc.fmt.items", 450, Duration::from_secs(20)).await;
+    assert!(records.len() >= 450, "{} records", records.len());
+    let first = &records.iter().find(|r| r.payload.is_some()).unwrap();
+    assert_eq!(first.header("strait.ns"), Some(Some(&b"fmt.items"[..])));
+    assert!(first.header("strait.op").is_some() && first.header("strait.clusterTime").is_some());
+    let v = first.json();
+    match format {
+        "change-event" => {
+            assert!(v["operationType"].is_string() && v["ns"]["coll"] == "items", "{v}");
+            assert!(first.key_str().unwrap().contains("\"_id\""));
+        }
+        "debezium" => {
+            assert!(["r", "c", "u", "d"].contains(&v["op"].as_str().unwrap()), "{v}");
+            assert_eq!(v["source"]["collection"], "items");
+            assert!(first.key_str().unwrap().starts_with("{\"id\":"));
+            assert!(records.iter().any(|r| r.json()["op"] == "r"), "no snapshot records");
+            assert!(records.iter().any(|r| r.json()["op"] == "d"), "no delete records");
+        }
+        "document" => {
+            assert!(v["_id"].is_object() || v["_id"].is_number(), "{v}");
+            assert!(records.iter().any(|r| r.payload.is_none()), "no tombstones");
+        }
+        _ => unreachable!(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_event_format_end_to_end() {
+    format_end_to_end("change-event", "").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debezium_format_end_to_end() {
+    format_end_to_end("debezium", "").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn document_format_with_tombstones_end_to_end() {
+    format_end_to_end("document", "tombstones = true").await;
+}
+
+/// Records that cannot be parsed or applied go to the dead-letter topic with the reason and
+/// their origin; the records around them are applied and the offsets move past all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_records_go_to_the_dead_letter_topic_and_the_rest_is_applied() {
+    let (dst, broker) = (Server::start(), Broker::start());
+    let d = dst.client().await;
+    broker.create_topic("cdc.app.users", 1).await;
+    let ok = |i: i32| {
+        format!(
+            r#"{{"_id": {{"_data": "{i}"}}, "operationType": "insert", "ns": {{"db": "app", "coll": "users"}}, "documentKey": {{"_id": {{"$numberInt": "{i}"}}}}, "fullDocument": {{"_id": {{"$numberInt": "{i}"}}, "n": {{"$numberInt": "{i}"}}}}}}"#
+        )
+    };
+    let big = format!(
+        r#"{{"operationType": "insert", "ns": {{"db": "app", "coll": "users"}}, "documentKey": {{"_id": 99}}, "fullDocument": {{"_id": 99, "pad": "{}"}}}}"#,
+        "x".repeat(5000)
+    );
+    let bad: Vec<(&str, String)> = vec![
+        ("malformed JSON", "{\"operationType\": \"insert\", ".to_string()),
+        ("wrong types", r#"{"operationType": "insert", "ns": {"db": "app", "coll": "users"}, "documentKey": 5, "fullDocument": {"_id": 5}}"#.to_string()),
+        ("unknown operation", r#"{"operationType": "frobnicate", "ns": {"db": "app", "coll": "users"}, "documentKey": {"_id": 6}}"#.to_string()),
+        ("over the size limit", big),
+    ];
+    let mut values = vec![ok(1)];
+    for (_, v) in &bad {
+        values.push(v.clone());
+    }
+    values.push(ok(2));
+    let recs: Vec<_> = values
+        .iter()
+        .map(|v| (Some(&b"k"[..]), Some(v.as_bytes()), &[][..]))
+        .collect();
+    broker.produce_many("cdc.app.users", &recs);
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "a.toml",
+        &apply_toml(&dst, &broker, "dlq-test", "max_record_bytes = 2000\ndead_letter_topic = \"strait.dlq\""),
+    );
+    let mut st = Strait::spawn(&cfg, &dir.path().join("a.log"));
+    let coll = d.database("app").collection::<Document>("users");
+    wait_for(Duration::from_secs(60), "the good records", &st, || async {
+        coll.count_documents(doc! {}).await.unwrap() == 2
+    })
+    .await;
+    let dlq = broker.consume_all("strait.dlq", 4, Duration::from_secs(30)).await;
+    assert_eq!(dlq.len(), 4, "dead letters: {:?}", dlq.iter().map(|r| r.payload_str()).collect::<Vec<_>>());
+    for (r, (what, value)) in dlq.iter().zip(&bad) {
+        assert_eq!(r.payload_str().as_deref(), Some(value.as_str()), "{what}: payload kept");
+        assert_eq!(r.header("__connect.errors.topic"), Some(Some(&b"cdc.app.users"[..])), "{what}");
+        assert_eq!(r.header("__connect.errors.partition"), Some(Some(&b"0"[..])), "{what}");
+        assert!(r.header("__connect.errors.offset").is_some(), "{what}");
+        let reason = String::from_utf8(r.header("__connect.errors.exception.message").unwrap().unwrap().to_vec()).unwrap();
+        eprintln!("{what}: {reason}");
+        assert!(!reason.is_empty());
+    }
+    let reasons: Vec<String> = dlq.iter().map(|r| String::from_utf8_lossy(r.header("__connect.errors.exception.message").unwrap().unwrap()).into_owned()).collect();
+    assert!(reasons[0].contains("not valid JSON"), "{reasons:?}");
+    assert!(reasons[1].contains("documentKey"), "{reasons:?}");
+    assert!(reasons[2].contains("unknown operation"), "{reasons:?}");
+    assert!(reasons[3].contains("max_record_bytes"), "{reasons:?}");
+    assert!(st.sigterm().success());
+    // The group's offset is past every record, bad ones included: a restart re-reads nothing.
+    assert_eq!(broker.committed_offsets("dlq-test", "cdc.app.users").await, vec![(0, 6)]);
+}
+
+/// The MongoDB sink connector's plain case: JSON documents (some without `_id`) inserted into
+/// one collection; a SIGKILL and replay never doubles a document, because the `_id` strait adds
+/// is derived from the record's position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_json_documents_are_inserted_once_across_a_crash() {
+    let (dst, broker) = (Server::start(), Broker::start());
+    let d = dst.client().await;
+    broker.create_topic("events", 2).await;
+    let values: Vec<String> = (0..3000)
+        .map(|i| {
+            if i % 3 == 0 {
+                format!(r#"{{"_id": "e{i}", "n": {i}}}"#)
+            } else {
+                format!(r#"{{"n": {i}, "tags": ["a", "b"], "nested": {{"x": 1.5}}}}"#)
+            }
+        })
+        .collect();
+    let keys: Vec<String> = (0..3000).map(|i| format!("k{i}")).collect();
+    let recs: Vec<_> = values
+        .iter()
+        .zip(&keys)
+        .map(|(v, k)| (Some(k.as_bytes()), Some(v.as_bytes()), &[][..]))
+        .collect();
+    broker.produce_many("events", &recs);
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "id = \"plain\"\n[source]\ntype = \"kafka\"\nbrokers = \"{}\"\ntopics = [\"events\"]\ngroup = \"plain\"\nsession_timeout = \"6s\"\nformat = \"document\"\nnamespace = \"app.events\"\nwrite = \"insert\"\n[sink]\nuri = \"{}\"\n[checkpoint]\ninterval = \"5s\"\n[apply]\nbatch_docs = 50\n",
+        broker.bootstrap(),
+        dst.uri()
+    );
+    let cfg = write_config(dir.path(), "p.toml", &text);
+    let log = dir.path().join("p.log");
+    let coll = d.database("app").collection::<Document>("events");
+    let mut st = Strait::spawn(&cfg, &log);
+    // Killed after some writes but before the 5 s commit interval: the restart replays them.
+    wait_for(Duration::from_secs(60), "some inserts", &st, || async {
+        coll.count_documents(doc! {}).await.unwrap() > 100
+    })
+    .await;
+    st.sigkill();
+    let mut st = Strait::spawn(&cfg, &log);
+    wait_for(Duration::from_secs(90), "all documents", &st, || async {
+        coll.count_documents(doc! {}).await.unwrap() >= 3000
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(coll.count_documents(doc! {}).await.unwrap(), 3000, "a replay doubled documents");
+    let with_oid = coll
+        .count_documents(doc! { "_id": { "$type": "objectId" } })
+        .await
+        .unwrap();
+    assert_eq!(with_oid, 2000);
+    assert!(st.sigterm().success());
+}
+
+/// Two apply processes in one group split the partitions; when one is SIGKILLed the other
+/// takes its partitions over from its last committed offsets and everything is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_apply_processes_share_partitions_and_take_over() {
+    let (src, dst, broker) = (Server::start(), Server::start(), Broker::start());
+    let (s, d) = (src.client().await, dst.client().await);
+    seed(&s, "scale", 1000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let capture = write_config(dir.path(), "c.toml", &capture_toml(&src, &broker, "", ""));
+    let apply = write_config(dir.path(), "a.toml", &apply_toml(&dst, &broker, "pair", ""));
+    let mut cap = Strait::spawn(&capture, &dir.path().join("c.log"));
+    // Topics first, so both members see all four partitions from the start.
+    wait_for(Duration::from_secs(60), "the copy", &cap, || async {
+        cap.log_text().contains("Full sync finished")
+    })
+    .await;
+    let mut a = Strait::spawn(&apply, &dir.path().join("a1.log"));
+    let b = Strait::spawn(&apply, &dir.path().join("b1.log"));
+    let assigned = |st: &Strait| st.log_text().matches("Partitions assigned").count();
+    wait_for(Duration::from_secs(60), "both members to get partitions", &b, || async {
+        let (ta, tb) = (a.log_text(), b.log_text());
+        let last = |t: &str| t.lines().rev().find(|l| l.contains("Partitions assigned")).map(str::to_string);
+        match (last(&ta), last(&tb)) {
+            (Some(la), Some(lb)) => la.matches("cdc.scale.items[").count() == 2 && lb.matches("cdc.scale.items[").count() == 2,
+            _ => false,
+        }
+    })
+    .await;
+    let writer = {
+        let s = s.clone();
+        tokio::spawn(async move { run_mixed_ops(&s, "scale", "items", 1100, 600, 5, None, None, true).await })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = assigned(&b);
+    a.sigkill();
+    wait_for(Duration::from_secs(60), "the survivor to take all partitions", &b, || async {
+        assigned(&b) > before
+            && b.log_text().lines().rev().find(|l| l.contains("Partitions assigned")).is_some_and(|l| l.matches("cdc.scale.items[").count() == 4)
+    })
+    .await;
+    writer.await.unwrap();
+    for coll in ["items", "items_tx"] {
+        wait_identical(&s, ("scale", coll), &d, ("scale", coll), Duration::from_secs(90), Some(&b)).await;
+    }
+    assert!(cap.sigterm().success());
+}
+
+/// Unreachable brokers stop both kinds of pipeline within seconds with one clear line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_brokers_fail_fast_with_one_line() {
+    let src = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port_for_tests();
+    let capture = format!(
+        "[source]\nuri = \"{}\"\nconnect_timeout = \"3s\"\n[sink]\ntype = \"kafka\"\nbrokers = \"127.0.0.1:{port}\"\n",
+        src.uri()
+    );
+    let apply = format!(
+        "[source]\ntype = \"kafka\"\nbrokers = \"127.0.0.1:{port}\"\ntopics = [\"x\"]\n[sink]\nuri = \"{}\"\nconnect_timeout = \"3s\"\n",
+        src.uri()
+    );
+    for (name, text) in [("capture", capture), ("apply", apply)] {
+        let cfg = write_config(dir.path(), &format!("{name}.toml"), &text);
+        let started = std::time::Instant::now();
+        let (code, _, err) = strait_cmd(&["run", "-c", cfg.to_str().unwrap()], Duration::from_secs(30));
+        assert_ne!(code, 0, "{name}: {err}");
+        assert!(started.elapsed() < Duration::from_secs(15), "{name} took {:?}", started.elapsed());
+        let last = err.lines().last().unwrap_or_default();
+        assert!(last.contains("cannot reach the brokers 127.0.0.1:"), "{name}: {err}");
+    }
+    // Nothing was written to the source (no checkpoint either).
+    let names = src.client().await.list_database_names().await.unwrap();
+    assert!(!names.iter().any(|n| n == "strait"), "{names:?}");
+}
