@@ -1,6 +1,14 @@
 #!/usr/bin/env bash
-# Throughput benchmark on local servers. Sizes: BENCH_DOCS, BENCH_OPS, BENCH_RSS_DOCS.
+# Throughput benchmarks on local servers.
+#   BENCH_ONLY=sync|kafka runs one of them (default: both, sync first).
+#   sync sizes: BENCH_DOCS, BENCH_OPS, BENCH_RSS_DOCS (see benches/sync.rs);
+#   kafka sizes: BENCH_KAFKA_DOCS, BENCH_KAFKA_OPS (see benches/kafka.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export STRAIT_SECANTUSD="$(dev/install-servers.sh)"
-cargo bench --bench sync
+export STRAIT_TANSU="${STRAIT_TANSU:-${STRAIT_CACHE:-$HOME/.cache/strait}/tansu/bin/tansu}"
+case "${BENCH_ONLY:-}" in
+  "") cargo bench --bench sync; cargo bench --bench kafka ;;
+  sync|kafka) cargo bench --bench "$BENCH_ONLY" ;;
+  *) echo "BENCH_ONLY must be sync or kafka" >&2; exit 2 ;;
+esac

@@ -1304,6 +1304,62 @@ mod tests {
 
     const MIN: &str = "[source]\nuri = \"mongodb://a\"\n[sink]\nuri = \"mongodb://b\"\n";
 
+    const KAFKA_SINK: &str = "[source]\nuri = \"mongodb://a\"\n[sink]\ntype = \"kafka\"\nbrokers = \"k:9092\"\n";
+    const KAFKA_SOURCE: &str = "[source]\ntype = \"kafka\"\nbrokers = \"k:9092\"\ntopics = [\"t\"]\n[sink]\nuri = \"mongodb://b\"\n";
+
+    #[test]
+    fn kafka_endpoints_parse_with_defaults() {
+        let c = PipelineConfig::parse(KAFKA_SINK, Path::new("p.toml")).unwrap();
+        assert!(c.mongo_sink().is_none());
+        let ks = c.kafka_sinks();
+        assert_eq!(ks.len(), 1);
+        assert_eq!(ks[0].0, "sink");
+        assert_eq!(ks[0].1.format, KafkaFormat::ChangeEvent);
+        assert!(!c.sink_takes(&crate::event::OpType::Insert));
+        let c = PipelineConfig::parse(KAFKA_SOURCE, Path::new("p.toml")).unwrap();
+        let SourceEndpoint::Kafka(k) = &c.source else { panic!() };
+        assert_eq!(k.group_id(&c.id), "strait-default");
+        assert_eq!(k.dlq_topic(&c.id), "strait-default.dlq");
+        let both = format!("{MIN}[sinks.feed]\ntype = \"kafka\"\nbrokers = \"k:9092\"\nformat = \"debezium\"\n");
+        let c = PipelineConfig::parse(&both, Path::new("p.toml")).unwrap();
+        assert!(c.mongo_sink().is_some());
+        assert_eq!(c.kafka_sinks()[0].1.format, KafkaFormat::Debezium);
+    }
+
+    #[test]
+    fn kafka_tables_name_the_unknown_key_and_its_line() {
+        let text = format!("{KAFKA_SINK}brokerz = 1\n");
+        let e = PipelineConfig::parse(&text, Path::new("p.toml")).unwrap_err().to_string();
+        assert!(e.starts_with("p.toml:6:") && e.contains("brokerz"), "{e}");
+        let text = "[source]\ntype = \"kafka\"\nbrokers = \"k\"\ntopics = [\"t\"]\ngroupp = \"x\"\n[sink]\nuri = \"mongodb://b\"\n";
+        let e = PipelineConfig::parse(text, Path::new("p.toml")).unwrap_err().to_string();
+        assert!(e.starts_with("p.toml:5:") && e.contains("groupp"), "{e}");
+        let e = PipelineConfig::parse("[source]\ntype = \"kafak\"\n[sink]\nuri = \"mongodb://b\"\n", Path::new("p.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown source type \"kafak\""), "{e}");
+    }
+
+    #[test]
+    fn kafka_source_rules() {
+        let to_kafka = KAFKA_SOURCE.replace("[sink]\nuri = \"mongodb://b\"", "[sink]\ntype = \"kafka\"\nbrokers = \"k\"");
+        let e = PipelineConfig::parse(&to_kafka, Path::new("p.toml")).unwrap_err().to_string();
+        assert!(e.contains("sink.type") && e.contains("MongoDB"), "{e}");
+        let bad_re = KAFKA_SOURCE.replace("topics = [\"t\"]", "topics = [\"^a(\"]");
+        let e = PipelineConfig::parse(&bad_re, Path::new("p.toml")).unwrap_err().to_string();
+        assert!(e.contains("p.toml:4: source.topics") && e.contains("regular expression"), "{e}");
+        let ns_wrong_format = format!("{KAFKA_SOURCE}").replace("topics = [\"t\"]", "topics = [\"t\"]\nnamespace = \"a.b\"");
+        let e = PipelineConfig::parse(&ns_wrong_format, Path::new("p.toml")).unwrap_err().to_string();
+        assert!(e.contains("source.namespace") && e.contains("document"), "{e}");
+    }
+
+    #[test]
+    fn kafka_secrets_are_redacted() {
+        let text = format!("{KAFKA_SINK}[sink.security]\nsasl_password = \"hunter2\"\n");
+        let c = PipelineConfig::parse(&text, Path::new("p.toml")).unwrap();
+        assert!(!c.redacted().contains("hunter2"));
+    }
+
     #[test]
     fn minimal_config_gets_defaults() {
         let c = PipelineConfig::parse(MIN, Path::new("p.toml")).unwrap();

@@ -183,7 +183,7 @@ pub struct KafkaSinkConfig {
     /// (otherwise the broker's auto-creation, if any, decides).
     #[serde(default)]
     pub topic_partitions: Option<i32>,
-    /// Replication factor of topics strait creates; default the broker's.
+    /// Replication factor of topics strait creates (default 1).
     #[serde(default)]
     pub replication_factor: Option<i32>,
     /// Authentication and TLS.

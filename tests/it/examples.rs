@@ -17,8 +17,9 @@ fn every_example_parses() {
 fn config_reference_documents_every_key() {
     let doc =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/config.md")).unwrap();
-    let src =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/config.rs")).unwrap();
+    let src = ["/src/config.rs", "/src/config/kafka.rs"]
+        .map(|f| std::fs::read_to_string(format!("{}{f}", env!("CARGO_MANIFEST_DIR"))).unwrap())
+        .join("\n");
     // Every `pub field:` of the config structs appears in the reference as `field`.
     for line in src.lines() {
         let l = line.trim();

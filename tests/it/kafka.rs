@@ -194,6 +194,8 @@ async fn bad_records_go_to_the_dead_letter_topic_and_the_rest_is_applied() {
         ("wrong types", r#"{"operationType": "insert", "ns": {"db": "app", "coll": "users"}, "documentKey": 5, "fullDocument": {"_id": 5}}"#.to_string()),
         ("unknown operation", r#"{"operationType": "frobnicate", "ns": {"db": "app", "coll": "users"}, "documentKey": {"_id": 6}}"#.to_string()),
         ("over the size limit", big),
+        // Decodes, but the target refuses it for good (a replace may not change _id).
+        ("refused by the target", r#"{"operationType": "replace", "ns": {"db": "app", "coll": "users"}, "documentKey": {"_id": 3}, "fullDocument": {"_id": 4}}"#.to_string()),
     ];
     let mut values = vec![ok(1)];
     for (_, v) in &bad {
@@ -218,8 +220,13 @@ async fn bad_records_go_to_the_dead_letter_topic_and_the_rest_is_applied() {
         coll.count_documents(doc! {}).await.unwrap() == 2
     })
     .await;
-    let dlq = broker.consume_all("strait.dlq", 4, Duration::from_secs(30)).await;
-    assert_eq!(dlq.len(), 4, "dead letters: {:?}", dlq.iter().map(|r| r.payload_str()).collect::<Vec<_>>());
+    assert_eq!(
+        coll.find_one(doc! { "_id": 2 }).await.unwrap(),
+        Some(doc! { "_id": 2, "n": 2 }),
+        "the record after the refused one is applied"
+    );
+    let dlq = broker.consume_all("strait.dlq", 5, Duration::from_secs(30)).await;
+    assert_eq!(dlq.len(), 5, "dead letters: {:?}", dlq.iter().map(|r| r.payload_str()).collect::<Vec<_>>());
     for (r, (what, value)) in dlq.iter().zip(&bad) {
         assert_eq!(r.payload_str().as_deref(), Some(value.as_str()), "{what}: payload kept");
         assert_eq!(r.header("__connect.errors.topic"), Some(Some(&b"cdc.app.users"[..])), "{what}");
@@ -234,9 +241,10 @@ async fn bad_records_go_to_the_dead_letter_topic_and_the_rest_is_applied() {
     assert!(reasons[1].contains("documentKey"), "{reasons:?}");
     assert!(reasons[2].contains("unknown operation"), "{reasons:?}");
     assert!(reasons[3].contains("max_record_bytes"), "{reasons:?}");
+    assert!(reasons[4].contains("sink rejected a write"), "{reasons:?}");
     assert!(st.sigterm().success());
     // The group's offset is past every record, bad ones included: a restart re-reads nothing.
-    assert_eq!(broker.committed_offsets("dlq-test", "cdc.app.users").await, vec![(0, 6)]);
+    assert_eq!(broker.committed_offsets("dlq-test", "cdc.app.users").await, vec![(0, 7)]);
 }
 
 /// The MongoDB sink connector's plain case: JSON documents (some without `_id`) inserted into
