@@ -364,12 +364,33 @@ pub fn render_metrics(cfg: &PipelineConfig, t: &Telemetry, control: &Control) ->
     );
     let k = &t.kafka;
     for (name, help, v) in [
-        ("strait_kafka_produced_total", "Records the Kafka brokers confirmed (Kafka sinks).", &k.produced),
-        ("strait_kafka_consumed_total", "Records consumed (Kafka source).", &k.consumed),
-        ("strait_kafka_dead_lettered_total", "Records sent to the dead-letter topic (Kafka source).", &k.dead_lettered),
-        ("strait_kafka_commits_total", "Offset commits to the consumer group (Kafka source).", &k.commits),
+        (
+            "strait_kafka_produced_total",
+            "Records the Kafka brokers confirmed (Kafka sinks).",
+            &k.produced,
+        ),
+        (
+            "strait_kafka_consumed_total",
+            "Records consumed (Kafka source).",
+            &k.consumed,
+        ),
+        (
+            "strait_kafka_dead_lettered_total",
+            "Records sent to the dead-letter topic (Kafka source).",
+            &k.dead_lettered,
+        ),
+        (
+            "strait_kafka_commits_total",
+            "Offset commits to the consumer group (Kafka source).",
+            &k.commits,
+        ),
     ] {
-        metric(name, "counter", help, &[(String::new(), v.load(Relaxed) as f64)]);
+        metric(
+            name,
+            "counter",
+            help,
+            &[(String::new(), v.load(Relaxed) as f64)],
+        );
     }
     metric(
         "strait_errors_total",

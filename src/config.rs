@@ -195,7 +195,7 @@ pub enum SourceEndpoint {
     /// A MongoDB-family deployment's change stream.
     Mongodb(MongoEndpoint),
     /// Kafka topics.
-    Kafka(KafkaSourceConfig),
+    Kafka(Box<KafkaSourceConfig>),
 }
 
 /// Where changes go.
@@ -205,7 +205,7 @@ pub enum SinkEndpoint {
     /// A MongoDB-family deployment.
     Mongodb(MongoEndpoint),
     /// Kafka topics.
-    Kafka(KafkaSinkConfig),
+    Kafka(Box<KafkaSinkConfig>),
 }
 
 /// A sink of `[sinks.<name>]`.
@@ -252,7 +252,7 @@ impl<'de> Deserialize<'de> for SourceEndpoint {
         let (ty, v) = typed_table(d, Some("mongodb"), "\"mongodb\" or \"kafka\"")?;
         match ty.as_str() {
             "mongodb" => as_typed(v).map(SourceEndpoint::Mongodb),
-            "kafka" => as_typed(v).map(SourceEndpoint::Kafka),
+            "kafka" => as_typed(v).map(|k| SourceEndpoint::Kafka(Box::new(k))),
             other => Err(serde::de::Error::custom(format!(
                 "type: unknown source type \"{other}\", expected \"mongodb\" or \"kafka\""
             ))),
@@ -265,7 +265,7 @@ impl<'de> Deserialize<'de> for SinkEndpoint {
         let (ty, v) = typed_table(d, Some("mongodb"), "\"mongodb\" or \"kafka\"")?;
         match ty.as_str() {
             "mongodb" => as_typed(v).map(SinkEndpoint::Mongodb),
-            "kafka" => as_typed(v).map(SinkEndpoint::Kafka),
+            "kafka" => as_typed(v).map(|k| SinkEndpoint::Kafka(Box::new(k))),
             other => Err(serde::de::Error::custom(format!(
                 "type: unknown sink type \"{other}\", expected \"mongodb\" or \"kafka\""
             ))),
@@ -1047,7 +1047,10 @@ impl PipelineConfig {
                 }
             };
             if k.brokers.trim().is_empty() {
-                return Err(invalid(&key("brokers"), "must name at least one broker".into()));
+                return Err(invalid(
+                    &key("brokers"),
+                    "must name at least one broker".into(),
+                ));
             }
             if k.ops.as_ref().is_some_and(|o| o.is_empty()) {
                 return Err(invalid(
@@ -1065,7 +1068,10 @@ impl PipelineConfig {
                 }
             }
             if k.topic_partitions.is_some_and(|n| n < 1) {
-                return Err(invalid(&key("topic_partitions"), "must be at least 1".into()));
+                return Err(invalid(
+                    &key("topic_partitions"),
+                    "must be at least 1".into(),
+                ));
             }
             if let Some(ops) = &k.ops {
                 self.validate_route_ops(ops, &key("ops"), &invalid)?;
@@ -1163,13 +1169,15 @@ impl PipelineConfig {
         if self.mongo_sink().is_none() {
             return Err(invalid(
                 "sink.type",
-                "a Kafka source applies its topics to MongoDB: [sink] must be type = \"mongodb\"".into(),
+                "a Kafka source applies its topics to MongoDB: [sink] must be type = \"mongodb\""
+                    .into(),
             ));
         }
         if !self.sinks.is_empty() {
             return Err(invalid(
                 "sinks",
-                "a Kafka source writes to [sink] only; [sinks.<name>] tables need a MongoDB source".into(),
+                "a Kafka source writes to [sink] only; [sinks.<name>] tables need a MongoDB source"
+                    .into(),
             ));
         }
         if self.checkpoint.lease {
@@ -1179,15 +1187,24 @@ impl PipelineConfig {
             ));
         }
         if k.brokers.trim().is_empty() {
-            return Err(invalid("source.brokers", "must name at least one broker".into()));
+            return Err(invalid(
+                "source.brokers",
+                "must name at least one broker".into(),
+            ));
         }
         if k.topics.is_empty() {
-            return Err(invalid("source.topics", "must name at least one topic".into()));
+            return Err(invalid(
+                "source.topics",
+                "must name at least one topic".into(),
+            ));
         }
         for t in &k.topics {
             if let Some(re) = t.strip_prefix('^') {
                 regex::Regex::new(re).map_err(|e| {
-                    invalid("source.topics", format!("{t:?}: bad regular expression: {e}"))
+                    invalid(
+                        "source.topics",
+                        format!("{t:?}: bad regular expression: {e}"),
+                    )
                 })?;
             }
         }
@@ -1199,8 +1216,7 @@ impl PipelineConfig {
                 ));
             }
         }
-        if k.format != KafkaFormat::Document
-            && (k.namespace.is_some() || !k.key_fields.is_empty())
+        if k.format != KafkaFormat::Document && (k.namespace.is_some() || !k.key_fields.is_empty())
         {
             return Err(invalid(
                 if k.namespace.is_some() { "source.namespace" } else { "source.key_fields" },
@@ -1208,7 +1224,10 @@ impl PipelineConfig {
             ));
         }
         if k.max_record_bytes == 0 {
-            return Err(invalid("source.max_record_bytes", "must be at least 1".into()));
+            return Err(invalid(
+                "source.max_record_bytes",
+                "must be at least 1".into(),
+            ));
         }
         Ok(())
     }
@@ -1304,7 +1323,8 @@ mod tests {
 
     const MIN: &str = "[source]\nuri = \"mongodb://a\"\n[sink]\nuri = \"mongodb://b\"\n";
 
-    const KAFKA_SINK: &str = "[source]\nuri = \"mongodb://a\"\n[sink]\ntype = \"kafka\"\nbrokers = \"k:9092\"\n";
+    const KAFKA_SINK: &str =
+        "[source]\nuri = \"mongodb://a\"\n[sink]\ntype = \"kafka\"\nbrokers = \"k:9092\"\n";
     const KAFKA_SOURCE: &str = "[source]\ntype = \"kafka\"\nbrokers = \"k:9092\"\ntopics = [\"t\"]\n[sink]\nuri = \"mongodb://b\"\n";
 
     #[test]
@@ -1317,10 +1337,14 @@ mod tests {
         assert_eq!(ks[0].1.format, KafkaFormat::ChangeEvent);
         assert!(!c.sink_takes(&crate::event::OpType::Insert));
         let c = PipelineConfig::parse(KAFKA_SOURCE, Path::new("p.toml")).unwrap();
-        let SourceEndpoint::Kafka(k) = &c.source else { panic!() };
+        let SourceEndpoint::Kafka(k) = &c.source else {
+            panic!()
+        };
         assert_eq!(k.group_id(&c.id), "strait-default");
         assert_eq!(k.dlq_topic(&c.id), "strait-default.dlq");
-        let both = format!("{MIN}[sinks.feed]\ntype = \"kafka\"\nbrokers = \"k:9092\"\nformat = \"debezium\"\n");
+        let both = format!(
+            "{MIN}[sinks.feed]\ntype = \"kafka\"\nbrokers = \"k:9092\"\nformat = \"debezium\"\n"
+        );
         let c = PipelineConfig::parse(&both, Path::new("p.toml")).unwrap();
         assert!(c.mongo_sink().is_some());
         assert_eq!(c.kafka_sinks()[0].1.format, KafkaFormat::Debezium);
@@ -1329,28 +1353,51 @@ mod tests {
     #[test]
     fn kafka_tables_name_the_unknown_key_and_its_line() {
         let text = format!("{KAFKA_SINK}brokerz = 1\n");
-        let e = PipelineConfig::parse(&text, Path::new("p.toml")).unwrap_err().to_string();
-        assert!(e.starts_with("p.toml:6:") && e.contains("brokerz"), "{e}");
-        let text = "[source]\ntype = \"kafka\"\nbrokers = \"k\"\ntopics = [\"t\"]\ngroupp = \"x\"\n[sink]\nuri = \"mongodb://b\"\n";
-        let e = PipelineConfig::parse(text, Path::new("p.toml")).unwrap_err().to_string();
-        assert!(e.starts_with("p.toml:5:") && e.contains("groupp"), "{e}");
-        let e = PipelineConfig::parse("[source]\ntype = \"kafak\"\n[sink]\nuri = \"mongodb://b\"\n", Path::new("p.toml"))
+        let e = PipelineConfig::parse(&text, Path::new("p.toml"))
             .unwrap_err()
             .to_string();
+        assert!(e.starts_with("p.toml:6:") && e.contains("brokerz"), "{e}");
+        let text = "[source]\ntype = \"kafka\"\nbrokers = \"k\"\ntopics = [\"t\"]\ngroupp = \"x\"\n[sink]\nuri = \"mongodb://b\"\n";
+        let e = PipelineConfig::parse(text, Path::new("p.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("p.toml:5:") && e.contains("groupp"), "{e}");
+        let e = PipelineConfig::parse(
+            "[source]\ntype = \"kafak\"\n[sink]\nuri = \"mongodb://b\"\n",
+            Path::new("p.toml"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("unknown source type \"kafak\""), "{e}");
     }
 
     #[test]
     fn kafka_source_rules() {
-        let to_kafka = KAFKA_SOURCE.replace("[sink]\nuri = \"mongodb://b\"", "[sink]\ntype = \"kafka\"\nbrokers = \"k\"");
-        let e = PipelineConfig::parse(&to_kafka, Path::new("p.toml")).unwrap_err().to_string();
+        let to_kafka = KAFKA_SOURCE.replace(
+            "[sink]\nuri = \"mongodb://b\"",
+            "[sink]\ntype = \"kafka\"\nbrokers = \"k\"",
+        );
+        let e = PipelineConfig::parse(&to_kafka, Path::new("p.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("sink.type") && e.contains("MongoDB"), "{e}");
         let bad_re = KAFKA_SOURCE.replace("topics = [\"t\"]", "topics = [\"^a(\"]");
-        let e = PipelineConfig::parse(&bad_re, Path::new("p.toml")).unwrap_err().to_string();
-        assert!(e.contains("p.toml:4: source.topics") && e.contains("regular expression"), "{e}");
-        let ns_wrong_format = format!("{KAFKA_SOURCE}").replace("topics = [\"t\"]", "topics = [\"t\"]\nnamespace = \"a.b\"");
-        let e = PipelineConfig::parse(&ns_wrong_format, Path::new("p.toml")).unwrap_err().to_string();
-        assert!(e.contains("source.namespace") && e.contains("document"), "{e}");
+        let e = PipelineConfig::parse(&bad_re, Path::new("p.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("p.toml:4: source.topics") && e.contains("regular expression"),
+            "{e}"
+        );
+        let ns_wrong_format =
+            KAFKA_SOURCE.replace("topics = [\"t\"]", "topics = [\"t\"]\nnamespace = \"a.b\"");
+        let e = PipelineConfig::parse(&ns_wrong_format, Path::new("p.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("source.namespace") && e.contains("document"),
+            "{e}"
+        );
     }
 
     #[test]

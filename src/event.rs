@@ -212,7 +212,7 @@ impl ChangeEvent {
             .get("_id")
             .ok()
             .flatten()
-            .map(|v| bson::RawBson::from(v))
+            .map(bson::RawBson::from)
             .ok_or_else(|| EventError("document without _id".into()))?;
         let mut token = RawDocumentBuf::new();
         token.append(bson::raw::cstr!("_id"), id.clone());

@@ -178,7 +178,8 @@ fn ns_key(ns: &Namespace) -> Value {
 /// The synthetic resume token of a decoded record: its topic, partition and offset.
 pub fn record_token(meta: RecordMeta<'_>) -> RawDocumentBuf {
     let mut t = RawDocumentBuf::new();
-    t.append(bson::raw::cstr!("_data"),
+    t.append(
+        bson::raw::cstr!("_data"),
         format!("{}/{}/{}", meta.topic, meta.partition, meta.offset),
     );
     t

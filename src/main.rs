@@ -451,7 +451,11 @@ async fn archive(action: ArchiveAction) -> anyhow::Result<ExitCode> {
         None => anyhow::bail!(
             "{} has several archive sinks; choose one with --sink ({})",
             at.config.display(),
-            archives.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>().join(", ")
+            archives
+                .iter()
+                .map(|(n, _)| n.clone())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     };
     let sink = ArchiveSink::open(&name, sink_cfg).map_err(Error::from)?;

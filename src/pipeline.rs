@@ -60,7 +60,9 @@ impl Pipeline {
 
     /// The Kafka sink that is `[sink]`, which also receives the initial copy.
     pub fn primary_kafka(&self) -> Option<&Arc<crate::sink::kafka::KafkaSink>> {
-        self.kafkas.first().filter(|k| k.name == "sink" && self.sink.is_none())
+        self.kafkas
+            .first()
+            .filter(|k| k.name == "sink" && self.sink.is_none())
     }
 
     /// Saves the current checkpoint.

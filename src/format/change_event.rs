@@ -7,8 +7,8 @@ use bson::{RawBsonRef, RawDocumentBuf};
 use serde_json::{Map, Value};
 
 use super::{
-    bad, document_key_record_key, json_bytes, json_to_doc, parse_json, raw_to_json, Decoded,
-    DecodeError, Record, RecordMeta,
+    bad, document_key_record_key, json_bytes, json_to_doc, parse_json, raw_to_json, DecodeError,
+    Decoded, Record, RecordMeta,
 };
 use crate::config::JsonFlavour;
 use crate::event::{ChangeEvent, Namespace, OpType};
@@ -113,12 +113,7 @@ pub fn check_event(ev: &ChangeEvent) -> Result<(), DecodeError> {
             match ev.raw.get(field) {
                 Ok(Some(RawBsonRef::Document(_))) => {}
                 Ok(Some(_)) => return Err(bad(format!("{field} is not a document"))),
-                _ => {
-                    return Err(bad(format!(
-                        "{} event without {field}",
-                        ev.op.as_str()
-                    )))
-                }
+                _ => return Err(bad(format!("{} event without {field}", ev.op.as_str()))),
             }
         }
     }

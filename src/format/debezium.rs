@@ -20,7 +20,7 @@ use serde_json::{json, Map, Value};
 
 use super::{
     bad, json_bytes, json_to_bson, json_to_doc, parse_json, raw_to_json, record_token, to_json,
-    Decoded, DecodeError, Record, RecordMeta,
+    DecodeError, Decoded, Record, RecordMeta,
 };
 use crate::config::JsonFlavour;
 use crate::event::{ChangeEvent, OpType};
@@ -69,7 +69,11 @@ pub fn encode(ev: &ChangeEvent, flavour: JsonFlavour, tombstones: bool) -> Vec<R
         .cluster_time
         .map(|t| (t.time as i64, t.increment as i64))
         .unwrap_or((0, 0));
-    let wall = ev.raw.get_datetime("wallTime").ok().map(|d| d.timestamp_millis());
+    let wall = ev
+        .raw
+        .get_datetime("wallTime")
+        .ok()
+        .map(|d| d.timestamp_millis());
     let ts_ms = wall.unwrap_or(secs * 1000);
     let txn = ev.raw.get_i64("txnNumber").ok();
     let lsid = match ev.raw.get("lsid") {
@@ -77,7 +81,10 @@ pub fn encode(ev: &ChangeEvent, flavour: JsonFlavour, tombstones: bool) -> Vec<R
         _ => Value::Null,
     };
     let mut source = Map::new();
-    source.insert("version".into(), json!(concat!("strait-", env!("CARGO_PKG_VERSION"))));
+    source.insert(
+        "version".into(),
+        json!(concat!("strait-", env!("CARGO_PKG_VERSION"))),
+    );
     source.insert("connector".into(), json!("mongodb"));
     source.insert("name".into(), json!("strait"));
     source.insert("ts_ms".into(), json!(secs * 1000));
@@ -148,11 +155,18 @@ pub fn decode(
         Some(_) => return Err(bad("updateDescription is not an object")),
     };
     let id = match (&after, &before, key) {
-        (Some(d), _, _) | (None, Some(d), _) if d.get("_id").ok().flatten().is_some() => {
-            d.get("_id").ok().flatten().map(bson::RawBson::from).expect("checked")
-        }
+        (Some(d), _, _) | (None, Some(d), _) if d.get("_id").ok().flatten().is_some() => d
+            .get("_id")
+            .ok()
+            .flatten()
+            .map(bson::RawBson::from)
+            .expect("checked"),
         (_, _, Some(k)) => key_id(k)?,
-        _ => return Err(bad("cannot tell the document: no _id in after/before and no key")),
+        _ => {
+            return Err(bad(
+                "cannot tell the document: no _id in after/before and no key",
+            ))
+        }
     };
     let op_type = match (op.as_str(), &update) {
         ("c" | "r", _) => "insert",
@@ -161,10 +175,17 @@ pub fn decode(
         ("d", _) => "delete",
         (other, _) => return Err(bad(format!("unknown operation type {other:?}"))),
     };
-    let time = source.get("ts_ms").and_then(Value::as_i64).map(|ms| Timestamp {
-        time: (ms / 1000).max(0) as u32,
-        increment: source.get("ord").and_then(Value::as_i64).unwrap_or(0).max(0) as u32,
-    });
+    let time = source
+        .get("ts_ms")
+        .and_then(Value::as_i64)
+        .map(|ms| Timestamp {
+            time: (ms / 1000).max(0) as u32,
+            increment: source
+                .get("ord")
+                .and_then(Value::as_i64)
+                .unwrap_or(0)
+                .max(0) as u32,
+        });
     let mut raw = RawDocumentBuf::new();
     if op == "r" {
         // A document of the initial copy stays one (the token shape of snapshot events).
@@ -180,7 +201,10 @@ pub fn decode(
         raw.append(bson::raw::cstr!("clusterTime"), t);
     }
     if let Some(ms) = source.get("wallTime").and_then(Value::as_i64) {
-        raw.append(bson::raw::cstr!("wallTime"), bson::DateTime::from_millis(ms));
+        raw.append(
+            bson::raw::cstr!("wallTime"),
+            bson::DateTime::from_millis(ms),
+        );
     }
     let mut ns = RawDocumentBuf::new();
     ns.append(bson::raw::cstr!("db"), db);
@@ -211,9 +235,7 @@ fn key_id(key: &[u8]) -> Result<bson::RawBson, DecodeError> {
         return Err(bad("record key is not a JSON object"));
     };
     let v = match k.remove("id") {
-        Some(Value::String(s)) => {
-            serde_json::from_str(&s).unwrap_or(Value::String(s))
-        }
+        Some(Value::String(s)) => serde_json::from_str(&s).unwrap_or(Value::String(s)),
         Some(v) => v,
         None => return Err(bad("record key has no id")),
     };

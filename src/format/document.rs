@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::{
     bad, document_key_record_key, json_bytes, json_to_doc, parse_json, record_token, to_json,
-    Decoded, DecodeError, DocumentOptions, Record, RecordMeta,
+    DecodeError, Decoded, DocumentOptions, Record, RecordMeta,
 };
 use crate::config::JsonFlavour;
 use crate::event::{ChangeEvent, Namespace, OpType};
@@ -66,7 +66,11 @@ fn namespace(meta: RecordMeta<'_>, opts: &DocumentOptions) -> Result<Namespace, 
 /// An `_id` for a document that has none, derived from where the record is, so applying the
 /// record again writes the same document instead of a second one.
 pub fn derived_object_id(meta: RecordMeta<'_>) -> ObjectId {
-    let secs = meta.timestamp_ms.unwrap_or(0).div_euclid(1000).clamp(0, u32::MAX as i64) as u32;
+    let secs = meta
+        .timestamp_ms
+        .unwrap_or(0)
+        .div_euclid(1000)
+        .clamp(0, u32::MAX as i64) as u32;
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in meta
         .topic
@@ -143,7 +147,8 @@ pub fn decode(
     for f in fields {
         match lookup(&doc, f) {
             Some(v) => dk.append(
-                <&bson::raw::CStr>::try_from(f).map_err(|e| bad(format!("key field {f:?}: {e}")))?,
+                <&bson::raw::CStr>::try_from(f)
+                    .map_err(|e| bad(format!("key field {f:?}: {e}")))?,
                 bson::RawBson::from(v),
             ),
             None => return Err(bad(format!("document has no key field {f:?}"))),

@@ -139,7 +139,11 @@ fn golden_files() {
             }
         }
     }
-    assert!(failures.is_empty(), "golden files differ:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "golden files differ:\n{}",
+        failures.join("\n")
+    );
 }
 
 fn meta() -> RecordMeta<'static> {
@@ -152,8 +156,20 @@ fn meta() -> RecordMeta<'static> {
 }
 
 /// What applying an event means: operation, namespace, key and the documents it carries.
-fn meaning(e: &ChangeEvent) -> (OpType, String, Option<RawDocumentBuf>, Option<RawDocumentBuf>) {
-    (e.op.clone(), e.ns.to_string(), e.document_key.clone(), e.full_document.clone())
+fn meaning(
+    e: &ChangeEvent,
+) -> (
+    OpType,
+    String,
+    Option<RawDocumentBuf>,
+    Option<RawDocumentBuf>,
+) {
+    (
+        e.op.clone(),
+        e.ns.to_string(),
+        e.document_key.clone(),
+        e.full_document.clone(),
+    )
 }
 
 #[test]
@@ -162,15 +178,27 @@ fn record_to_event_to_record_is_stable_and_keeps_the_meaning() {
         for (name, ev) in cases() {
             let records = encode(&ev, format, JsonFlavour::Canonical, true);
             for r in &records {
-                let back = decode(format, Some(&r.key), r.value.as_deref(), meta(), &Default::default())
-                    .unwrap_or_else(|e| panic!("{format:?} {name}: {e}"));
+                let back = decode(
+                    format,
+                    Some(&r.key),
+                    r.value.as_deref(),
+                    meta(),
+                    &Default::default(),
+                )
+                .unwrap_or_else(|e| panic!("{format:?} {name}: {e}"));
                 let Decoded::Event(back) = back else {
-                    assert!(r.value.is_none() && format == KafkaFormat::Debezium, "{format:?} {name}: skipped");
+                    assert!(
+                        r.value.is_none() && format == KafkaFormat::Debezium,
+                        "{format:?} {name}: skipped"
+                    );
                     continue;
                 };
                 let again = encode(&back, format, JsonFlavour::Canonical, true);
                 if format != KafkaFormat::Document || r.value.is_some() {
-                    assert_eq!(again[0].value, r.value, "{format:?} {name}: re-encoding differs");
+                    assert_eq!(
+                        again[0].value, r.value,
+                        "{format:?} {name}: re-encoding differs"
+                    );
                 }
                 assert_eq!(again[0].key, r.key, "{format:?} {name}: key differs");
                 let (op, ns, key, full) = meaning(&back);
@@ -187,7 +215,10 @@ fn record_to_event_to_record_is_stable_and_keeps_the_meaning() {
                     assert_eq!(full, ev.full_document, "{format:?} {name}");
                 }
                 if ev.op == OpType::Update && format != KafkaFormat::Document {
-                    assert_eq!(back.update_description, ev.update_description, "{format:?} {name}");
+                    assert_eq!(
+                        back.update_description, ev.update_description,
+                        "{format:?} {name}"
+                    );
                 }
             }
         }
@@ -197,7 +228,16 @@ fn record_to_event_to_record_is_stable_and_keeps_the_meaning() {
 #[test]
 fn ddl_is_only_in_change_events() {
     let drop = ev(base("drop", 6));
-    assert_eq!(encode(&drop, KafkaFormat::ChangeEvent, JsonFlavour::Canonical, false).len(), 1);
+    assert_eq!(
+        encode(
+            &drop,
+            KafkaFormat::ChangeEvent,
+            JsonFlavour::Canonical,
+            false
+        )
+        .len(),
+        1
+    );
     assert!(encode(&drop, KafkaFormat::Debezium, JsonFlavour::Canonical, true).is_empty());
     assert!(encode(&drop, KafkaFormat::Document, JsonFlavour::Canonical, true).is_empty());
 }
@@ -233,31 +273,65 @@ fn plain_documents_get_a_stable_object_id_and_a_namespace_from_the_topic() {
         insert: true,
         ..Default::default()
     };
-    let m = RecordMeta { topic: "cdc.app.users", ..meta() };
-    let a = decode(KafkaFormat::Document, None, Some(br#"{"name": "x"}"#), m, &opts).unwrap();
-    let b = decode(KafkaFormat::Document, None, Some(br#"{"name": "x"}"#), m, &opts).unwrap();
+    let m = RecordMeta {
+        topic: "cdc.app.users",
+        ..meta()
+    };
+    let a = decode(
+        KafkaFormat::Document,
+        None,
+        Some(br#"{"name": "x"}"#),
+        m,
+        &opts,
+    )
+    .unwrap();
+    let b = decode(
+        KafkaFormat::Document,
+        None,
+        Some(br#"{"name": "x"}"#),
+        m,
+        &opts,
+    )
+    .unwrap();
     let (Decoded::InsertIfAbsent(ns, a), Decoded::InsertIfAbsent(_, b)) = (a, b) else {
         panic!("not inserts")
     };
     assert_eq!(ns.to_string(), "app.users");
     assert_eq!(a, b, "a replay derives the same _id");
     assert!(a.get_object_id("_id").is_ok());
-    assert_eq!(a.iter().next().unwrap().unwrap().0, "_id", "_id comes first");
+    assert_eq!(
+        a.iter().next().unwrap().unwrap().0,
+        "_id",
+        "_id comes first"
+    );
     let other = RecordMeta { offset: 8, ..m };
-    let Decoded::InsertIfAbsent(_, c) =
-        decode(KafkaFormat::Document, None, Some(br#"{"name": "x"}"#), other, &opts).unwrap()
-    else {
+    let Decoded::InsertIfAbsent(_, c) = decode(
+        KafkaFormat::Document,
+        None,
+        Some(br#"{"name": "x"}"#),
+        other,
+        &opts,
+    )
+    .unwrap() else {
         panic!()
     };
-    assert_ne!(a.get_object_id("_id").unwrap(), c.get_object_id("_id").unwrap());
+    assert_ne!(
+        a.get_object_id("_id").unwrap(),
+        c.get_object_id("_id").unwrap()
+    );
     let keyed = DocumentOptions {
         namespace: Some(crate::event::Namespace::parse("app.skus")),
         key_fields: vec!["sku".into()],
         ..Default::default()
     };
-    let Decoded::Event(e) =
-        decode(KafkaFormat::Document, None, Some(br#"{"sku": "A1", "q": 2}"#), m, &keyed).unwrap()
-    else {
+    let Decoded::Event(e) = decode(
+        KafkaFormat::Document,
+        None,
+        Some(br#"{"sku": "A1", "q": 2}"#),
+        m,
+        &keyed,
+    )
+    .unwrap() else {
         panic!()
     };
     assert_eq!(e.document_key.unwrap(), rawdoc! { "sku": "A1" });
@@ -268,7 +342,9 @@ fn arb_value() -> impl Strategy<Value = bson::Bson> {
     let leaf = prop_oneof![
         any::<i32>().prop_map(bson::Bson::Int32),
         any::<i64>().prop_map(bson::Bson::Int64),
-        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(bson::Bson::Double),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(bson::Bson::Double),
         ".{0,12}".prop_map(bson::Bson::String),
         any::<bool>().prop_map(bson::Bson::Boolean),
         Just(bson::Bson::Null),
@@ -276,15 +352,19 @@ fn arb_value() -> impl Strategy<Value = bson::Bson> {
         any::<[u8; 12]>().prop_map(|b| bson::Bson::ObjectId(bson::oid::ObjectId::from_bytes(b))),
         // Decimals as a server stores them (from their text); arbitrary bit patterns include
         // non-canonical encodings no server writes.
-        (any::<i64>(), -30i32..30).prop_map(|(m, e)| bson::Bson::Decimal128(format!("{m}E{e}").parse::<Decimal128>().unwrap())),
-        proptest::collection::vec(any::<u8>(), 0..8).prop_map(|bytes| bson::Bson::Binary(Binary { subtype: bson::spec::BinarySubtype::Generic, bytes })),
+        (any::<i64>(), -30i32..30).prop_map(|(m, e)| bson::Bson::Decimal128(
+            format!("{m}E{e}").parse::<Decimal128>().unwrap()
+        )),
+        proptest::collection::vec(any::<u8>(), 0..8).prop_map(|bytes| bson::Bson::Binary(Binary {
+            subtype: bson::spec::BinarySubtype::Generic,
+            bytes
+        })),
     ];
     leaf.prop_recursive(3, 24, 4, |inner| {
         prop_oneof![
             proptest::collection::vec(inner.clone(), 0..4).prop_map(bson::Bson::Array),
-            proptest::collection::vec(("[a-z]{1,6}", inner), 0..4).prop_map(|kv| {
-                bson::Bson::Document(kv.into_iter().collect())
-            }),
+            proptest::collection::vec(("[a-z]{1,6}", inner), 0..4)
+                .prop_map(|kv| { bson::Bson::Document(kv.into_iter().collect()) }),
         ]
     })
 }

@@ -168,7 +168,15 @@ pub async fn run(
         );
         let batch = cfg.apply.batch_docs;
         lanes.spawn(async move {
-            let r = run_lane(lrx, sink, window, telemetry, batch, Some(dlq as Arc<dyn DeadLetters>)).await;
+            let r = run_lane(
+                lrx,
+                sink,
+                window,
+                telemetry,
+                batch,
+                Some(dlq as Arc<dyn DeadLetters>),
+            )
+            .await;
             if r.is_err() {
                 stop.cancel();
             }
@@ -211,17 +219,21 @@ pub async fn run(
     drop(senders);
     let mut lane_result = Ok(());
     while let Some(r) = lanes.join_next().await {
-        lane_result = lane_result.and(r.unwrap_or_else(|e| Err(Error::Internal(format!("lane panicked: {e}")))));
+        lane_result = lane_result
+            .and(r.unwrap_or_else(|e| Err(Error::Internal(format!("lane panicked: {e}")))));
     }
     stop.cancel();
     // Everything the lanes finished is durable: commit it before leaving the group.
     let c = consumer.clone();
     let offsets = committable(&mut parts);
     if offsets.count() > 0 {
-        let committed = tokio::task::spawn_blocking(move || c.commit(&offsets, CommitMode::Sync)).await;
+        let committed =
+            tokio::task::spawn_blocking(move || c.commit(&offsets, CommitMode::Sync)).await;
         match committed {
             Ok(Ok(())) => info!("Offsets committed."),
-            Ok(Err(e)) => warn!(error = %e, "Final offset commit failed; the next run re-applies some records (idempotently)."),
+            Ok(Err(e)) => {
+                warn!(error = %e, "Final offset commit failed; the next run re-applies some records (idempotently).")
+            }
             Err(e) => warn!(error = %e, "Final offset commit panicked."),
         }
     }
@@ -234,7 +246,10 @@ pub async fn run(
 }
 
 /// Waits until every record handed to the lanes is written; returns the offsets to commit.
-async fn drain(parts: &mut HashMap<(String, i32), Partition>, stop: &CancellationToken) -> TopicPartitionList {
+async fn drain(
+    parts: &mut HashMap<(String, i32), Partition>,
+    stop: &CancellationToken,
+) -> TopicPartitionList {
     for p in parts.values() {
         tokio::select! {
             _ = p.window.wait_drained() => {}
@@ -330,8 +345,14 @@ async fn apply_record(
             kcfg.max_record_bytes
         ))
     } else {
-        decode(kcfg.format, rec.key.as_deref(), rec.value.as_deref(), meta, doc_opts)
-            .map_err(|e| e.to_string())
+        decode(
+            kcfg.format,
+            rec.key.as_deref(),
+            rec.value.as_deref(),
+            meta,
+            doc_opts,
+        )
+        .map_err(|e| e.to_string())
     };
     let (ops, op, lane_key) = match decoded {
         Err(reason) => {
@@ -352,7 +373,11 @@ async fn apply_record(
             let ev = crate::event::ChangeEvent::snapshot(&ns, doc.clone())
                 .map_err(|e| Error::Internal(e.to_string()))?;
             let lane = lane_of(&ev, cfg.apply.lane_by, lanes.len());
-            (vec![WriteOp::InsertIfAbsent { ns: target, doc }], Some(crate::event::OpType::Insert), lane)
+            (
+                vec![WriteOp::InsertIfAbsent { ns: target, doc }],
+                Some(crate::event::OpType::Insert),
+                lane,
+            )
         }
         Ok(Decoded::Event(mut ev)) => {
             if transforms.apply(&mut ev) == Verdict::Skip {

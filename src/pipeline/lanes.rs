@@ -88,12 +88,16 @@ pub async fn run_lane(
         let started = std::time::Instant::now();
         let counts = match (sink.apply(&ops).await, &dead_letters) {
             (Ok(c), _) => c,
-            (Err(e), Some(dl)) if !e.is_retryable() && !matches!(e, crate::error::Error::Stopped) => {
+            (Err(e), Some(dl))
+                if !e.is_retryable() && !matches!(e, crate::error::Error::Stopped) =>
+            {
                 let mut counts = crate::sink::mongo::ApplyCounts::default();
                 for (item, range) in items.iter().zip(&ranges) {
                     match sink.apply(&ops[range.clone()]).await {
                         Ok(c) => counts.skipped += c.skipped,
-                        Err(e) if !e.is_retryable() && !matches!(e, crate::error::Error::Stopped) => {
+                        Err(e)
+                            if !e.is_retryable() && !matches!(e, crate::error::Error::Stopped) =>
+                        {
                             match &item.origin {
                                 Some(rec) => dl.dead_letter(rec, &e.to_string()).await?,
                                 None => return Err(e),

@@ -85,10 +85,13 @@ impl KafkaSink {
             "{} ({} format, topic {})",
             self.cfg.brokers,
             self.cfg.format.as_str(),
-            self.cfg.topic.clone().unwrap_or_else(|| match &self.cfg.topic_prefix {
-                Some(p) => format!("{p}.{{db}}.{{coll}}"),
-                None => "{db}.{coll}".into(),
-            })
+            self.cfg
+                .topic
+                .clone()
+                .unwrap_or_else(|| match &self.cfg.topic_prefix {
+                    Some(p) => format!("{p}.{{db}}.{{coll}}"),
+                    None => "{db}.{coll}".into(),
+                })
         )
     }
 

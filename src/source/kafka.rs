@@ -62,7 +62,10 @@ impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(tpl) => {
-                info!(partitions = tpl.count(), "Partitions revoked; finishing their writes and committing.");
+                info!(
+                    partitions = tpl.count(),
+                    "Partitions revoked; finishing their writes and committing."
+                );
                 // On shutdown the pipeline has already committed and stopped listening.
                 if self.tx.is_closed() || tokio::runtime::Handle::try_current().is_ok() {
                     return;
@@ -112,7 +115,10 @@ pub async fn open(
         &cfg.options,
         &[
             ("session.timeout.ms", session_ms.to_string()),
-            ("heartbeat.interval.ms", (session_ms / 10).max(100).to_string()),
+            (
+                "heartbeat.interval.ms",
+                (session_ms / 10).max(100).to_string(),
+            ),
             (
                 "auto.offset.reset",
                 match cfg.start_at {
@@ -124,9 +130,14 @@ pub async fn open(
             // Records larger than this are still fetched (and sent to the dead-letter topic).
             (
                 "fetch.message.max.bytes",
-                (cfg.max_record_bytes + 1024 * 1024).min(1_000_000_000).to_string(),
+                (cfg.max_record_bytes + 1024 * 1024)
+                    .min(1_000_000_000)
+                    .to_string(),
             ),
-            ("partition.assignment.strategy", "range,roundrobin".to_string()),
+            (
+                "partition.assignment.strategy",
+                "range,roundrobin".to_string(),
+            ),
             // Regex subscriptions see topics created later (a new collection upstream) within
             // seconds, not librdkafka's default five minutes.
             ("topic.metadata.refresh.interval.ms", "5000".to_string()),

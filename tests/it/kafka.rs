@@ -55,9 +55,18 @@ async fn mongo_to_kafka_to_mongo_survives_sigkills_of_both_sides() {
     let capture = write_config(
         dir.path(),
         "capture.toml",
-        &capture_toml(&src, &broker, "", "[full_sync]\nchunk_docs = 250\nbatch_docs = 50"),
+        &capture_toml(
+            &src,
+            &broker,
+            "",
+            "[full_sync]\nchunk_docs = 250\nbatch_docs = 50",
+        ),
     );
-    let apply = write_config(dir.path(), "apply.toml", &apply_toml(&dst, &broker, "site-b", ""));
+    let apply = write_config(
+        dir.path(),
+        "apply.toml",
+        &apply_toml(&dst, &broker, "site-b", ""),
+    );
     let (clog, alog) = (dir.path().join("capture.log"), dir.path().join("apply.log"));
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -65,8 +74,18 @@ async fn mongo_to_kafka_to_mongo_survives_sigkills_of_both_sides() {
     let writer = {
         let (s, stop, done) = (s.clone(), stop.clone(), done.clone());
         tokio::spawn(async move {
-            run_mixed_ops(&s, "shop", "items", 2200, u64::MAX, 7, Some(stop), Some(done), true)
-                .await
+            run_mixed_ops(
+                &s,
+                "shop",
+                "items",
+                2200,
+                u64::MAX,
+                7,
+                Some(stop),
+                Some(done),
+                true,
+            )
+            .await
         })
     };
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
@@ -108,7 +127,11 @@ async fn mongo_to_kafka_to_mongo_survives_sigkills_of_both_sides() {
     assert!(cap.sigterm().success());
     assert!(app.sigterm().success());
     let text = std::fs::read_to_string(&clog).unwrap();
-    assert_eq!(text.matches("Full sync planned").count(), 1, "copy restarted from zero");
+    assert_eq!(
+        text.matches("Full sync planned").count(),
+        1,
+        "copy restarted from zero"
+    );
     eprintln!("{capture_kills} capture kills, {apply_kills} apply kills, {ops} writer operations");
 }
 
@@ -120,19 +143,38 @@ async fn format_end_to_end(format: &str, extra_sink: &str) {
     seed(&s, "fmt", 300).await;
     let dir = tempfile::tempdir().unwrap();
     let sink = format!("format = \"{format}\"\n{extra_sink}");
-    let capture = write_config(dir.path(), "c.toml", &capture_toml(&src, &broker, &sink, ""));
+    let capture = write_config(
+        dir.path(),
+        "c.toml",
+        &capture_toml(&src, &broker, &sink, ""),
+    );
     let apply = write_config(
         dir.path(),
         "a.toml",
-        &apply_toml(&dst, &broker, "fmt", &format!("format = \"{format}\"\ntopic_prefix = \"cdc\"")),
+        &apply_toml(
+            &dst,
+            &broker,
+            "fmt",
+            &format!("format = \"{format}\"\ntopic_prefix = \"cdc\""),
+        ),
     );
     let mut cap = Strait::spawn(&capture, &dir.path().join("c.log"));
     let app = Strait::spawn(&apply, &dir.path().join("a.log"));
     run_mixed_ops(&s, "fmt", "items", 350, 400, 3, None, None, true).await;
-    wait_identical(&s, ("fmt", "items"), &d, ("fmt", "items"), Duration::from_secs(90), Some(&app)).await;
+    wait_identical(
+        &s,
+        ("fmt", "items"),
+        &d,
+        ("fmt", "items"),
+        Duration::from_secs(90),
+        Some(&app),
+    )
+    .await;
     assert!(cap.sigterm().success());
     // The copy (300) and the writes that changed something (most of 400).
-    let records = broker.consume_all("cdc.fmt.items", 450, Duration::from_secs(20)).await;
+    let records = broker
+        .consume_all("cdc.fmt.items", 450, Duration::from_secs(20))
+        .await;
     assert!(records.len() >= 450, "{} records", records.len());
     let first = &records.iter().find(|r| r.payload.is_some()).unwrap();
     assert_eq!(first.header("strait.ns"), Some(Some(&b"fmt.items"[..])));
@@ -140,15 +182,27 @@ async fn format_end_to_end(format: &str, extra_sink: &str) {
     let v = first.json();
     match format {
         "change-event" => {
-            assert!(v["operationType"].is_string() && v["ns"]["coll"] == "items", "{v}");
+            assert!(
+                v["operationType"].is_string() && v["ns"]["coll"] == "items",
+                "{v}"
+            );
             assert!(first.key_str().unwrap().contains("\"_id\""));
         }
         "debezium" => {
-            assert!(["r", "c", "u", "d"].contains(&v["op"].as_str().unwrap()), "{v}");
+            assert!(
+                ["r", "c", "u", "d"].contains(&v["op"].as_str().unwrap()),
+                "{v}"
+            );
             assert_eq!(v["source"]["collection"], "items");
             assert!(first.key_str().unwrap().starts_with("{\"id\":"));
-            assert!(records.iter().any(|r| r.json()["op"] == "r"), "no snapshot records");
-            assert!(records.iter().any(|r| r.json()["op"] == "d"), "no delete records");
+            assert!(
+                records.iter().any(|r| r.json()["op"] == "r"),
+                "no snapshot records"
+            );
+            assert!(
+                records.iter().any(|r| r.json()["op"] == "d"),
+                "no delete records"
+            );
         }
         "document" => {
             assert!(v["_id"].is_object() || v["_id"].is_number(), "{v}");
@@ -212,7 +266,12 @@ async fn bad_records_go_to_the_dead_letter_topic_and_the_rest_is_applied() {
     let cfg = write_config(
         dir.path(),
         "a.toml",
-        &apply_toml(&dst, &broker, "dlq-test", "max_record_bytes = 2000\ndead_letter_topic = \"strait.dlq\""),
+        &apply_toml(
+            &dst,
+            &broker,
+            "dlq-test",
+            "max_record_bytes = 2000\ndead_letter_topic = \"strait.dlq\"",
+        ),
     );
     let mut st = Strait::spawn(&cfg, &dir.path().join("a.log"));
     let coll = d.database("app").collection::<Document>("users");
@@ -225,18 +284,53 @@ async fn bad_records_go_to_the_dead_letter_topic_and_the_rest_is_applied() {
         Some(doc! { "_id": 2, "n": 2 }),
         "the record after the refused one is applied"
     );
-    let dlq = broker.consume_all("strait.dlq", 5, Duration::from_secs(30)).await;
-    assert_eq!(dlq.len(), 5, "dead letters: {:?}", dlq.iter().map(|r| r.payload_str()).collect::<Vec<_>>());
+    let dlq = broker
+        .consume_all("strait.dlq", 5, Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        dlq.len(),
+        5,
+        "dead letters: {:?}",
+        dlq.iter().map(|r| r.payload_str()).collect::<Vec<_>>()
+    );
     for (r, (what, value)) in dlq.iter().zip(&bad) {
-        assert_eq!(r.payload_str().as_deref(), Some(value.as_str()), "{what}: payload kept");
-        assert_eq!(r.header("__connect.errors.topic"), Some(Some(&b"cdc.app.users"[..])), "{what}");
-        assert_eq!(r.header("__connect.errors.partition"), Some(Some(&b"0"[..])), "{what}");
+        assert_eq!(
+            r.payload_str().as_deref(),
+            Some(value.as_str()),
+            "{what}: payload kept"
+        );
+        assert_eq!(
+            r.header("__connect.errors.topic"),
+            Some(Some(&b"cdc.app.users"[..])),
+            "{what}"
+        );
+        assert_eq!(
+            r.header("__connect.errors.partition"),
+            Some(Some(&b"0"[..])),
+            "{what}"
+        );
         assert!(r.header("__connect.errors.offset").is_some(), "{what}");
-        let reason = String::from_utf8(r.header("__connect.errors.exception.message").unwrap().unwrap().to_vec()).unwrap();
+        let reason = String::from_utf8(
+            r.header("__connect.errors.exception.message")
+                .unwrap()
+                .unwrap()
+                .to_vec(),
+        )
+        .unwrap();
         eprintln!("{what}: {reason}");
         assert!(!reason.is_empty());
     }
-    let reasons: Vec<String> = dlq.iter().map(|r| String::from_utf8_lossy(r.header("__connect.errors.exception.message").unwrap().unwrap()).into_owned()).collect();
+    let reasons: Vec<String> = dlq
+        .iter()
+        .map(|r| {
+            String::from_utf8_lossy(
+                r.header("__connect.errors.exception.message")
+                    .unwrap()
+                    .unwrap(),
+            )
+            .into_owned()
+        })
+        .collect();
     assert!(reasons[0].contains("not valid JSON"), "{reasons:?}");
     assert!(reasons[1].contains("documentKey"), "{reasons:?}");
     assert!(reasons[2].contains("unknown operation"), "{reasons:?}");
@@ -244,7 +338,10 @@ async fn bad_records_go_to_the_dead_letter_topic_and_the_rest_is_applied() {
     assert!(reasons[4].contains("sink rejected a write"), "{reasons:?}");
     assert!(st.sigterm().success());
     // The group's offset is past every record, bad ones included: a restart re-reads nothing.
-    assert_eq!(broker.committed_offsets("dlq-test", "cdc.app.users").await, vec![(0, 7)]);
+    assert_eq!(
+        broker.committed_offsets("dlq-test", "cdc.app.users").await,
+        vec![(0, 7)]
+    );
 }
 
 /// The MongoDB sink connector's plain case: JSON documents (some without `_id`) inserted into
@@ -293,7 +390,11 @@ async fn plain_json_documents_are_inserted_once_across_a_crash() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(coll.count_documents(doc! {}).await.unwrap(), 3000, "a replay doubled documents");
+    assert_eq!(
+        coll.count_documents(doc! {}).await.unwrap(),
+        3000,
+        "a replay doubled documents"
+    );
     let with_oid = coll
         .count_documents(doc! { "_id": { "$type": "objectId" } })
         .await
@@ -321,30 +422,62 @@ async fn two_apply_processes_share_partitions_and_take_over() {
     let mut a = Strait::spawn(&apply, &dir.path().join("a1.log"));
     let b = Strait::spawn(&apply, &dir.path().join("b1.log"));
     let assigned = |st: &Strait| st.log_text().matches("Partitions assigned").count();
-    wait_for(Duration::from_secs(60), "both members to get partitions", &b, || async {
-        let (ta, tb) = (a.log_text(), b.log_text());
-        let last = |t: &str| t.lines().rev().find(|l| l.contains("Partitions assigned")).map(str::to_string);
-        match (last(&ta), last(&tb)) {
-            (Some(la), Some(lb)) => la.matches("cdc.scale.items[").count() == 2 && lb.matches("cdc.scale.items[").count() == 2,
-            _ => false,
-        }
-    })
+    wait_for(
+        Duration::from_secs(60),
+        "both members to get partitions",
+        &b,
+        || async {
+            let (ta, tb) = (a.log_text(), b.log_text());
+            let last = |t: &str| {
+                t.lines()
+                    .rev()
+                    .find(|l| l.contains("Partitions assigned"))
+                    .map(str::to_string)
+            };
+            match (last(&ta), last(&tb)) {
+                (Some(la), Some(lb)) => {
+                    la.matches("cdc.scale.items[").count() == 2
+                        && lb.matches("cdc.scale.items[").count() == 2
+                }
+                _ => false,
+            }
+        },
+    )
     .await;
     let writer = {
         let s = s.clone();
-        tokio::spawn(async move { run_mixed_ops(&s, "scale", "items", 1100, 600, 5, None, None, true).await })
+        tokio::spawn(async move {
+            run_mixed_ops(&s, "scale", "items", 1100, 600, 5, None, None, true).await
+        })
     };
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let before = assigned(&b);
     a.sigkill();
-    wait_for(Duration::from_secs(60), "the survivor to take all partitions", &b, || async {
-        assigned(&b) > before
-            && b.log_text().lines().rev().find(|l| l.contains("Partitions assigned")).is_some_and(|l| l.matches("cdc.scale.items[").count() == 4)
-    })
+    wait_for(
+        Duration::from_secs(60),
+        "the survivor to take all partitions",
+        &b,
+        || async {
+            assigned(&b) > before
+                && b.log_text()
+                    .lines()
+                    .rev()
+                    .find(|l| l.contains("Partitions assigned"))
+                    .is_some_and(|l| l.matches("cdc.scale.items[").count() == 4)
+        },
+    )
     .await;
     writer.await.unwrap();
     for coll in ["items", "items_tx"] {
-        wait_identical(&s, ("scale", coll), &d, ("scale", coll), Duration::from_secs(90), Some(&b)).await;
+        wait_identical(
+            &s,
+            ("scale", coll),
+            &d,
+            ("scale", coll),
+            Duration::from_secs(90),
+            Some(&b),
+        )
+        .await;
     }
     assert!(cap.sigterm().success());
 }
@@ -366,11 +499,21 @@ async fn unreachable_brokers_fail_fast_with_one_line() {
     for (name, text) in [("capture", capture), ("apply", apply)] {
         let cfg = write_config(dir.path(), &format!("{name}.toml"), &text);
         let started = std::time::Instant::now();
-        let (code, _, err) = strait_cmd(&["run", "-c", cfg.to_str().unwrap()], Duration::from_secs(30));
+        let (code, _, err) = strait_cmd(
+            &["run", "-c", cfg.to_str().unwrap()],
+            Duration::from_secs(30),
+        );
         assert_ne!(code, 0, "{name}: {err}");
-        assert!(started.elapsed() < Duration::from_secs(15), "{name} took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{name} took {:?}",
+            started.elapsed()
+        );
         let last = err.lines().last().unwrap_or_default();
-        assert!(last.contains("cannot reach the brokers 127.0.0.1:"), "{name}: {err}");
+        assert!(
+            last.contains("cannot reach the brokers 127.0.0.1:"),
+            "{name}: {err}"
+        );
     }
     // Nothing was written to the source (no checkpoint either).
     let names = src.client().await.list_database_names().await.unwrap();
