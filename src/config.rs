@@ -871,9 +871,9 @@ impl PipelineConfig {
 
     /// Every Kafka sink with its name: `[sink]` (named `sink`) and `[sinks.<name>]`.
     pub fn kafka_sinks(&self) -> Vec<(String, &KafkaSinkConfig)> {
-        let mut out = Vec::new();
+        let mut out: Vec<(String, &KafkaSinkConfig)> = Vec::new();
         if let SinkEndpoint::Kafka(k) = &self.sink {
-            out.push(("sink".to_string(), k));
+            out.push(("sink".to_string(), k.as_ref()));
         }
         for (name, s) in &self.sinks {
             if let ExtraSinkConfig::Kafka(k) = s {
