@@ -199,14 +199,17 @@ fn default_linger() -> Duration {
     Duration::from_millis(5)
 }
 
-/// Where a consumer group without committed offsets starts.
+/// Where a consumer group without committed offsets starts. A group that has committed
+/// offsets always resumes from them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KafkaStart {
-    /// The oldest record still in the topic.
+    /// The committed offsets; the oldest record when there are none.
     #[default]
+    Committed,
+    /// The oldest record still in the topic, when there are no committed offsets.
     Earliest,
-    /// Only records produced after the group first joins.
+    /// Only records produced after the group first joins, when there are no committed offsets.
     Latest,
 }
 
@@ -239,8 +242,9 @@ pub struct KafkaSourceConfig {
     /// Consumer group; default `"strait-<id>"`. Processes in one group split the partitions.
     #[serde(default)]
     pub group: Option<String>,
-    /// Where a group with no committed offsets starts: `"earliest"` (default) or `"latest"`.
-    /// Committed offsets always win.
+    /// Where to start: `"committed"` (default: the group's committed offsets, else the
+    /// oldest record), `"earliest"` or `"latest"` (where a group without committed offsets
+    /// starts). Committed offsets always win.
     #[serde(default)]
     pub start_at: KafkaStart,
     /// Record value format: `"change-event"` (default), `"debezium"` or `"document"` (plain

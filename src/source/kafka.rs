@@ -122,7 +122,7 @@ pub async fn open(
             (
                 "auto.offset.reset",
                 match cfg.start_at {
-                    KafkaStart::Earliest => "earliest",
+                    KafkaStart::Committed | KafkaStart::Earliest => "earliest",
                     KafkaStart::Latest => "latest",
                 }
                 .to_string(),
