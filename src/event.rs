@@ -231,6 +231,37 @@ impl ChangeEvent {
         Self::from_raw(raw)
     }
 
+    /// A `createIndexes` event carrying full index specs: how the initial copy hands a
+    /// collection's indexes to sinks that only see events (Kafka).
+    pub fn create_indexes(ns: &Namespace, specs: &[bson::Document]) -> Result<Self, EventError> {
+        let doc = bson::doc! {
+            "_id": { "_id": ns.to_string(), "copyingData": true },
+            "operationType": "createIndexes",
+            "ns": { "db": ns.db.as_str(), "coll": ns.coll_name() },
+            "operationDescription": { "indexes": specs },
+        };
+        let raw = RawDocumentBuf::try_from(&doc).map_err(|e| EventError(e.to_string()))?;
+        Self::from_raw(raw)
+    }
+
+    /// The same event with `operationDescription.indexes` replaced (full specs looked up on
+    /// the source, where the event's own lack options).
+    pub fn with_index_specs(&self, specs: &[bson::Document]) -> Result<Self, EventError> {
+        let mut doc =
+            bson::Document::try_from(self.raw.as_ref()).map_err(|e| EventError(e.to_string()))?;
+        let mut desc = doc
+            .get_document("operationDescription")
+            .cloned()
+            .unwrap_or_default();
+        desc.insert("indexes", specs);
+        doc.insert("operationDescription", desc);
+        let raw = RawDocumentBuf::try_from(&doc).map_err(|e| EventError(e.to_string()))?;
+        let mut ev = Self::from_raw(raw)?;
+        ev.ns = self.ns.clone();
+        ev.rename_to = self.rename_to.clone();
+        Ok(ev)
+    }
+
     /// Whether this event stands for a document of the initial copy.
     pub fn is_snapshot(&self) -> bool {
         self.resume_token.get_bool("copyingData").unwrap_or(false)

@@ -239,6 +239,20 @@ async fn finish_collection(p: &Pipeline, ci: usize) -> Result<()> {
             }
         }
     }
+    if let (true, Some(kafka)) = (p.cfg.full_sync.indexes, p.primary_kafka()) {
+        // Sinks that only see events get the indexes as a createIndexes event after the data.
+        let target = p.transforms.target_ns(&src);
+        let specs: Vec<Document> = list_indexes(&p.source, &src)
+            .await?
+            .into_iter()
+            .filter(|s| s.get_str("name").is_ok_and(|n| n != "_id_"))
+            .collect();
+        if !specs.is_empty() {
+            let ev = crate::event::ChangeEvent::create_indexes(&target, &specs)
+                .map_err(|e| Error::Internal(e.to_string()))?;
+            kafka.produce_event(&ev, &p.cancel).await?;
+        }
+    }
     p.checkpoint
         .lock()
         .await

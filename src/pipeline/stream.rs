@@ -306,6 +306,15 @@ async fn dispatch(
         .filter(|(_, k)| k.takes(&ev.op))
         .map(|(i, _)| i)
         .collect();
+    if ev.op == OpType::CreateIndexes && !kafkas.is_empty() {
+        // Kafka consumers apply the event as it is: give it the source's full specs.
+        if let Some(specs) = source_index_specs(p, &ev).await {
+            match ev.with_index_specs(&specs) {
+                Ok(e) => ev = e,
+                Err(e) => warn!(error = %e, "Could not add index specs to the event."),
+            }
+        }
+    }
     let mut ops = Vec::new();
     if to_mongo && !ev.op.is_data() {
         // DDL is a barrier: everything before it is written first, nothing after it starts
@@ -416,45 +425,50 @@ async fn delay(p: &Pipeline, ev: &ChangeEvent, stop: &tokio_util::sync::Cancella
     }
 }
 
+/// The source's full specs of the indexes a createIndexes event names: the event may lack
+/// their options (unique, TTL, partial). `None` when they cannot be read.
+async fn source_index_specs(p: &Pipeline, ev: &ChangeEvent) -> Option<Vec<Document>> {
+    let names: Vec<String> = ev
+        .raw
+        .get_document("operationDescription")
+        .ok()
+        .and_then(|d| d.get_array("indexes").ok())
+        .map(|a| {
+            a.into_iter()
+                .filter_map(|v| {
+                    v.ok()?
+                        .as_document()?
+                        .get_str("name")
+                        .ok()
+                        .map(str::to_string)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    match crate::source::mongo::snapshot::list_indexes(&p.source, &ev.source_ns).await {
+        Ok(specs) => {
+            let specs: Vec<Document> = specs
+                .into_iter()
+                .filter(|s| {
+                    s.get_str("name")
+                        .is_ok_and(|n| names.iter().any(|m| m == n))
+                })
+                .collect();
+            (!specs.is_empty()).then_some(specs)
+        }
+        Err(e) => {
+            warn!(error = %e, "Could not read index specs from the source; using the event's.");
+            None
+        }
+    }
+}
+
 async fn apply_ddl(p: &Pipeline, ev: &ChangeEvent) -> Result<()> {
     if ev.op == OpType::CreateIndexes {
-        // The event may lack index options (unique, TTL, partial); the source's own
-        // listIndexes has them all.
-        let names: Vec<String> = ev
-            .raw
-            .get_document("operationDescription")
-            .ok()
-            .and_then(|d| d.get_array("indexes").ok())
-            .map(|a| {
-                a.into_iter()
-                    .filter_map(|v| {
-                        v.ok()?
-                            .as_document()?
-                            .get_str("name")
-                            .ok()
-                            .map(str::to_string)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        match crate::source::mongo::snapshot::list_indexes(&p.source, &ev.source_ns).await {
-            Ok(specs) => {
-                let specs: Vec<Document> = specs
-                    .into_iter()
-                    .filter(|s| {
-                        s.get_str("name")
-                            .is_ok_and(|n| names.iter().any(|m| m == n))
-                    })
-                    .collect();
-                if !specs.is_empty() {
-                    p.mongo_sink()?.create_indexes(&ev.ns, &specs).await?;
-                    info!(ns = %ev.ns, indexes = ?names, "Created indexes.");
-                    return Ok(());
-                }
-            }
-            Err(e) => {
-                warn!(error = %e, "Could not read index specs from the source; using the event's.")
-            }
+        if let Some(specs) = source_index_specs(p, ev).await {
+            p.mongo_sink()?.create_indexes(&ev.ns, &specs).await?;
+            info!(ns = %ev.ns, indexes = ?specs.iter().filter_map(|s| s.get_str("name").ok()).collect::<Vec<_>>(), "Created indexes.");
+            return Ok(());
         }
     }
     p.mongo_sink()?.apply_ddl(ev).await

@@ -242,6 +242,22 @@ impl KafkaSink {
         Ok(n)
     }
 
+    /// Produces one event and waits until the broker has it (DDL of the initial copy).
+    pub async fn produce_event(
+        &self,
+        ev: &ChangeEvent,
+        stop: &CancellationToken,
+    ) -> Result<(), KafkaError> {
+        let records = encode(ev, self.cfg.format, self.cfg.json, self.cfg.tombstones);
+        if records.is_empty() {
+            return Ok(());
+        }
+        for (topic, f) in self.send(ev, records, stop).await? {
+            wait_delivered(&self.name, &topic, f, &ev.ns).await?;
+        }
+        Ok(())
+    }
+
     /// Waits for everything handed to the producer (bounded: a shutdown does not hang).
     pub fn flush(&self, timeout: Duration) {
         if let Err(e) = self.producer.flush(timeout) {

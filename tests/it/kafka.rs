@@ -141,6 +141,19 @@ async fn format_end_to_end(format: &str, extra_sink: &str) {
     let (src, dst, broker) = (Server::start(), Server::start(), Broker::start());
     let (s, d) = (src.client().await, dst.client().await);
     seed(&s, "fmt", 300).await;
+    let items = s.database("fmt").collection::<Document>("items");
+    let carries_ddl = format == "change-event";
+    if carries_ddl {
+        // One index the copy hands over, one built while streaming.
+        items
+            .create_index(
+                mongodb::IndexModel::builder()
+                    .keys(doc! { "nested.a.b": -1 })
+                    .build(),
+            )
+            .await
+            .unwrap();
+    }
     let dir = tempfile::tempdir().unwrap();
     let sink = format!("format = \"{format}\"\n{extra_sink}");
     let capture = write_config(
@@ -160,7 +173,19 @@ async fn format_end_to_end(format: &str, extra_sink: &str) {
     );
     let mut cap = Strait::spawn(&capture, &dir.path().join("c.log"));
     let app = Strait::spawn(&apply, &dir.path().join("a.log"));
-    run_mixed_ops(&s, "fmt", "items", 350, 400, 3, None, None, true).await;
+    run_mixed_ops(&s, "fmt", "items", 350, 200, 3, None, None, true).await;
+    if carries_ddl {
+        let sparse = mongodb::options::IndexOptions::builder()
+            .name("by_i64".to_string())
+            .sparse(true)
+            .build();
+        let model = mongodb::IndexModel::builder()
+            .keys(doc! { "i64": 1 })
+            .options(sparse)
+            .build();
+        items.create_index(model).await.unwrap();
+    }
+    run_mixed_ops(&s, "fmt", "items", 350, 200, 4, None, None, true).await;
     wait_identical(
         &s,
         ("fmt", "items"),
@@ -170,6 +195,19 @@ async fn format_end_to_end(format: &str, extra_sink: &str) {
         Some(&app),
     )
     .await;
+    if carries_ddl {
+        let want = indexes(&s, "fmt", "items").await;
+        assert_eq!(want.len(), 3, "{want:?}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while indexes(&d, "fmt", "items").await != want {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "indexes differ: {:?} vs {want:?}",
+                indexes(&d, "fmt", "items").await
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
     assert!(cap.sigterm().success());
     // The copy (300) and the writes that changed something (most of 400).
     let records = broker
