@@ -268,21 +268,14 @@ async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
             .await?,
     );
     let api_stop = CancellationToken::new();
-    let api = match &api_cfg {
-        Some(a) => {
-            let (addr, handle) = strait::api::serve(
-                a,
-                pipeline.cfg.clone(),
-                telemetry.clone(),
-                control,
-                api_stop.clone(),
-            )
-            .await?;
-            info!(%addr, "HTTP API listening.");
-            Some(handle)
-        }
-        None => None,
-    };
+    let api = start_api(
+        api_cfg.as_ref(),
+        pipeline.cfg.clone(),
+        telemetry.clone(),
+        control,
+        api_stop.clone(),
+    )
+    .await?;
     info!(pipeline = %pipeline.cfg.id, mode = ?pipeline.cfg.mode, "Pipeline started.");
     let signals = tokio::spawn(shutdown_on_signal(cancel.clone()));
     let lease = match (&pipeline.store, pipeline.cfg.checkpoint.lease) {
@@ -351,6 +344,22 @@ async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Serves the HTTP API when the pipeline has an `[api]` table.
+async fn start_api(
+    api: Option<&strait::config::ApiConfig>,
+    cfg: Arc<PipelineConfig>,
+    telemetry: Arc<Telemetry>,
+    control: Arc<strait::control::Control>,
+    stop: CancellationToken,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(a) = api else {
+        return Ok(None);
+    };
+    let (addr, handle) = strait::api::serve(a, cfg, telemetry, control, stop).await?;
+    info!(%addr, "HTTP API listening.");
+    Ok(Some(handle))
+}
+
 /// `strait run` of a pipeline whose source is Kafka: the consumer group is the checkpoint
 /// and the coordination (no lease).
 async fn run_from_kafka(cfg: PipelineConfig) -> anyhow::Result<ExitCode> {
@@ -361,21 +370,14 @@ async fn run_from_kafka(cfg: PipelineConfig) -> anyhow::Result<ExitCode> {
     ));
     let cfg = Arc::new(cfg);
     let api_stop = CancellationToken::new();
-    let api = match &cfg.api {
-        Some(a) => {
-            let (addr, handle) = strait::api::serve(
-                a,
-                cfg.clone(),
-                telemetry.clone(),
-                control.clone(),
-                api_stop.clone(),
-            )
-            .await?;
-            info!(%addr, "HTTP API listening.");
-            Some(handle)
-        }
-        None => None,
-    };
+    let api = start_api(
+        cfg.api.as_ref(),
+        cfg.clone(),
+        telemetry.clone(),
+        control.clone(),
+        api_stop.clone(),
+    )
+    .await?;
     info!(pipeline = %cfg.id, "Pipeline started (Kafka source).");
     let signals = tokio::spawn(shutdown_on_signal(cancel.clone()));
     let reporter_stop = CancellationToken::new();

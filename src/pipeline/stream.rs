@@ -72,31 +72,29 @@ pub async fn follow(p: &Pipeline, start: StartPosition) -> Result<()> {
             )));
         }
     }
+    // Event sinks (archives, Kafka): one queue and one writer each.
+    let event_queue = || {
+        let (tx, rx) = mpsc::channel::<ArchiveItem>(cfg.apply.queue_depth);
+        (tx, rx, window.clone(), p.telemetry.clone(), stop.clone())
+    };
     let mut archive_senders = Vec::with_capacity(p.archives.len());
-    for sink in &p.archives {
-        let (tx, rx) = mpsc::channel::<ArchiveItem>(cfg.apply.queue_depth);
-        archive_senders.push(tx);
-        let run = crate::sink::archive::writer::run(
-            rx,
-            sink.clone(),
-            window.clone(),
-            p.telemetry.clone(),
-            stop.clone(),
-        );
-        spawn_writer(Box::pin(async move { run.await.map_err(Error::from) }));
-    }
     let mut kafka_senders = Vec::with_capacity(p.kafkas.len());
+    let mut event_writers = Vec::new();
+    for sink in &p.archives {
+        let (tx, rx, window, telemetry, stop) = event_queue();
+        archive_senders.push(tx);
+        let run = crate::sink::archive::writer::run(rx, sink.clone(), window, telemetry, stop);
+        event_writers.push(Box::pin(async move { run.await.map_err(Error::from) })
+            as std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>);
+    }
     for sink in &p.kafkas {
-        let (tx, rx) = mpsc::channel::<ArchiveItem>(cfg.apply.queue_depth);
+        let (tx, rx, window, telemetry, stop) = event_queue();
         kafka_senders.push(tx);
-        let run = crate::sink::kafka::run(
-            rx,
-            sink.clone(),
-            window.clone(),
-            p.telemetry.clone(),
-            stop.clone(),
-        );
-        spawn_writer(Box::pin(async move { run.await.map_err(Error::from) }));
+        let run = crate::sink::kafka::run(rx, sink.clone(), window, telemetry, stop);
+        event_writers.push(Box::pin(async move { run.await.map_err(Error::from) }));
+    }
+    for w in event_writers {
+        spawn_writer(w);
     }
     let sinks = Senders {
         lanes: senders,
