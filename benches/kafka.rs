@@ -5,7 +5,8 @@
 //! on the same servers:
 //! - MongoDB -> Kafka, snapshot: `BENCH_KAFKA_DOCS` documents of ~1 KB copied by a capture
 //!   pipeline (`mode = "full+incremental"`) into `cdc.bench.docs`, timed from process start
-//!   until the topic's high watermarks add up to the document count. Raw references: the same
+//!   until a reader of the topic (no group, from the beginning) has counted every record (high
+//!   watermarks cannot be used: Tansu's run short of the last batch). Raw references: the same
 //!   records (read back from the topic) produced again with an rdkafka `FutureProducer`
 //!   configured like strait's (idempotent, `acks=all`, same compression and linger) to a fresh
 //!   topic with the same partition count; and a raw `find` of the source collection pipelined
@@ -35,7 +36,8 @@
 //! - BENCH_KAFKA_COMPRESSION (zstd), BENCH_KAFKA_LINGER_MS (5): the capture's producer settings,
 //!   used by the raw producer too;
 //! - BENCH_KAFKA_APPLY_BATCH (500, strait's `apply.batch_docs` default): upserts per command
-//!   of the raw upsert reference;
+//!   of the raw upsert reference, and when set also the apply pipeline's `apply.batch_docs`;
+//! - BENCH_KAFKA_APPLY_LANES: the apply pipeline's `apply.lanes` (unset = strait's default);
 //! - BENCH_CACHE (6G): `--cache-size` of each SecantusDB server;
 //! - BENCH_LOAD_BATCH (1000): documents per `insert_many` when loading and in the raw insert;
 //! - BENCH_CHUNK_DOCS (100000000), BENCH_PARALLELISM, BENCH_COPY_BATCH: the capture's
@@ -125,13 +127,21 @@ fn start_mongo(name: &str) -> Proc {
     let mut child = Command::new(bin)
         .args(["--host", "127.0.0.1", "--port", &port.to_string()])
         .args(["--storage-path", ":memory:", "--cache-size", &cache])
-        .args(["--noop-heartbeat-seconds", "1", "--oplog-max-entries", "50000000"])
+        .args([
+            "--noop-heartbeat-seconds",
+            "1",
+            "--oplog-max-entries",
+            "50000000",
+        ])
         .args(["--oplog-retention-seconds", "86400"])
         .stdout(log_to(name, port, "out"))
         .stderr(log_to(name, port, "err"))
         .spawn()
         .unwrap();
-    println!("server {name}: pid {} port {port} cache {cache}", child.id());
+    println!(
+        "server {name}: pid {} port {port} cache {cache}",
+        child.id()
+    );
     wait_listening(&mut child, port, name);
     Proc { child, port }
 }
@@ -152,7 +162,12 @@ fn start_tansu() -> Proc {
     let mut cmd = Command::new(&bin);
     cmd.arg("broker")
         .args(["--listener-url", &url, "--advertised-listener-url", &url])
-        .args(["--storage-engine", "memory://tansu/", "--cluster-id", "bench"]);
+        .args([
+            "--storage-engine",
+            "memory://tansu/",
+            "--cluster-id",
+            "bench",
+        ]);
     // Tansu reads these from the environment too.
     for var in [
         "CLUSTER_ID",
@@ -190,7 +205,9 @@ fn strait_bin() -> String {
 
 fn strait(cfg: &std::path::Path, name: &str) -> Child {
     let err = match env_opt("BENCH_LOG_DIR") {
-        Some(dir) => Stdio::from(std::fs::File::create(format!("{dir}/strait-{name}.log")).unwrap()),
+        Some(dir) => {
+            Stdio::from(std::fs::File::create(format!("{dir}/strait-{name}.log")).unwrap())
+        }
         None => Stdio::inherit(),
     };
     Command::new(strait_bin())
@@ -402,9 +419,12 @@ async fn writer(coll: mongodb::Collection<Document>, w: i64, ops: u64, done: Arc
         let r = if i % 2 == 0 {
             coll.insert_one(doc_1k(key)).await.map(|_| ())
         } else {
-            coll.update_one(doc! { "_id": key }, doc! { "$set": { "n": i as i64, "s2": "set" } })
-                .await
-                .map(|_| ())
+            coll.update_one(
+                doc! { "_id": key },
+                doc! { "$set": { "n": i as i64, "s2": "set" } },
+            )
+            .await
+            .map(|_| ())
         };
         if let Err(e) = r {
             panic!("writer {w}, op {i}: {e}");
@@ -430,34 +450,82 @@ fn base_config(bs: &str) -> ClientConfig {
     c
 }
 
-/// A consumer only for metadata and watermarks (never joins its group).
-fn plain_consumer(bs: &str) -> BaseConsumer {
-    base_config(bs)
-        .set("group.id", "bench-watermarks")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap()
+/// Counts the records of a topic as they arrive: a consumer without group membership
+/// (`assign`, every partition from the beginning) on its own thread. High watermarks cannot
+/// be used: Tansu answers ListOffsets(latest) with the base offset of a partition's last
+/// batch, not the offset after its last record.
+struct Counter {
+    count: Arc<AtomicU64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
-/// The sum of the high watermarks of `topic` (0 while it does not exist).
-fn hwm_sum(c: &BaseConsumer, topic: &str) -> i64 {
-    let Ok(md) = c.fetch_metadata(Some(topic), Duration::from_secs(5)) else {
-        return 0;
-    };
-    let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
-        return 0;
-    };
-    if t.error().is_some() {
-        return 0;
+impl Counter {
+    fn start(bs: &str, topic: &str) -> Counter {
+        let count = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (bs, topic, n, st) = (
+            bs.to_string(),
+            topic.to_string(),
+            count.clone(),
+            stop.clone(),
+        );
+        let thread = std::thread::spawn(move || {
+            let c: BaseConsumer = base_config(&bs)
+                .set("group.id", "bench-counter")
+                .set("enable.auto.commit", "false")
+                .set("fetch.wait.max.ms", "100")
+                .create()
+                .unwrap();
+            // Wait for the topic (created by strait), then read every partition.
+            let parts = loop {
+                if st.load(Relaxed) {
+                    return;
+                }
+                if let Ok(md) = c.fetch_metadata(Some(&topic), Duration::from_secs(5)) {
+                    if let Some(t) = md.topics().iter().find(|t| t.name() == topic) {
+                        if t.error().is_none() && !t.partitions().is_empty() {
+                            break t.partitions().len() as i32;
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            let mut tpl = rdkafka::TopicPartitionList::new();
+            for p in 0..parts {
+                tpl.add_partition_offset(&topic, p, rdkafka::Offset::Beginning)
+                    .unwrap();
+            }
+            c.assign(&tpl).unwrap();
+            while !st.load(Relaxed) {
+                match c.poll(Duration::from_millis(50)) {
+                    Some(Ok(_)) => {
+                        n.fetch_add(1, Relaxed);
+                    }
+                    Some(Err(e)) => eprintln!("  counter on {topic}: {e}"),
+                    None => {}
+                }
+            }
+        });
+        Counter {
+            count,
+            stop,
+            thread: Some(thread),
+        }
     }
-    t.partitions()
-        .iter()
-        .map(|p| {
-            c.fetch_watermarks(topic, p.id(), Duration::from_secs(5))
-                .map(|(_, h)| h)
-                .unwrap_or(0)
-        })
-        .sum()
+
+    fn get(&self) -> u64 {
+        self.count.load(Relaxed)
+    }
+}
+
+impl Drop for Counter {
+    fn drop(&mut self) {
+        self.stop.store(true, Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 async fn create_topic(bs: &str, name: &str, partitions: i32) {
@@ -527,7 +595,10 @@ fn group_consume(bs: &str, topic: &str, group: &str, n: usize) -> (Vec<Rec>, Dur
 /// A producer configured like strait's Kafka sink.
 fn producer(bs: &str) -> FutureProducer {
     base_config(bs)
-        .set("compression.type", env_str("BENCH_KAFKA_COMPRESSION", "zstd"))
+        .set(
+            "compression.type",
+            env_str("BENCH_KAFKA_COMPRESSION", "zstd"),
+        )
         .set("linger.ms", env_u64("BENCH_KAFKA_LINGER_MS", 5).to_string())
         .set("message.timeout.ms", "0")
         .set("enable.idempotence", "true")
@@ -596,7 +667,9 @@ async fn raw_produce(bs: &str, topic: &str, recs: &[Rec]) -> Duration {
 async fn raw_find_produce(src: &Client, bs: &str, topic: &str, recs: &[Rec]) -> (Duration, u64) {
     let t = Instant::now();
     let p = producer(bs);
-    let coll = src.database("bench").collection::<bson::RawDocumentBuf>("docs");
+    let coll = src
+        .database("bench")
+        .collection::<bson::RawDocumentBuf>("docs");
     let mut cur = coll.find(doc! {}).await.unwrap();
     let mut futs = Vec::with_capacity(recs.len());
     let mut n = 0u64;
@@ -658,6 +731,10 @@ async fn main() {
         Client::with_uri_str(harness_uri(dst.port)).await.unwrap(),
     );
     let me = std::process::id();
+    // The raw references' topics, created now: a producer's first records to a topic created
+    // a moment before wait about a second for its metadata.
+    create_topic(&bs, "raw.produce", parts).await;
+    create_topic(&bs, "raw.find-produce", parts).await;
     let (src_pid, dst_pid, broker_pid) = (src.child.id(), dst.child.id(), broker.child.id());
     let mut rows: Vec<Row> = vec![];
     let mut notes: Vec<String> = vec![];
@@ -703,7 +780,8 @@ async fn main() {
         ),
     )
     .unwrap();
-    let wm = plain_consumer(&bs);
+    let docs_counter = Counter::start(&bs, TOPIC);
+    let stream_counter = Counter::start(&bs, STREAM_TOPIC);
     let cap_t = Instant::now();
     let mut capture = strait(&cap_cfg, "capture");
     let cap_pid = capture.id();
@@ -714,8 +792,9 @@ async fn main() {
         ("bench", me),
     ]);
     let mut first_rec = None;
+    let mut last = Instant::now();
     let snap_t = loop {
-        let n = hwm_sum(&wm, TOPIC) as u64;
+        let n = docs_counter.get();
         if n > 0 {
             first_rec.get_or_insert_with(|| cap_t.elapsed());
         }
@@ -729,6 +808,13 @@ async fn main() {
             cap_t.elapsed() < Duration::from_secs(900),
             "capture: {n} of {docs} records after 900 s"
         );
+        if last.elapsed() > Duration::from_secs(15) {
+            last = Instant::now();
+            eprintln!(
+                "  capture: {n} of {docs} in {TOPIC} at {:.0} s",
+                cap_t.elapsed().as_secs_f64()
+            );
+        }
         std::thread::sleep(Duration::from_millis(50));
     };
     let snap_cpu = cpu.report();
@@ -748,10 +834,13 @@ async fn main() {
             let streaming = status(capture_api)
                 .await
                 .is_some_and(|v| v["state"] == "streaming");
-            if streaming && hwm_sum(&wm, STREAM_TOPIC) >= 1 {
+            if streaming && stream_counter.get() >= 1 {
                 break;
             }
-            assert!(t.elapsed() < Duration::from_secs(120), "capture not streaming");
+            assert!(
+                t.elapsed() < Duration::from_secs(120),
+                "capture not streaming"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -784,15 +873,14 @@ async fn main() {
                     if last.elapsed() > Duration::from_secs(15) {
                         last = Instant::now();
                         eprintln!("  {} ops written in {:.0} s; {} in the topic; lag {max_lag:.0} s",
-                            done.load(Relaxed), t.elapsed().as_secs_f64(), hwm_sum(&wm, STREAM_TOPIC) - 1);
+                            done.load(Relaxed), t.elapsed().as_secs_f64(), stream_counter.get().saturating_sub(1));
                     }
                 }
             }
         }
         let write_t = t.elapsed();
-        let want = ops as i64 + 1;
         let all_t = loop {
-            if hwm_sum(&wm, STREAM_TOPIC) >= want {
+            if stream_counter.get() > ops {
                 break t.elapsed();
             }
             assert!(
@@ -825,6 +913,13 @@ async fn main() {
         ));
     }
     sigterm(&mut capture);
+    std::thread::sleep(Duration::from_secs(1));
+    let (in_docs, in_stream) = (docs_counter.get(), stream_counter.get());
+    drop((docs_counter, stream_counter));
+    notes.push(format!(
+        "records in the topics after the capture stopped: {TOPIC} {in_docs} (expected {docs}), {STREAM_TOPIC} {in_stream} (expected {})",
+        if ops > 0 { ops + 1 } else { 1 }
+    ));
 
     // Raw references for the capture: consume the topic back (also the raw consume reference
     // of the apply), produce the same records again, and find + produce.
@@ -834,7 +929,10 @@ async fn main() {
             .await
             .unwrap()
     };
-    let bytes: usize = recs.iter().map(|r| r.value.as_ref().map_or(0, Vec::len)).sum();
+    let bytes: usize = recs
+        .iter()
+        .map(|r| r.value.as_ref().map_or(0, Vec::len))
+        .sum();
     println!(
         "raw consume (group subscribe): {} records ({:.0} bytes/value on average) in {:.1} s = {:.0} events/s (first record at {:.2} s)",
         recs.len(),
@@ -843,18 +941,15 @@ async fn main() {
         rate(docs, raw_consume_t),
         raw_first.as_secs_f64()
     );
-    create_topic(&bs, "raw.produce", parts).await;
     let cpu = CpuPhase::start(&[("tansu", broker_pid), ("bench", me)]);
     let raw_prod_t = raw_produce(&bs, "raw.produce", &recs).await;
     let raw_prod_cpu = cpu.report();
-    assert_eq!(hwm_sum(&wm, "raw.produce") as u64, docs);
     println!(
         "raw produce: {docs} records in {:.1} s = {:.0} events/s; cpu {raw_prod_cpu}",
         raw_prod_t.as_secs_f64(),
         rate(docs, raw_prod_t)
     );
     notes.push(format!("raw produce CPU: {raw_prod_cpu}"));
-    create_topic(&bs, "raw.find-produce", parts).await;
     let cpu = CpuPhase::start(&[("source", src_pid), ("tansu", broker_pid), ("bench", me)]);
     let (fp_t, fp_n) = raw_find_produce(&s, &bs, "raw.find-produce", &recs).await;
     let fp_cpu = cpu.report();
@@ -922,14 +1017,27 @@ async fn main() {
         raw_up_t.as_secs_f64(),
         rate(docs, raw_up_t)
     );
-    notes.push(format!("raw insert_many CPU: {raw_ins_cpu}; raw upsert CPU: {raw_up_cpu}"));
+    notes.push(format!(
+        "raw insert_many CPU: {raw_ins_cpu}; raw upsert CPU: {raw_up_cpu}"
+    ));
 
     let apply_api = free_port();
+    let mut apply_table = String::new();
+    if let Some(l) = env_opt("BENCH_KAFKA_APPLY_LANES") {
+        apply_table += &format!("lanes = {l}\n");
+    }
+    if let Some(b) = env_opt("BENCH_KAFKA_APPLY_BATCH") {
+        apply_table += &format!("batch_docs = {b}\n");
+    }
+    if !apply_table.is_empty() {
+        apply_table = format!("[apply]\n{apply_table}");
+        println!("apply pipeline: {}", apply_table.replace('\n', " "));
+    }
     let apply_cfg = dir.path().join("apply.toml");
     std::fs::write(
         &apply_cfg,
         format!(
-            "id = \"apply\"\n[source]\ntype = \"kafka\"\nbrokers = \"{bs}\"\ntopics = [\"{TOPIC}\"]\ngroup = \"bench-apply\"\nsession_timeout = \"6s\"\nformat = \"{format}\"\n[sink]\nuri = \"{}\"\n[checkpoint]\ninterval = \"1s\"\n[api]\nlisten = \"127.0.0.1:{apply_api}\"\n",
+            "id = \"apply\"\n[source]\ntype = \"kafka\"\nbrokers = \"{bs}\"\ntopics = [\"{TOPIC}\"]\ngroup = \"bench-apply\"\nsession_timeout = \"6s\"\nformat = \"{format}\"\n[sink]\nuri = \"{}\"\n{apply_table}[checkpoint]\ninterval = \"1s\"\n[api]\nlisten = \"127.0.0.1:{apply_api}\"\n",
             uri(dst.port)
         ),
     )
@@ -997,9 +1105,15 @@ async fn main() {
         raw_first.as_secs_f64()
     ));
     for (reference, r) in [
-        ("rdkafka group consumer, same topic", rate(docs, raw_consume_t)),
+        (
+            "rdkafka group consumer, same topic",
+            rate(docs, raw_consume_t),
+        ),
         ("driver insert_many, empty database", rate(docs, raw_ins_t)),
-        ("driver update command of upserts (strait's write)", rate(docs, raw_up_t)),
+        (
+            "driver update command of upserts (strait's write)",
+            rate(docs, raw_up_t),
+        ),
     ] {
         rows.push(Row {
             what: "Kafka -> MongoDB (apply)".into(),
@@ -1034,13 +1148,18 @@ async fn main() {
         bench_start.elapsed().as_secs_f64()
     );
     println!();
-    println!("| measurement | events | s | strait /s | raw reference | raw /s | ratio | peak RSS |");
+    println!(
+        "| measurement | events | s | strait /s | raw reference | raw /s | ratio | peak RSS |"
+    );
     println!("|---|---:|---:|---:|---|---:|---:|---:|");
     for r in &rows {
         let (ref_rate, ratio) = if r.ref_rate.is_nan() {
             ("-".to_string(), "-".to_string())
         } else {
-            (format!("{:.0}", r.ref_rate), format!("{:.2}", r.rate / r.ref_rate))
+            (
+                format!("{:.0}", r.ref_rate),
+                format!("{:.2}", r.rate / r.ref_rate),
+            )
         };
         println!(
             "| {} | {} | {:.1} | {:.0} | {} | {ref_rate} | {ratio} | {} |",

@@ -183,7 +183,11 @@ async fn worker(
             let bytes: usize = batch.iter().map(|d| d.as_bytes().len()).sum();
             let n = match (&p.sink, p.primary_kafka()) {
                 (Some(sink), _) => sink.insert_copy(&target, batch).await?,
-                (None, Some(kafka)) => kafka.produce_snapshot(&target, batch, stop).await?,
+                (None, Some(kafka)) => {
+                    let n = kafka.produce_snapshot(&target, batch, stop).await?;
+                    p.telemetry.kafka.produced.fetch_add(n, Relaxed);
+                    n
+                }
                 (None, None) => return Err(Error::Internal("no sink for the copy".into())),
             };
             progress[ci].copied.fetch_add(n, Relaxed);

@@ -407,15 +407,35 @@ async fn apply_record(
                 window.push_done(pos);
                 return Ok(());
             }
-            match ops_for_event(&ev, cfg.stream.update_mode) {
-                Ok(ops) => {
+            if ev.is_snapshot() && ev.op == crate::event::OpType::Insert {
+                // A document of the capture's initial copy: a plain insert (much cheaper than
+                // an upsert). If the document exists, it holds this state or a later one whose
+                // events follow in this partition, so leaving it is as right as replacing it.
+                if let Some(doc) = ev.full_document.clone() {
                     let lane = lane_of(&ev, cfg.apply.lane_by, lanes.len());
-                    (ops, Some(ev.op.clone()), lane)
-                }
-                Err(e) => {
-                    dlq.send(&rec, &e.to_string()).await?;
+                    let ns = ev.ns.clone();
+                    (
+                        vec![WriteOp::InsertIfAbsent { ns, doc }],
+                        Some(ev.op.clone()),
+                        lane,
+                    )
+                } else {
+                    dlq.send(&rec, "snapshot insert without fullDocument")
+                        .await?;
                     window.push_done(pos);
                     return Ok(());
+                }
+            } else {
+                match ops_for_event(&ev, cfg.stream.update_mode) {
+                    Ok(ops) => {
+                        let lane = lane_of(&ev, cfg.apply.lane_by, lanes.len());
+                        (ops, Some(ev.op.clone()), lane)
+                    }
+                    Err(e) => {
+                        dlq.send(&rec, &e.to_string()).await?;
+                        window.push_done(pos);
+                        return Ok(());
+                    }
                 }
             }
         }

@@ -127,13 +127,11 @@ pub async fn open(
                 }
                 .to_string(),
             ),
-            // Records larger than this are still fetched (and sent to the dead-letter topic).
-            (
-                "fetch.message.max.bytes",
-                (cfg.max_record_bytes + 1024 * 1024)
-                    .min(1_000_000_000)
-                    .to_string(),
-            ),
+            // Bounded prefetch: the lanes, not librdkafka's queue, hold the backlog (the defaults
+            // buffer up to 64 MB and 100,000 records per partition ahead of a slow target).
+            // Records larger than a fetch are still returned whole.
+            ("queued.max.messages.kbytes", "16384".to_string()),
+            ("queued.min.messages", "10000".to_string()),
             (
                 "partition.assignment.strategy",
                 "range,roundrobin".to_string(),
