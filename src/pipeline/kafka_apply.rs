@@ -184,6 +184,10 @@ pub async fn run(
         });
     }
     let transforms = Transforms::from_config(&cfg);
+    // In-flight bytes (KiB permits) between the consumer and durable writes, as for streams.
+    let budget = Arc::new(tokio::sync::Semaphore::new(
+        cfg.apply.max_inflight_mib as usize * 1024,
+    ));
     let doc_opts = DocumentOptions {
         namespace: kcfg.namespace.as_deref().map(Namespace::parse),
         topic_prefix: kcfg.topic_prefix.clone(),
@@ -206,7 +210,7 @@ pub async fn run(
                     let _ = reply.send(offsets);
                 }
                 Some(ConsumerItem::Record(rec)) => {
-                    let r = apply_record(&cfg, kcfg, &transforms, &doc_opts, &dlq, &senders, &mut parts, &control, &stop, rec).await;
+                    let r = apply_record(&cfg, kcfg, &transforms, &doc_opts, &dlq, &senders, &mut parts, &control, &budget, &stop, rec).await;
                     if let Err(e) = r {
                         result = Err(e);
                         stop.cancel();
@@ -316,6 +320,7 @@ async fn apply_record(
     lanes: &[mpsc::Sender<LaneItem>],
     parts: &mut HashMap<(String, i32), Partition>,
     control: &crate::control::Control,
+    budget: &Arc<tokio::sync::Semaphore>,
     stop: &CancellationToken,
     rec: ConsumedRecord,
 ) -> Result<()> {
@@ -447,12 +452,24 @@ async fn apply_record(
     if !control.admit(1, stop).await {
         return Ok(());
     }
+    let max_kib = cfg.apply.max_inflight_mib as usize * 1024;
+    let kib = (ops.iter().map(|o| o.size()).sum::<usize>()
+        + rec.value.as_ref().map_or(0, Vec::len))
+        / 1024
+        + 1;
+    let permit = tokio::select! {
+        biased;
+        permit = budget.clone().acquire_many_owned(kib.min(max_kib) as u32) => {
+            permit.map_err(|_| Error::Internal("budget closed".into()))?
+        }
+        _ = stop.cancelled() => return Ok(()),
+    };
     let seq = window.push(pos, 1);
     let item = LaneItem {
         seq,
         op,
         ops,
-        budget: None,
+        budget: Some(permit),
         window: Some(window),
         origin: Some(Arc::new(rec)),
     };
