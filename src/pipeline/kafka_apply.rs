@@ -412,35 +412,15 @@ async fn apply_record(
                 window.push_done(pos);
                 return Ok(());
             }
-            if ev.is_snapshot() && ev.op == crate::event::OpType::Insert {
-                // A document of the capture's initial copy: a plain insert (much cheaper than
-                // an upsert). If the document exists, it holds this state or a later one whose
-                // events follow in this partition, so leaving it is as right as replacing it.
-                if let Some(doc) = ev.full_document.clone() {
+            match data_writes(&ev, cfg.stream.update_mode) {
+                Ok(ops) => {
                     let lane = lane_of(&ev, cfg.apply.lane_by, lanes.len());
-                    let ns = ev.ns.clone();
-                    (
-                        vec![WriteOp::InsertIfAbsent { ns, doc }],
-                        Some(ev.op.clone()),
-                        lane,
-                    )
-                } else {
-                    dlq.send(&rec, "snapshot insert without fullDocument")
-                        .await?;
+                    (ops, Some(ev.op.clone()), lane)
+                }
+                Err(reason) => {
+                    dlq.send(&rec, &reason).await?;
                     window.push_done(pos);
                     return Ok(());
-                }
-            } else {
-                match ops_for_event(&ev, cfg.stream.update_mode) {
-                    Ok(ops) => {
-                        let lane = lane_of(&ev, cfg.apply.lane_by, lanes.len());
-                        (ops, Some(ev.op.clone()), lane)
-                    }
-                    Err(e) => {
-                        dlq.send(&rec, &e.to_string()).await?;
-                        window.push_done(pos);
-                        return Ok(());
-                    }
                 }
             }
         }
@@ -476,6 +456,24 @@ async fn apply_record(
     // A closed lane has failed and reports its own error.
     let _ = lanes[lane_key].send(item).await;
     Ok(())
+}
+
+/// The writes of a data event. A snapshot insert (the capture's initial copy) is a plain
+/// insert, much cheaper than an upsert: if the document exists, it holds this state or a later
+/// one whose events follow in this partition, so leaving it is as right as replacing it.
+fn data_writes(
+    ev: &crate::event::ChangeEvent,
+    mode: crate::config::UpdateMode,
+) -> std::result::Result<Vec<WriteOp>, String> {
+    match &ev.full_document {
+        Some(doc) if ev.is_snapshot() && ev.op == crate::event::OpType::Insert => {
+            Ok(vec![WriteOp::InsertIfAbsent {
+                ns: ev.ns.clone(),
+                doc: doc.clone(),
+            }])
+        }
+        _ => ops_for_event(ev, mode).map_err(|e| e.to_string()),
+    }
 }
 
 async fn apply_ddl(cfg: &PipelineConfig, ev: &crate::event::ChangeEvent) -> Result<()> {
