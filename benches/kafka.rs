@@ -26,6 +26,7 @@
 //!   replacement upserts by `_id`, `w: "majority"`, `BENCH_KAFKA_APPLY_BATCH` per command);
 //! - CPU of each process per phase (% of one core, from /proc/<pid>/stat) and the peak RSS
 //!   (VmHWM) of each strait process.
+//!
 //! Prints a markdown table at the end.
 //!
 //! Sizes (0 skips the part): BENCH_KAFKA_DOCS (100000), BENCH_KAFKA_OPS (20000).
