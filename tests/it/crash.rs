@@ -79,6 +79,15 @@ async fn kill_repeatedly(update_mode: &str, seed: u64) {
             .await;
             rng.random_range(100..600)
         } else {
+            // Streaming kills wait for the copy to be done: how long the remaining ranges
+            // take depends on the load of the machine, not on this test.
+            wait_for(
+                Duration::from_secs(180),
+                "the copy to finish",
+                &st,
+                || async { st.log_text().contains("Full sync finished") },
+            )
+            .await;
             rng.random_range(200..2000)
         };
         tokio::time::sleep(Duration::from_millis(wait_ms)).await;
