@@ -3,9 +3,16 @@
 #   BENCH_ONLY=sync|kafka runs one of them (default: both, sync first).
 #   sync sizes: BENCH_DOCS, BENCH_OPS, BENCH_RSS_DOCS (see benches/sync.rs);
 #   kafka sizes: BENCH_KAFKA_DOCS, BENCH_KAFKA_OPS (see benches/kafka.rs).
+#   BENCH_SERVER=rs|py picks SecantusDB's Rust server (default; built once, ~8 min) or its
+#   Python server (the one the tests use).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export STRAIT_SECANTUSD="$(dev/install-servers.sh)"
+case "${BENCH_SERVER:-rs}" in
+  rs) STRAIT_SECANTUSD="$(dev/install-servers.sh --rust)" ;;
+  py) STRAIT_SECANTUSD="$(dev/install-servers.sh)" ;;
+  *) echo "BENCH_SERVER must be rs or py" >&2; exit 2 ;;
+esac
+export STRAIT_SECANTUSD
 export STRAIT_TANSU="${STRAIT_TANSU:-${STRAIT_CACHE:-$HOME/.cache/strait}/tansu/bin/tansu}"
 case "${BENCH_ONLY:-}" in
   "") cargo bench --bench sync; cargo bench --bench kafka ;;

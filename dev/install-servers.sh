@@ -49,4 +49,30 @@ if [ ! -x "$TANSU" ] || ! echo "$TANSU_SHA256  $TANSU" | sha256sum -c --status -
   mv "$TANSU.tmp" "$TANSU"
   rm -rf "$KVENV"
 fi
+# With --rust: SecantusDB's Rust server (secantusd-rs), built from crates.io once (about 8 min
+# on 2 cores; needs cmake for WiredTiger). The benchmarks use it: the Python server's
+# single-document write rate decays to under 100 ops/s within 10,000 writes, which would make
+# the server, not strait, the thing measured. Prints its path instead of the Python one's.
+if [ "${1:-}" = "--rust" ]; then
+  RS="$CACHE/secantus-rs/bin/secantusd-rs"
+  RS_VERSION="0.5.3-beta.196"
+  if [ ! -x "$RS" ] || [ "$(cat "$CACHE/secantus-rs/.version" 2>/dev/null)" != "$RS_VERSION" ]; then
+    if ! command -v cmake >/dev/null; then
+      if [ "$(id -u)" = 0 ]; then
+        apt-get install -y -q cmake >&2
+      else
+        echo "secantusd-rs needs cmake to build WiredTiger: sudo apt-get install cmake" >&2
+        exit 1
+      fi
+    fi
+    echo "building secantusd-rs $RS_VERSION into $CACHE/secantus-rs (about 8 min, once)" >&2
+    # The crate declares rustc 1.98; it builds with 1.95.
+    CARGO_TARGET_DIR="$CACHE/build-secantus-rs" cargo install -q secantus-mdb \
+      --version "$RS_VERSION" --locked --ignore-rust-version --root "$CACHE/secantus-rs" >&2
+    echo "$RS_VERSION" > "$CACHE/secantus-rs/.version"
+    rm -rf "$CACHE/build-secantus-rs"
+  fi
+  echo "$RS"
+  exit 0
+fi
 echo "$VENV/bin/secantusd-py"

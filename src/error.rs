@@ -97,6 +97,17 @@ pub enum Error {
     /// Something the user asked for does not exist or cannot be done.
     #[error("{0}")]
     User(String),
+    /// The target refused a write for good (a validator, an `_id` change, a type the server
+    /// does not take); retrying cannot help.
+    #[error("the target refused a write to {ns} (code {code}): {message}")]
+    Rejected {
+        /// The namespace written.
+        ns: String,
+        /// The server's error code.
+        code: i32,
+        /// The server's explanation.
+        message: String,
+    },
     /// Shutdown was requested while a write kept failing; the unwritten changes stay after the
     /// checkpoint and are applied on the next run.
     #[error("stopped while writes were failing; the checkpoint stays before the unwritten changes, which the next run applies")]
@@ -127,7 +138,11 @@ impl Error {
     /// Who has to act.
     pub fn class(&self) -> ErrorClass {
         match self {
-            Error::Config(_) | Error::Auth { .. } | Error::User(_) | Error::HistoryLost { .. } => {
+            Error::Config(_)
+            | Error::Auth { .. }
+            | Error::User(_)
+            | Error::Rejected { .. }
+            | Error::HistoryLost { .. } => {
                 ErrorClass::User
             }
             Error::Unreachable { .. } | Error::Mongo { .. } | Error::Checkpoint(_) => {

@@ -262,22 +262,13 @@ async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
     let control = Arc::new(strait::control::Control::new(
         cfg.api.as_ref().map(|a| a.rate_limit).unwrap_or(0),
     ));
-    let api_cfg = cfg.api.clone();
     let pipeline = Arc::new(
         strait::pipeline::run::open(cfg, telemetry.clone(), control.clone(), cancel.clone())
             .await?,
     );
-    let api_stop = CancellationToken::new();
-    let api = start_api(
-        api_cfg.as_ref(),
-        pipeline.cfg.clone(),
-        telemetry.clone(),
-        control,
-        api_stop.clone(),
-    )
-    .await?;
+    let mut companions =
+        Companions::start(pipeline.cfg.clone(), telemetry.clone(), control, &cancel).await?;
     info!(pipeline = %pipeline.cfg.id, mode = ?pipeline.cfg.mode, "Pipeline started.");
-    let signals = tokio::spawn(shutdown_on_signal(cancel.clone()));
     let lease = match (&pipeline.store, pipeline.cfg.checkpoint.lease) {
         (strait::checkpoint::CheckpointStore::Mongo(m), true) => {
             Some(strait::pipeline::lease::Lease::new(
@@ -292,6 +283,7 @@ async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
     if let Some(l) = &lease {
         telemetry.set_state(strait::telemetry::PipelineState::Standby);
         if !l.acquire(&cancel).await? {
+            companions.stop().await;
             info!("Stopped while standing by.");
             return Ok(ExitCode::SUCCESS);
         }
@@ -307,31 +299,16 @@ async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
             cancel.cancel();
         })
     };
-    let reporter_stop = CancellationToken::new();
-    let reporter = tokio::spawn(strait::report::report(
-        telemetry,
-        reporter_stop.clone(),
-        Duration::from_secs(10),
-    ));
+    // A standby reports nothing: the progress lines start once this process applies.
+    companions.start_reporter(telemetry);
     let result = strait::pipeline::run::run(pipeline).await;
     lease_stop.cancel();
     on_lost.abort();
     if let Some(k) = keeper {
         let _ = k.await;
     }
-    reporter_stop.cancel();
-    let _ = reporter.await;
-    api_stop.cancel();
-    if let Some(h) = api {
-        let _ = h.await;
-    }
-    signals.abort();
-    match result {
-        // Shutdown while the sink was failing: nothing is lost, the next run goes on from the
-        // checkpoint.
-        Err(Error::Stopped) => tracing::warn!("{}", Error::Stopped),
-        other => other?,
-    }
+    companions.stop().await;
+    stopped_is_clean(result)?;
     if lost.is_cancelled() {
         anyhow::bail!(
             "lost the lease to another process; stopped applying (run again to stand by)"
@@ -344,22 +321,6 @@ async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Serves the HTTP API when the pipeline has an `[api]` table.
-async fn start_api(
-    api: Option<&strait::config::ApiConfig>,
-    cfg: Arc<PipelineConfig>,
-    telemetry: Arc<Telemetry>,
-    control: Arc<strait::control::Control>,
-    stop: CancellationToken,
-) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
-    let Some(a) = api else {
-        return Ok(None);
-    };
-    let (addr, handle) = strait::api::serve(a, cfg, telemetry, control, stop).await?;
-    info!(%addr, "HTTP API listening.");
-    Ok(Some(handle))
-}
-
 /// `strait run` of a pipeline whose source is Kafka: the consumer group is the checkpoint
 /// and the coordination (no lease).
 async fn run_from_kafka(cfg: PipelineConfig) -> anyhow::Result<ExitCode> {
@@ -369,37 +330,85 @@ async fn run_from_kafka(cfg: PipelineConfig) -> anyhow::Result<ExitCode> {
         cfg.api.as_ref().map(|a| a.rate_limit).unwrap_or(0),
     ));
     let cfg = Arc::new(cfg);
-    let api_stop = CancellationToken::new();
-    let api = start_api(
-        cfg.api.as_ref(),
-        cfg.clone(),
-        telemetry.clone(),
-        control.clone(),
-        api_stop.clone(),
-    )
-    .await?;
+    let mut companions =
+        Companions::start(cfg.clone(), telemetry.clone(), control.clone(), &cancel).await?;
     info!(pipeline = %cfg.id, "Pipeline started (Kafka source).");
-    let signals = tokio::spawn(shutdown_on_signal(cancel.clone()));
-    let reporter_stop = CancellationToken::new();
-    let reporter = tokio::spawn(strait::report::report(
-        telemetry.clone(),
-        reporter_stop.clone(),
-        Duration::from_secs(10),
-    ));
+    companions.start_reporter(telemetry.clone());
     let result = strait::pipeline::kafka_apply::run(cfg, telemetry, control, cancel).await;
-    reporter_stop.cancel();
-    let _ = reporter.await;
-    api_stop.cancel();
-    if let Some(h) = api {
-        let _ = h.await;
-    }
-    signals.abort();
-    match result {
-        Err(Error::Stopped) => tracing::warn!("{}", Error::Stopped),
-        other => other?,
-    }
+    companions.stop().await;
+    stopped_is_clean(result)?;
     info!("Pipeline stopped.");
     Ok(ExitCode::SUCCESS)
+}
+
+/// A stop requested while the sink was failing is a clean exit: nothing is lost, the next run
+/// goes on from the checkpoint.
+fn stopped_is_clean(result: Result<(), Error>) -> anyhow::Result<()> {
+    match result {
+        Err(Error::Stopped) => {
+            tracing::warn!("{}", Error::Stopped);
+            Ok(())
+        }
+        // The stream stops at the refused change rather than skip it.
+        Err(e @ Error::Rejected { .. }) => Err(anyhow::anyhow!(
+            "{e}; the checkpoint stays before this change: fix the target and run again"
+        )),
+        other => Ok(other?),
+    }
+}
+
+/// The tasks that run beside a pipeline: the signal handler, the HTTP API (when the pipeline
+/// has an `[api]` table) and the progress reporter.
+struct Companions {
+    signals: tokio::task::JoinHandle<()>,
+    api: Option<(tokio::task::JoinHandle<()>, CancellationToken)>,
+    reporter: Option<(tokio::task::JoinHandle<()>, CancellationToken)>,
+}
+
+impl Companions {
+    /// Serves the API and turns SIGTERM / Ctrl-C into `cancel`.
+    async fn start(
+        cfg: Arc<PipelineConfig>,
+        telemetry: Arc<Telemetry>,
+        control: Arc<strait::control::Control>,
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let api = match cfg.api.clone() {
+            Some(a) => {
+                let stop = CancellationToken::new();
+                let (addr, handle) =
+                    strait::api::serve(&a, cfg, telemetry, control, stop.clone()).await?;
+                info!(%addr, "HTTP API listening.");
+                Some((handle, stop))
+            }
+            None => None,
+        };
+        Ok(Self {
+            signals: tokio::spawn(shutdown_on_signal(cancel.clone())),
+            api,
+            reporter: None,
+        })
+    }
+
+    /// Starts the progress bars / periodic status lines.
+    fn start_reporter(&mut self, telemetry: Arc<Telemetry>) {
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn(strait::report::report(
+            telemetry,
+            stop.clone(),
+            Duration::from_secs(10),
+        ));
+        self.reporter = Some((handle, stop));
+    }
+
+    /// Stops the reporter (its last line shows the final totals), then the API.
+    async fn stop(self) {
+        for (handle, stop) in self.reporter.into_iter().chain(self.api) {
+            stop.cancel();
+            let _ = handle.await;
+        }
+        self.signals.abort();
+    }
 }
 
 async fn shutdown_on_signal(cancel: CancellationToken) {

@@ -360,9 +360,11 @@ impl MongoSink {
                             // yet applied the change that frees the value: wait and retry.
                             RunFailure::Transient(format!("duplicate key (another lane may be behind; use apply.lane_by = \"namespace\" for collections with unique indexes): {msg}"))
                         } else {
-                            return Err(Error::User(format!(
-                                "sink rejected a write to {ns} (code {code}): {msg}; the checkpoint stays before this change"
-                            )));
+                            return Err(Error::Rejected {
+                                ns: ns.to_string(),
+                                code,
+                                message: msg.to_string(),
+                            });
                         }
                     }
                 },
