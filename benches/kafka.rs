@@ -39,6 +39,9 @@
 //! - BENCH_KAFKA_APPLY_BATCH (500, strait's `apply.batch_docs` default): upserts per command
 //!   of the raw upsert reference, and when set also the apply pipeline's `apply.batch_docs`;
 //! - BENCH_KAFKA_APPLY_LANES: the apply pipeline's `apply.lanes` (unset = strait's default);
+//! - BENCH_KAFKA_APPLY_QUEUE, BENCH_KAFKA_APPLY_INFLIGHT_MIB: its `apply.queue_depth` and
+//!   `apply.max_inflight_mib` (unset = strait's defaults);
+//! - BENCH_KAFKA_APPLY_SOURCE: extra lines for the apply's `[source]` table (e.g. `options`);
 //! - BENCH_CACHE (6G): `--cache-size` of each SecantusDB server;
 //! - BENCH_LOAD_BATCH (1000): documents per `insert_many` when loading and in the raw insert;
 //! - BENCH_CHUNK_DOCS (100000000), BENCH_PARALLELISM, BENCH_COPY_BATCH: the capture's
@@ -48,6 +51,9 @@
 //! - STRAIT_BIN: the strait binary (default: the one cargo built for this bench);
 //! - STRAIT_SECANTUSD (set by benches/run.sh), STRAIT_TANSU (default
 //!   ~/.cache/strait/tansu/bin/tansu).
+
+#[path = "support/secantus.rs"]
+mod secantus;
 
 use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
@@ -92,6 +98,8 @@ fn env_str(k: &str, d: &str) -> String {
 struct Proc {
     child: Child,
     port: u16,
+    /// The Rust SecantusDB server's data directory, removed after the process stops.
+    _dir: Option<tempfile::TempDir>,
 }
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -122,19 +130,10 @@ fn wait_listening(child: &mut Child, port: u16, what: &str) {
 }
 
 fn start_mongo(name: &str) -> Proc {
-    let bin = std::env::var("STRAIT_SECANTUSD").expect("run benches/run.sh");
     let cache = env_str("BENCH_CACHE", "6G");
     let port = free_port();
-    let mut child = Command::new(bin)
-        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--storage-path", ":memory:", "--cache-size", &cache])
-        .args([
-            "--noop-heartbeat-seconds",
-            "1",
-            "--oplog-max-entries",
-            "50000000",
-        ])
-        .args(["--oplog-retention-seconds", "86400"])
+    let (mut cmd, dir) = secantus::secantus_command(port, &cache);
+    let mut child = cmd
         .stdout(log_to(name, port, "out"))
         .stderr(log_to(name, port, "err"))
         .spawn()
@@ -144,7 +143,11 @@ fn start_mongo(name: &str) -> Proc {
         child.id()
     );
     wait_listening(&mut child, port, name);
-    Proc { child, port }
+    Proc {
+        child,
+        port,
+        _dir: dir,
+    }
 }
 
 fn start_tansu() -> Proc {
@@ -189,7 +192,11 @@ fn start_tansu() -> Proc {
         .unwrap();
     println!("broker tansu: pid {} port {port}", child.id());
     wait_listening(&mut child, port, "tansu");
-    Proc { child, port }
+    Proc {
+        child,
+        port,
+        _dir: None,
+    }
 }
 
 fn free_port() -> u16 {
@@ -1030,15 +1037,25 @@ async fn main() {
     if let Some(b) = env_opt("BENCH_KAFKA_APPLY_BATCH") {
         apply_table += &format!("batch_docs = {b}\n");
     }
+    if let Some(q) = env_opt("BENCH_KAFKA_APPLY_QUEUE") {
+        apply_table += &format!("queue_depth = {q}\n");
+    }
+    if let Some(m) = env_opt("BENCH_KAFKA_APPLY_INFLIGHT_MIB") {
+        apply_table += &format!("max_inflight_mib = {m}\n");
+    }
     if !apply_table.is_empty() {
         apply_table = format!("[apply]\n{apply_table}");
         println!("apply pipeline: {}", apply_table.replace('\n', " "));
     }
+    // Extra lines of the apply's [source] table, e.g. librdkafka `options = { ... }`.
+    let source_extra = env_opt("BENCH_KAFKA_APPLY_SOURCE")
+        .map(|l| format!("{l}\n"))
+        .unwrap_or_default();
     let apply_cfg = dir.path().join("apply.toml");
     std::fs::write(
         &apply_cfg,
         format!(
-            "id = \"apply\"\n[source]\ntype = \"kafka\"\nbrokers = \"{bs}\"\ntopics = [\"{TOPIC}\"]\ngroup = \"bench-apply\"\nsession_timeout = \"6s\"\nformat = \"{format}\"\n[sink]\nuri = \"{}\"\n{apply_table}[checkpoint]\ninterval = \"1s\"\n[api]\nlisten = \"127.0.0.1:{apply_api}\"\n",
+            "id = \"apply\"\n[source]\ntype = \"kafka\"\nbrokers = \"{bs}\"\ntopics = [\"{TOPIC}\"]\ngroup = \"bench-apply\"\nsession_timeout = \"6s\"\nformat = \"{format}\"\n{source_extra}[sink]\nuri = \"{}\"\n{apply_table}[checkpoint]\ninterval = \"1s\"\n[api]\nlisten = \"127.0.0.1:{apply_api}\"\n",
             uri(dst.port)
         ),
     )

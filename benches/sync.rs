@@ -18,6 +18,7 @@
 //! - BENCH_LOAD_BATCH (1000): documents per `insert_many` when loading;
 //! - BENCH_CHUNK_DOCS (100000000), BENCH_PARALLELISM, BENCH_COPY_BATCH: the pipeline's
 //!   `[full_sync]` chunk_docs, parallelism and batch_docs (unset = strait's default);
+//! - BENCH_RSS_TRACE (unset): print strait's RSS every 5 s while it copies;
 //! - BENCH_LOG_DIR: keep the servers' logs there (default: discarded);
 //! - STRAIT_BIN: the strait binary to run (default: the one cargo built for this bench).
 //!
@@ -29,6 +30,9 @@
 //! which it does under memory pressure: at most `LOAD_RETRIES` times per batch, unordered, with
 //! duplicate-key errors of the retried batch (documents the failed attempt did insert) ignored.
 //! Retries are counted and printed.
+
+#[path = "support/secantus.rs"]
+mod secantus;
 
 use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
@@ -53,7 +57,8 @@ fn env_opt(k: &str) -> Option<String> {
     std::env::var(k).ok().filter(|v| !v.is_empty())
 }
 
-struct Server(Child, u16);
+/// A server process, its port and (Rust server) its data directory, removed after it stops.
+struct Server(Child, u16, #[allow(dead_code)] Option<tempfile::TempDir>);
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -62,7 +67,6 @@ impl Drop for Server {
 }
 
 fn start_server(port: u16, name: &str) -> Server {
-    let bin = std::env::var("STRAIT_SECANTUSD").expect("run benches/run.sh");
     let cache = env_opt("BENCH_CACHE").unwrap_or_else(|| "6G".into());
     let log = |suffix: &str| match env_opt("BENCH_LOG_DIR") {
         Some(dir) => {
@@ -72,25 +76,8 @@ fn start_server(port: u16, name: &str) -> Server {
         }
         None => Stdio::null(),
     };
-    let child = Command::new(bin)
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--storage-path",
-            ":memory:",
-            "--cache-size",
-            &cache,
-        ])
-        .args([
-            "--noop-heartbeat-seconds",
-            "1",
-            "--oplog-max-entries",
-            "50000000",
-            "--oplog-retention-seconds",
-            "86400",
-        ])
+    let (mut cmd, dir) = secantus::secantus_command(port, &cache);
+    let child = cmd
         .stdout(log("out"))
         .stderr(log("err"))
         .spawn()
@@ -102,7 +89,7 @@ fn start_server(port: u16, name: &str) -> Server {
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         std::thread::sleep(Duration::from_millis(50));
     }
-    Server(child, port)
+    Server(child, port, dir)
 }
 
 /// The harness's own clients: SecantusDB drops connections left idle for minutes (a `drop`
@@ -309,8 +296,15 @@ fn run_full(cfg: &std::path::Path) -> (Duration, u64) {
     let mut child = strait(cfg);
     let pid = child.id();
     let mut peak = 0;
+    let trace = env_opt("BENCH_RSS_TRACE").is_some();
+    let mut traced = Instant::now();
     loop {
-        peak = peak.max(rss_kb(pid));
+        let rss = rss_kb(pid);
+        peak = peak.max(rss);
+        if trace && traced.elapsed() >= Duration::from_secs(5) {
+            traced = Instant::now();
+            println!("  {:.0} s: strait RSS {} MB", t.elapsed().as_secs_f64(), rss / 1024);
+        }
         if let Some(s) = child.try_wait().unwrap() {
             assert!(s.success());
             return (t.elapsed(), peak);

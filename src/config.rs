@@ -726,7 +726,7 @@ pub struct ApplyConfig {
 }
 
 fn default_inflight_mib() -> u32 {
-    128
+    64
 }
 
 fn default_lanes() -> usize {
