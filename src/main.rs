@@ -350,8 +350,9 @@ fn stopped_is_clean(result: Result<(), Error>) -> anyhow::Result<()> {
             Ok(())
         }
         // The stream stops at the refused change rather than skip it.
-        Err(e @ Error::Rejected { .. }) => Err(anyhow::anyhow!(
-            "{e}; the checkpoint stays before this change: fix the target and run again"
+        // The context keeps the error's class (and so the exit code) underneath.
+        Err(e @ Error::Rejected { .. }) => Err(anyhow::Error::from(e).context(
+            "stopped at a change the target refuses (the checkpoint stays before it; fix the target and run again)",
         )),
         other => Ok(other?),
     }
