@@ -1129,7 +1129,7 @@ async fn main() {
         ),
         ("driver insert_many, empty database", rate(docs, raw_ins_t)),
         (
-            "driver update command of upserts (strait's write)",
+            "driver update command of upserts (strait's write for change events; snapshot records are inserts)",
             rate(docs, raw_up_t),
         ),
     ] {
