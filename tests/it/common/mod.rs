@@ -52,25 +52,39 @@ impl Server {
             Path::new(&bin).exists(),
             "SecantusDB not installed at {bin}; run dev/test.sh"
         );
-        let port = free_port();
-        let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
         let data = dir.path().join("data");
-        let child = Command::new(&bin)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .arg("--storage-path")
-            .arg(&data)
-            .args(["--cache-size", "128M", "--noop-heartbeat-seconds", "1"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "server did not start");
-            std::thread::sleep(Duration::from_millis(50));
+        // A port picked free can be taken by a process of a parallel test before the server
+        // binds it; then the server exits and the port answers for someone else. So the
+        // server counts as started only when its own process holds the listening socket.
+        for _attempt in 0..3 {
+            let port = free_port();
+            let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+            let mut child = Command::new(&bin)
+                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .arg("--storage-path")
+                .arg(&data)
+                .args(["--cache-size", "128M", "--noop-heartbeat-seconds", "1"])
+                .args(extra)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                if listens_on(child.id(), port) {
+                    return Server { child, port, dir };
+                }
+                assert!(Instant::now() < deadline, "server did not start");
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
-        Server { child, port, dir }
+        panic!(
+            "server exited at start three times:\n{}",
+            std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default()
+        );
     }
 
     pub fn uri(&self) -> String {
@@ -88,6 +102,29 @@ impl Server {
         let dir = tempfile::tempdir().unwrap();
         std::mem::replace(&mut self.dir, dir)
     }
+}
+
+/// Whether process `pid` holds the socket listening on 127.0.0.1:`port` (Linux `/proc`).
+fn listens_on(pid: u32, port: u16) -> bool {
+    let local = format!("0100007F:{port:04X}");
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    let Some(inode) = table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 9 && f[1] == local && f[3] == "0A").then(|| f[9].to_string())
+    }) else {
+        return false;
+    };
+    let socket = format!("socket:[{inode}]");
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| {
+            fds.flatten().any(|fd| {
+                std::fs::read_link(fd.path())
+                    .is_ok_and(|l| l.to_string_lossy() == socket)
+            })
+        })
+        .unwrap_or(false)
 }
 
 impl Drop for Server {
