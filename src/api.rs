@@ -121,8 +121,12 @@ pub struct Status {
     pub read: u64,
     /// Writes applied per operation type.
     pub applied: serde_json::Value,
-    /// Per sink: applied and failed.
+    /// Per kind of sink: applied and failed.
     pub sinks: serde_json::Value,
+    /// Per sink by name (`sink`, `[sinks.<name>]`): kind, events written by operation,
+    /// events refused (dead-lettered).
+    #[serde(default)]
+    pub per_sink: serde_json::Value,
     /// Error count and the last message.
     pub errors: serde_json::Value,
     /// Rate limit, ops/s (0 = none).
@@ -183,6 +187,26 @@ pub fn status_of(cfg: &PipelineConfig, t: &Telemetry, control: &Control) -> Stat
             }
             sinks
         },
+        per_sink: t
+            .sinks()
+            .iter()
+            .map(|c| {
+                let written: serde_json::Map<String, serde_json::Value> = c
+                    .written()
+                    .iter()
+                    .map(|(op, n)| (op.to_string(), json!(n)))
+                    .collect();
+                (
+                    c.name.clone(),
+                    json!({
+                        "kind": c.kind,
+                        "written": written,
+                        "refused": c.refused.load(std::sync::atomic::Ordering::Relaxed),
+                    }),
+                )
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into(),
         errors: json!({
             "total": t.errors.load(std::sync::atomic::Ordering::Relaxed),
             "last": last.as_ref().map(|(m, _)| m.clone()),
@@ -295,13 +319,20 @@ fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
     let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
 }
 
+/// A label value escaped as the Prometheus text format asks (backslash, quote, newline).
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 /// The Prometheus text exposition of a pipeline's telemetry. Labels are bounded: operation
 /// types, the sink kind, and full-sync namespaces (configured collections only).
 pub fn render_metrics(cfg: &PipelineConfig, t: &Telemetry, control: &Control) -> String {
     use std::sync::atomic::Ordering::Relaxed;
     let s = t.snapshot();
     let mut o = String::new();
-    let pid = &cfg.id;
+    let pid = label_value(&cfg.id);
     let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for (labels, v) in samples {
@@ -321,15 +352,38 @@ pub fn render_metrics(cfg: &PipelineConfig, t: &Telemetry, control: &Control) ->
         ("delete", s.deletes),
         ("ddl", s.ddl),
     ];
+    let sinks = t.sinks();
+    let primary = sinks.first().map(|c| c.kind).unwrap_or("mongodb");
     let applied: Vec<_> = ops
         .iter()
-        .map(|(op, n)| (format!(",op=\"{op}\",sink=\"mongodb\""), *n as f64))
+        .map(|(op, n)| (format!(",op=\"{op}\",sink=\"{primary}\""), *n as f64))
         .collect();
     metric(
         "strait_events_applied_total",
         "counter",
-        "Change events applied, by operation and sink.",
+        "Change events applied by [sink], by operation and the sink's kind.",
         &applied,
+    );
+    let mut written = Vec::new();
+    let mut refused = Vec::new();
+    for c in &sinks {
+        let labels = format!(",sink=\"{}\",kind=\"{}\"", label_value(&c.name), c.kind);
+        for (op, n) in c.written() {
+            written.push((format!("{labels},op=\"{op}\""), n as f64));
+        }
+        refused.push((labels, c.refused.load(Relaxed) as f64));
+    }
+    metric(
+        "strait_sink_events_total",
+        "counter",
+        "Events each sink made durable, by sink name, kind and operation.",
+        &written,
+    );
+    metric(
+        "strait_sink_refused_total",
+        "counter",
+        "Events a sink refused for good (sent to the dead-letter topic), by sink.",
+        &refused,
     );
     metric(
         "strait_events_skipped_total",
@@ -449,7 +503,7 @@ pub fn render_metrics(cfg: &PipelineConfig, t: &Telemetry, control: &Control) ->
     let colls = t.collections();
     let copied: Vec<_> = colls
         .iter()
-        .map(|c| (format!(",ns=\"{}\"", c.ns), c.copied.load(Relaxed) as f64))
+        .map(|c| (format!(",ns=\"{}\"", label_value(&c.ns)), c.copied.load(Relaxed) as f64))
         .collect();
     metric(
         "strait_fullsync_documents_copied",
@@ -461,7 +515,7 @@ pub fn render_metrics(cfg: &PipelineConfig, t: &Telemetry, control: &Control) ->
         .iter()
         .map(|c| {
             (
-                format!(",ns=\"{}\"", c.ns),
+                format!(",ns=\"{}\"", label_value(&c.ns)),
                 c.estimated.load(Relaxed) as f64,
             )
         })
@@ -474,7 +528,7 @@ pub fn render_metrics(cfg: &PipelineConfig, t: &Telemetry, control: &Control) ->
     );
     let bytes: Vec<_> = colls
         .iter()
-        .map(|c| (format!(",ns=\"{}\"", c.ns), c.bytes.load(Relaxed) as f64))
+        .map(|c| (format!(",ns=\"{}\"", label_value(&c.ns)), c.bytes.load(Relaxed) as f64))
         .collect();
     metric(
         "strait_fullsync_bytes_copied",
@@ -495,4 +549,16 @@ pub fn render_metrics(cfg: &PipelineConfig, t: &Telemetry, control: &Control) ->
         &t.apply_latency,
     );
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::label_value;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(label_value(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(label_value("x\ny"), "x\\ny");
+        assert_eq!(label_value("shop.orders"), "shop.orders");
+    }
 }

@@ -154,6 +154,38 @@ impl CheckpointStore {
     }
 }
 
+/// The checkpoint of a running pipeline: the state in memory and the store it is saved to.
+/// Saves are serialized, so a slower save of an older state never lands after a newer one.
+#[derive(Debug)]
+pub struct Checkpointer {
+    /// Where it is saved.
+    pub store: CheckpointStore,
+    /// The checkpoint as last saved (or about to be).
+    pub state: tokio::sync::Mutex<Checkpoint>,
+    save_lock: tokio::sync::Mutex<()>,
+}
+
+impl Checkpointer {
+    /// An empty checkpoint of `pipeline`, saved to `store`.
+    pub fn new(store: CheckpointStore, pipeline: &str) -> Self {
+        Self {
+            store,
+            state: tokio::sync::Mutex::new(Checkpoint {
+                pipeline: pipeline.to_string(),
+                ..Default::default()
+            }),
+            save_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Saves the current state.
+    pub async fn save(&self) -> Result<(), CheckpointError> {
+        let _turn = self.save_lock.lock().await;
+        let c = self.state.lock().await.clone();
+        self.store.save(&c).await
+    }
+}
+
 impl Checkpoint {
     /// The checkpoint as BSON.
     pub fn to_document(&self) -> Result<Document, CheckpointError> {

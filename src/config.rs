@@ -12,9 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::transform::scope::{NamespacePattern, PatternError};
 
-pub mod kafka;
 
-pub use kafka::{KafkaFormat, KafkaSinkConfig, KafkaSourceConfig};
+pub use crate::connectors::kafka::config::{KafkaFormat, KafkaSinkConfig, KafkaSourceConfig};
 
 /// A configuration that could not be loaded. The message always names the file, and the line
 /// and key when the problem is in the file's content.
@@ -316,8 +315,8 @@ pub enum RouteOp {
 
 impl RouteOp {
     /// Whether an event of this operation type matches.
-    pub fn matches(self, op: &crate::event::OpType) -> bool {
-        use crate::event::OpType as O;
+    pub fn matches(self, op: &crate::core::event::OpType) -> bool {
+        use crate::core::event::OpType as O;
         matches!(
             (self, op),
             (RouteOp::Insert, O::Insert)
@@ -484,7 +483,7 @@ pub struct TlsConfig {
     pub allow_invalid_certificates: bool,
 }
 
-fn yes() -> bool {
+pub(crate) fn yes() -> bool {
     true
 }
 
@@ -837,7 +836,7 @@ impl Default for CheckpointConfig {
 
 impl PipelineConfig {
     /// Whether the main `[sink]` is MongoDB and receives events of this operation type.
-    pub fn sink_takes(&self, op: &crate::event::OpType) -> bool {
+    pub fn sink_takes(&self, op: &crate::core::event::OpType) -> bool {
         match self.mongo_sink() {
             None => false,
             Some(m) => match &m.ops {
@@ -1173,13 +1172,6 @@ impl PipelineConfig {
                     .into(),
             ));
         }
-        if !self.sinks.is_empty() {
-            return Err(invalid(
-                "sinks",
-                "a Kafka source writes to [sink] only; [sinks.<name>] tables need a MongoDB source"
-                    .into(),
-            ));
-        }
         if self.checkpoint.lease {
             return Err(invalid(
                 "checkpoint.lease",
@@ -1335,7 +1327,7 @@ mod tests {
         assert_eq!(ks.len(), 1);
         assert_eq!(ks[0].0, "sink");
         assert_eq!(ks[0].1.format, KafkaFormat::ChangeEvent);
-        assert!(!c.sink_takes(&crate::event::OpType::Insert));
+        assert!(!c.sink_takes(&crate::core::event::OpType::Insert));
         let c = PipelineConfig::parse(KAFKA_SOURCE, Path::new("p.toml")).unwrap();
         let SourceEndpoint::Kafka(k) = &c.source else {
             panic!()

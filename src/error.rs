@@ -29,16 +29,7 @@ impl std::fmt::Display for Role {
     }
 }
 
-/// Who has to act on an error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorClass {
-    /// Bad config, bad credentials, missing objects: the user must change something.
-    User,
-    /// A server or network failed; it may recover.
-    External,
-    /// A bug in strait.
-    Internal,
-}
+pub use crate::core::ErrorClass;
 
 /// Everything that can stop a pipeline.
 #[derive(Debug, thiserror::Error)]
@@ -82,10 +73,10 @@ pub enum Error {
     Checkpoint(#[from] CheckpointError),
     /// An archive sink failed.
     #[error(transparent)]
-    Archive(#[from] crate::sink::archive::ArchiveError),
+    Archive(#[from] crate::connectors::archive::ArchiveError),
     /// A Kafka sink or source failed.
     #[error(transparent)]
-    Kafka(#[from] crate::kafka::KafkaError),
+    Kafka(#[from] crate::connectors::kafka::KafkaError),
     /// The saved position is older than the source's change log.
     #[error("the saved position ({position}) is no longer in the source's change log ({detail}); run with stream.on_history_lost = \"resync\" to copy the data again, or `strait checkpoint reset` to start over")]
     HistoryLost {
@@ -94,6 +85,9 @@ pub enum Error {
         /// Server's explanation.
         detail: String,
     },
+    /// A change event that cannot be understood.
+    #[error(transparent)]
+    Event(#[from] crate::core::EventError),
     /// Something the user asked for does not exist or cannot be done.
     #[error("{0}")]
     User(String),
@@ -112,6 +106,9 @@ pub enum Error {
     /// checkpoint and are applied on the next run.
     #[error("stopped while writes were failing; the checkpoint stays before the unwritten changes, which the next run applies")]
     Stopped,
+    /// Another process took the lease; this one stopped applying.
+    #[error("lost the lease to another process; stopped applying (run again to stand by)")]
+    LeaseLost,
     /// A broken invariant.
     #[error("internal error: {0}")]
     Internal(String),
@@ -152,8 +149,8 @@ impl Error {
             Error::Archive(_) => ErrorClass::External,
             Error::Kafka(e) if e.is_user() => ErrorClass::User,
             Error::Kafka(_) => ErrorClass::External,
-            Error::Internal(_) => ErrorClass::Internal,
-            Error::Stopped => ErrorClass::External,
+            Error::Internal(_) | Error::Event(_) => ErrorClass::Internal,
+            Error::Stopped | Error::LeaseLost => ErrorClass::External,
         }
     }
 

@@ -1,8 +1,9 @@
 //! strait: change-data-capture and replication for MongoDB-family databases.
 //!
-//! A source produces [`event::ChangeEvent`]s, [`transform`]s filter and rename them, the
-//! [`pipeline`] spreads them over ordered lanes, a [`sink`] writes them, and the
-//! [`checkpoint`] follows what the sink has made durable.
+//! A [`connectors::Source`] yields [`core::ChangeEvent`]s per part, [`transform`]s filter and
+//! rename them, the [`engine`] routes them to every [`connectors::Sink`] that takes them
+//! through ordered lanes, and tells the source which positions every sink has made durable,
+//! so it can commit them.
 
 #![warn(missing_docs)]
 
@@ -10,16 +11,12 @@ pub mod api;
 pub mod backoff;
 pub mod checkpoint;
 pub mod config;
-pub mod connect;
+pub mod connectors;
 pub mod control;
+pub mod core;
+pub mod engine;
 pub mod error;
-pub mod event;
-pub mod format;
-pub mod kafka;
-pub mod pipeline;
 pub mod report;
-pub mod sink;
-pub mod source;
 pub mod telemetry;
 pub mod transform;
 pub mod verify;

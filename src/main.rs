@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -12,7 +11,6 @@ use tracing::info;
 
 use strait::config::PipelineConfig;
 use strait::error::{Error, ErrorClass, Role};
-use strait::telemetry::Telemetry;
 
 /// Change-data-capture and replication for MongoDB-family databases.
 #[derive(Parser)]
@@ -254,162 +252,20 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
 
 async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
     let cfg = PipelineConfig::load(&path).map_err(Error::from)?;
-    if cfg.mongo_source().is_none() {
-        return run_from_kafka(cfg).await;
-    }
-    let cancel = CancellationToken::new();
-    let telemetry = Arc::new(Telemetry::default());
-    let control = Arc::new(strait::control::Control::new(
-        cfg.api.as_ref().map(|a| a.rate_limit).unwrap_or(0),
-    ));
-    let pipeline = Arc::new(
-        strait::pipeline::run::open(cfg, telemetry.clone(), control.clone(), cancel.clone())
-            .await?,
-    );
-    let mut companions =
-        Companions::start(pipeline.cfg.clone(), telemetry.clone(), control, &cancel).await?;
-    info!(pipeline = %pipeline.cfg.id, mode = ?pipeline.cfg.mode, "Pipeline started.");
-    let lease = match (&pipeline.store, pipeline.cfg.checkpoint.lease) {
-        (strait::checkpoint::CheckpointStore::Mongo(m), true) => {
-            Some(strait::pipeline::lease::Lease::new(
-                m.database(),
-                &pipeline.cfg.id,
-                holder_id(),
-                pipeline.cfg.checkpoint.lease_ttl,
-            ))
-        }
-        _ => None,
-    };
-    if let Some(l) = &lease {
-        telemetry.set_state(strait::telemetry::PipelineState::Standby);
-        if !l.acquire(&cancel).await? {
-            companions.stop().await;
-            info!("Stopped while standing by.");
-            return Ok(ExitCode::SUCCESS);
-        }
-    }
-    let (lease_stop, lost) = (CancellationToken::new(), CancellationToken::new());
-    let keeper = lease
-        .clone()
-        .map(|l| tokio::spawn(l.keep_owned(lease_stop.clone(), lost.clone())));
-    let on_lost = {
-        let (lost, cancel) = (lost.clone(), cancel.clone());
-        tokio::spawn(async move {
-            lost.cancelled().await;
-            cancel.cancel();
-        })
-    };
-    // A standby reports nothing: the progress lines start once this process applies.
-    companions.start_reporter(telemetry);
-    let result = strait::pipeline::run::run(pipeline).await;
-    lease_stop.cancel();
-    on_lost.abort();
-    if let Some(k) = keeper {
-        let _ = k.await;
-    }
-    companions.stop().await;
-    stopped_is_clean(result)?;
-    if lost.is_cancelled() {
-        anyhow::bail!(
-            "lost the lease to another process; stopped applying (run again to stand by)"
-        );
-    }
-    if let Some(l) = &lease {
-        l.release().await;
-    }
-    info!("Pipeline stopped.");
-    Ok(ExitCode::SUCCESS)
-}
-
-/// `strait run` of a pipeline whose source is Kafka: the consumer group is the checkpoint
-/// and the coordination (no lease).
-async fn run_from_kafka(cfg: PipelineConfig) -> anyhow::Result<ExitCode> {
-    let cancel = CancellationToken::new();
-    let telemetry = Arc::new(Telemetry::default());
-    let control = Arc::new(strait::control::Control::new(
-        cfg.api.as_ref().map(|a| a.rate_limit).unwrap_or(0),
-    ));
-    let cfg = Arc::new(cfg);
-    let mut companions =
-        Companions::start(cfg.clone(), telemetry.clone(), control.clone(), &cancel).await?;
-    info!(pipeline = %cfg.id, "Pipeline started (Kafka source).");
-    companions.start_reporter(telemetry.clone());
-    let result = strait::pipeline::kafka_apply::run(cfg, telemetry, control, cancel).await;
-    companions.stop().await;
-    stopped_is_clean(result)?;
-    info!("Pipeline stopped.");
-    Ok(ExitCode::SUCCESS)
-}
-
-/// A stop requested while the sink was failing is a clean exit: nothing is lost, the next run
-/// goes on from the checkpoint.
-fn stopped_is_clean(result: Result<(), Error>) -> anyhow::Result<()> {
+    let supervisor = strait::engine::supervisor::Supervisor::new(cfg);
+    let signals = tokio::spawn(shutdown_on_signal(supervisor.cancel.clone()));
+    let result = supervisor.run().await;
+    signals.abort();
     match result {
-        Err(Error::Stopped) => {
-            tracing::warn!("{}", Error::Stopped);
-            Ok(())
-        }
-        // The stream stops at the refused change rather than skip it.
-        // The context keeps the error's class (and so the exit code) underneath.
+        // The stream stops at the refused change rather than skip it. The context keeps the
+        // error's class (and so the exit code) underneath.
         Err(e @ Error::Rejected { .. }) => Err(anyhow::Error::from(e).context(
             "stopped at a change the target refuses (the checkpoint stays before it; fix the target and run again)",
         )),
         other => Ok(other?),
-    }
-}
-
-/// The tasks that run beside a pipeline: the signal handler, the HTTP API (when the pipeline
-/// has an `[api]` table) and the progress reporter.
-struct Companions {
-    signals: tokio::task::JoinHandle<()>,
-    api: Option<(tokio::task::JoinHandle<()>, CancellationToken)>,
-    reporter: Option<(tokio::task::JoinHandle<()>, CancellationToken)>,
-}
-
-impl Companions {
-    /// Serves the API and turns SIGTERM / Ctrl-C into `cancel`.
-    async fn start(
-        cfg: Arc<PipelineConfig>,
-        telemetry: Arc<Telemetry>,
-        control: Arc<strait::control::Control>,
-        cancel: &CancellationToken,
-    ) -> anyhow::Result<Self> {
-        let api = match cfg.api.clone() {
-            Some(a) => {
-                let stop = CancellationToken::new();
-                let (addr, handle) =
-                    strait::api::serve(&a, cfg, telemetry, control, stop.clone()).await?;
-                info!(%addr, "HTTP API listening.");
-                Some((handle, stop))
-            }
-            None => None,
-        };
-        Ok(Self {
-            signals: tokio::spawn(shutdown_on_signal(cancel.clone())),
-            api,
-            reporter: None,
-        })
-    }
-
-    /// Starts the progress bars / periodic status lines.
-    fn start_reporter(&mut self, telemetry: Arc<Telemetry>) {
-        let stop = CancellationToken::new();
-        let handle = tokio::spawn(strait::report::report(
-            telemetry,
-            stop.clone(),
-            Duration::from_secs(10),
-        ));
-        self.reporter = Some((handle, stop));
-    }
-
-    /// Stops the reporter (its last line shows the final totals), then the API.
-    async fn stop(self) {
-        for (handle, stop) in self.reporter.into_iter().chain(self.api) {
-            stop.cancel();
-            let _ = handle.await;
-        }
-        self.signals.abort();
-    }
+    }?;
+    info!("Pipeline stopped.");
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn shutdown_on_signal(cancel: CancellationToken) {
@@ -439,7 +295,7 @@ fn parse_time(key: &str, v: &Option<String>) -> anyhow::Result<Option<u32>> {
 }
 
 async fn archive(action: ArchiveAction) -> anyhow::Result<ExitCode> {
-    use strait::sink::archive::{query, record::iso8601, ArchiveSink};
+    use strait::connectors::archive::{query, record::iso8601, ArchiveSink};
     let at = match &action {
         ArchiveAction::Ls { at }
         | ArchiveAction::Cat { at, .. }
@@ -518,10 +374,10 @@ async fn archive(action: ArchiveAction) -> anyhow::Result<ExitCode> {
                 .mongo_source()
                 .context("restoring needs a MongoDB source (or --uri)")?;
             let target = match &uri {
-                Some(u) => strait::connect::connect_uri(u, source, Role::Sink).await?,
-                None => strait::connect::connect(source, Role::Sink).await?,
+                Some(u) => strait::connectors::mongo::connect::connect_uri(u, source, Role::Sink).await?,
+                None => strait::connectors::mongo::connect::connect(source, Role::Sink).await?,
             };
-            let into = into.as_deref().map(strait::event::Namespace::parse);
+            let into = into.as_deref().map(strait::core::Namespace::parse);
             if into.as_ref().is_some_and(|n| n.coll.is_none()) {
                 anyhow::bail!("--into needs db.coll");
             }
@@ -556,12 +412,12 @@ async fn verify(path: PathBuf, limit: usize, json: bool) -> anyhow::Result<ExitC
         );
     };
     let (source, target) = tokio::join!(
-        strait::connect::connect(source_cfg, Role::Source),
-        strait::connect::connect(sink_cfg, Role::Sink)
+        strait::connectors::mongo::connect::connect(source_cfg, Role::Source),
+        strait::connectors::mongo::connect::connect(sink_cfg, Role::Sink)
     );
     let (source, target) = (source?, target?);
     let transforms = strait::transform::Transforms::from_config(&cfg);
-    let delete = strait::event::OpType::Delete;
+    let delete = strait::core::OpType::Delete;
     let append_only =
         !cfg.sink_takes(&delete) || !cfg.stream.ops.contains(&strait::config::DataOp::Delete);
     let reports = strait::verify::verify(&source, &target, &transforms, limit, append_only).await?;
@@ -616,8 +472,8 @@ async fn checkpoint(action: CheckpointAction) -> anyhow::Result<ExitCode> {
     let Some(endpoint) = cfg.mongo_sink().or(cfg.mongo_source()) else {
         anyhow::bail!("a Kafka source keeps its position as consumer-group offsets in Kafka; use Kafka's tools (kafka-consumer-groups --reset-offsets) to move it");
     };
-    let client = strait::connect::connect(endpoint, Role::Sink).await?;
-    let store = strait::pipeline::run::checkpoint_store(&cfg, &client).await?;
+    let client = strait::connectors::mongo::connect::connect(endpoint, Role::Sink).await?;
+    let store = strait::engine::start::checkpoint_store(&cfg, &client).await?;
     match action {
         CheckpointAction::Show { .. } => match store.load(&cfg.id).await.map_err(Error::from)? {
             Some(c) => {
@@ -648,7 +504,7 @@ async fn checkpoint(action: CheckpointAction) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// A minimal HTTP/1.1 request to the pipeline's own API on loopback (no client library needed).
+/// A request to the pipeline's own API.
 async fn http(
     addr: std::net::SocketAddr,
     method: &str,
@@ -656,33 +512,43 @@ async fn http(
     token: Option<&str>,
     body: &str,
 ) -> anyhow::Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
-        .await
-        .map_err(|_| anyhow::anyhow!("timed out connecting to the API at {addr}"))?
-        .with_context(|| {
-            format!(
-                "cannot reach the pipeline's API at {addr}; is `strait run` running with [api]?"
-            )
-        })?;
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+    let (method, url, token, body) = (
+        method.to_string(),
+        format!("http://{addr}{path}"),
+        token.map(str::to_string),
+        body.to_string(),
     );
-    s.write_all(req.as_bytes()).await?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await?;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Ok((code, body.to_string()))
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(10)))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let response = match method.as_str() {
+            "GET" => {
+                let mut r = agent.get(&url);
+                if let Some(a) = &auth {
+                    r = r.header("Authorization", a);
+                }
+                r.call()
+            }
+            m => {
+                let mut r = if m == "PUT" { agent.put(&url) } else { agent.post(&url) };
+                if let Some(a) = &auth {
+                    r = r.header("Authorization", a);
+                }
+                r.content_type("application/json").send(body.as_bytes())
+            }
+        };
+        let mut response = response.with_context(|| {
+            format!("cannot reach the pipeline's API at {addr}; is `strait run` running with [api]?")
+        })?;
+        let code = response.status().as_u16();
+        let text = response.body_mut().read_to_string()?;
+        Ok((code, text))
+    })
+    .await?
 }
 
 fn api_of(path: &std::path::Path) -> anyhow::Result<(std::net::SocketAddr, Option<String>)> {
@@ -757,12 +623,4 @@ async fn status(path: PathBuf, watch: bool, json: bool) -> anyhow::Result<ExitCo
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-}
-
-/// A lease holder id: host name and process id.
-fn holder_id() -> String {
-    let host = std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "host".into());
-    format!("{host}:{}", std::process::id())
 }

@@ -9,8 +9,8 @@ use bson::{Bson, Document, Timestamp};
 
 use serde::Serialize;
 
-use crate::event::OpType;
-use crate::pipeline::ack::AckWindow;
+use crate::core::event::OpType;
+use crate::core::{AckWindow, Position};
 
 /// Lifecycle of a pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -77,6 +77,45 @@ pub struct Telemetry {
     pub archive: ArchiveCounters,
     /// Kafka sinks and the Kafka source, all together.
     pub kafka: KafkaCounters,
+    /// Per sink, by name.
+    sinks: Mutex<Vec<Arc<SinkCounters>>>,
+}
+
+/// What one sink wrote.
+#[derive(Debug)]
+pub struct SinkCounters {
+    /// The sink's name (`sink`, or `<name>` of `[sinks.<name>]`).
+    pub name: String,
+    /// Its kind (`mongodb`, `kafka`, `archive`).
+    pub kind: &'static str,
+    /// Events made durable, by operation (insert, update, replace, delete, other).
+    written: [AtomicU64; 5],
+    /// Events refused for good (sent to the dead-letter topic).
+    pub refused: AtomicU64,
+}
+
+impl SinkCounters {
+    /// Counts a durable event.
+    pub fn wrote(&self, op: &OpType) {
+        self.written[op_index(op)].fetch_add(1, Relaxed);
+    }
+
+    /// Counts refused events.
+    pub fn refused(&self, n: u64) {
+        self.refused.fetch_add(n, Relaxed);
+    }
+
+    /// Events written, by operation name (`insert`, `update`, `replace`, `delete`, `ddl`).
+    pub fn written(&self) -> [(&'static str, u64); 5] {
+        let w = |i: usize| self.written[i].load(Relaxed);
+        [
+            ("insert", w(0)),
+            ("update", w(1)),
+            ("replace", w(2)),
+            ("delete", w(3)),
+            ("ddl", w(4)),
+        ]
+    }
 }
 
 /// Progress of Kafka sinks and the Kafka source.
@@ -229,6 +268,7 @@ impl Default for Telemetry {
             stream_restarts: AtomicU64::new(0),
             archive: ArchiveCounters::default(),
             kafka: KafkaCounters::default(),
+            sinks: Mutex::new(Vec::new()),
             batch_size: Histogram::new(&BATCH_BUCKETS),
             apply_latency: Histogram::new(&LATENCY_BUCKETS),
             lane_depths: Mutex::new(None),
@@ -376,10 +416,35 @@ impl Telemetry {
         g.read = (Some(token.clone()), time.or(g.read.1));
     }
 
-    /// Sets the position acknowledged by the sink and saved.
-    pub fn set_checkpointed(&self, token: &Document, time: Option<Timestamp>) {
+    /// The counters of a sink (created on first use).
+    pub fn sink(&self, name: &str, kind: &'static str) -> Arc<SinkCounters> {
+        let mut g = self.sinks.lock().unwrap();
+        if let Some(c) = g.iter().find(|c| c.name == name) {
+            return c.clone();
+        }
+        let c = Arc::new(SinkCounters {
+            name: name.to_string(),
+            kind,
+            written: Default::default(),
+            refused: AtomicU64::new(0),
+        });
+        g.push(c.clone());
+        c
+    }
+
+    /// Every sink's counters, `[sink]` first.
+    pub fn sinks(&self) -> Vec<Arc<SinkCounters>> {
+        self.sinks.lock().unwrap().clone()
+    }
+
+    /// Sets the position that every sink acknowledged and the source committed.
+    pub fn set_checkpointed(&self, pos: &Position) {
+        let Ok(token) = Document::try_from(pos.token.as_ref()) else {
+            return;
+        };
+        let time = pos.time;
         let mut g = self.positions.lock().unwrap();
-        g.acknowledged = (Some(token.clone()), time.or(g.acknowledged.1));
+        g.acknowledged = (Some(token), time.or(g.acknowledged.1));
         g.checkpointed = g.acknowledged.clone();
         *self.checkpointed_at.lock().unwrap() = Some(Instant::now());
     }

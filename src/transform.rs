@@ -7,7 +7,7 @@ pub mod scope;
 use std::collections::HashSet;
 
 use crate::config::{DataOp, PipelineConfig};
-use crate::event::{ChangeEvent, Namespace, OpType};
+use crate::core::event::{ChangeEvent, Namespace, OpType};
 
 /// The transforms of one pipeline, built once from its config.
 #[derive(Debug, Clone)]

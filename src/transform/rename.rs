@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::event::Namespace;
+use crate::core::event::Namespace;
 
 /// Maps source namespaces to target namespaces.
 #[derive(Debug, Clone, Default)]

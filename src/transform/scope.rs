@@ -3,7 +3,7 @@
 use regex::Regex;
 
 use crate::config::ScopeConfig;
-use crate::event::Namespace;
+use crate::core::event::Namespace;
 
 /// Databases never replicated unless named exactly.
 const SYSTEM_DBS: [&str; 3] = ["admin", "local", "config"];

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 use bson::{doc, Document};
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -14,7 +14,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-async fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
+pub(crate) async fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await

@@ -7,6 +7,7 @@ mod bad_input;
 mod common;
 mod crash;
 mod ddl;
+mod engine;
 mod examples;
 mod failover;
 mod history_lost;

@@ -1,0 +1,12 @@
+//! Kafka: a sink publishing change events to topics, a source applying topics (a consumer-group
+//! member), the dead-letter topic, and the record formats both sides share.
+
+pub(crate) mod client;
+pub mod config;
+pub(crate) mod dead_letter;
+pub mod format;
+pub mod sink;
+pub mod source;
+
+pub use client::KafkaError;
+pub(crate) use client::{check_reachable, client_config, is_auth_code};

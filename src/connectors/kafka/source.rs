@@ -1,0 +1,436 @@
+//! The Kafka source's consumer: a consumer-group member polled on its own thread, handing
+//! records to the apply pipeline through a bounded queue.
+//!
+//! Offsets are never committed automatically. The pipeline commits an offset only once every
+//! record before it is durably written, and when the group takes partitions away (a process
+//! joined or left), the consumer first waits until everything read is written and commits it,
+//! so the next owner starts exactly after it and no write of the old owner lands after the new
+//! owner's.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientContext, TopicPartitionList};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use async_trait::async_trait;
+use bson::{RawDocumentBuf, Timestamp};
+use rdkafka::Offset;
+use tokio::sync::oneshot;
+
+use super::dead_letter::DeadLetterTopic;
+use super::format::{decode, Decoded, DocumentOptions, RecordMeta};
+use crate::connectors::kafka::config::{DocumentWrite, KafkaSourceConfig, KafkaStart};
+use crate::connectors::kafka::{client_config, KafkaError};
+use crate::connectors::{DeadLetters, Origin, Source, SourceItem};
+use crate::core::{ChangeEvent, Namespace, PartId, Position};
+use crate::error::{Error, Result};
+use crate::telemetry::Telemetry;
+
+/// One consumed record, owned.
+#[derive(Debug, Clone)]
+pub struct ConsumedRecord {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Key bytes.
+    pub key: Option<Vec<u8>>,
+    /// Value bytes; `None` for a tombstone.
+    pub value: Option<Vec<u8>>,
+    /// Headers (kept for the dead-letter copy).
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// Record timestamp, milliseconds since the epoch.
+    pub timestamp_ms: Option<i64>,
+}
+
+impl Origin for ConsumedRecord {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// What the consumer thread hands to the pipeline.
+#[derive(Debug)]
+pub enum ConsumerItem {
+    /// A record, in partition order.
+    Record(ConsumedRecord),
+    /// The group is taking partitions away: write everything read, then answer with the
+    /// offsets to commit (the consumer commits them before giving the partitions up).
+    Revoke(std::sync::mpsc::SyncSender<TopicPartitionList>),
+}
+
+/// Callbacks of the group protocol.
+pub struct GroupContext {
+    tx: mpsc::Sender<ConsumerItem>,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                info!(
+                    partitions = tpl.count(),
+                    "Partitions revoked; finishing their writes and committing."
+                );
+                // On shutdown the pipeline has already committed and stopped listening.
+                if self.tx.is_closed() || tokio::runtime::Handle::try_current().is_ok() {
+                    return;
+                }
+                let (reply, answer) = std::sync::mpsc::sync_channel(1);
+                if self.tx.blocking_send(ConsumerItem::Revoke(reply)).is_err() {
+                    return;
+                }
+                if let Ok(offsets) = answer.recv() {
+                    if offsets.count() > 0 {
+                        if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
+                            warn!(error = %e, "Committing offsets of revoked partitions failed; their next owner re-applies some records (idempotently).");
+                        }
+                    }
+                }
+            }
+            Rebalance::Assign(tpl) => {
+                info!(partitions = ?tpl.elements().iter().map(|e| format!("{}[{}]", e.topic(), e.partition())).collect::<Vec<_>>(), "Partitions assigned.");
+            }
+            Rebalance::Error(e) => warn!(error = %e, "Group rebalance error."),
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            debug!(error = %e, "Offset commit failed (the next one covers it).");
+        }
+    }
+}
+
+/// The consumer of a Kafka source.
+pub type GroupConsumer = BaseConsumer<GroupContext>;
+
+/// Creates the consumer and subscribes; fails fast with one line when the brokers cannot be
+/// reached or refuse access.
+pub async fn open(
+    cfg: &KafkaSourceConfig,
+    pipeline: &str,
+    tx: mpsc::Sender<ConsumerItem>,
+    timeout: Duration,
+) -> Result<Arc<GroupConsumer>, KafkaError> {
+    let group = cfg.group_id(pipeline);
+    let session_ms = cfg.session_timeout.as_millis().max(1000);
+    let client = client_config(
+        &cfg.brokers,
+        &cfg.security,
+        &cfg.options,
+        &[
+            ("session.timeout.ms", session_ms.to_string()),
+            (
+                "heartbeat.interval.ms",
+                (session_ms / 10).max(100).to_string(),
+            ),
+            (
+                "auto.offset.reset",
+                match cfg.start_at {
+                    KafkaStart::Committed | KafkaStart::Earliest => "earliest",
+                    KafkaStart::Latest => "latest",
+                }
+                .to_string(),
+            ),
+            // Bounded prefetch: the lanes, not librdkafka's queue, hold the backlog (the defaults
+            // buffer up to 64 MB and 100,000 records per partition ahead of a slow target).
+            // Records larger than a fetch are still returned whole.
+            ("queued.max.messages.kbytes", "16384".to_string()),
+            ("queued.min.messages", "10000".to_string()),
+            (
+                "partition.assignment.strategy",
+                "range,roundrobin".to_string(),
+            ),
+            // Regex subscriptions see topics created later (a new collection upstream) within
+            // seconds, not librdkafka's default five minutes.
+            ("topic.metadata.refresh.interval.ms", "5000".to_string()),
+        ],
+        &[
+            ("group.id", group.as_str()),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+        ],
+    );
+    let invalid = |e: rdkafka::error::KafkaError| KafkaError::Invalid {
+        what: "kafka source",
+        name: pipeline.to_string(),
+        detail: e.to_string(),
+    };
+    let consumer: GroupConsumer = client
+        .create_with_context(GroupContext { tx })
+        .map_err(invalid)?;
+    let consumer = Arc::new(consumer);
+    let c = consumer.clone();
+    let (brokers, name) = (cfg.brokers.clone(), pipeline.to_string());
+    tokio::task::spawn_blocking(move || {
+        crate::connectors::kafka::check_reachable(c.client(), "kafka source", &name, &brokers, timeout)
+    })
+    .await
+    .map_err(|e| KafkaError::Invalid {
+        what: "kafka source",
+        name: pipeline.to_string(),
+        detail: format!("check panicked: {e}"),
+    })??;
+    let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics).map_err(invalid)?;
+    info!(group = %group, topics = ?cfg.topics, "Kafka source subscribed.");
+    Ok(consumer)
+}
+
+/// Polls the consumer on the calling (dedicated) thread until `stop`, handing records to `tx`.
+pub fn poll_loop(
+    consumer: Arc<GroupConsumer>,
+    tx: mpsc::Sender<ConsumerItem>,
+    telemetry: Arc<Telemetry>,
+    stop: CancellationToken,
+) {
+    while !stop.is_cancelled() {
+        match consumer.poll(Duration::from_millis(100)) {
+            None => telemetry.saw(None, true),
+            Some(Err(e)) => {
+                warn!(error = %e, "Kafka consumer error; retrying.");
+                telemetry.error(&format!("kafka source: {e}"));
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Some(Ok(m)) => {
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let rec = ConsumedRecord {
+                    topic: m.topic().to_string(),
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    value: m.payload().map(<[u8]>::to_vec),
+                    headers,
+                    timestamp_ms: m.timestamp().to_millis(),
+                };
+                telemetry
+                    .kafka
+                    .consumed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                telemetry.saw(rec.timestamp_ms.map(|t| (t / 1000).max(0) as u32), false);
+                if tx.blocking_send(ConsumerItem::Record(rec)).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A Kafka consumer-group member as a [`Source`]: one part per topic-partition, positions
+/// committed as group offsets, partition revocation handed to the engine.
+pub(crate) struct KafkaSource {
+    cfg: KafkaSourceConfig,
+    consumer: Arc<GroupConsumer>,
+    queue: std::sync::Mutex<Option<(mpsc::Sender<ConsumerItem>, mpsc::Receiver<ConsumerItem>)>>,
+    dead_letters: Arc<DeadLetterTopic>,
+    telemetry: Arc<Telemetry>,
+    doc_opts: DocumentOptions,
+}
+
+impl KafkaSource {
+    /// Joins the group (checking the brokers answer) and prepares the dead-letter producer.
+    pub(crate) async fn open(
+        cfg: &KafkaSourceConfig,
+        pipeline: &str,
+        telemetry: &Arc<Telemetry>,
+        timeout: Duration,
+    ) -> Result<Self> {
+        let dead_letters = Arc::new(DeadLetterTopic::open(cfg, pipeline, telemetry)?);
+        let (tx, rx) = mpsc::channel::<ConsumerItem>(1024);
+        let consumer = open(cfg, pipeline, tx.clone(), timeout).await?;
+        Ok(Self {
+            doc_opts: DocumentOptions {
+                namespace: cfg.namespace.as_deref().map(Namespace::parse),
+                topic_prefix: cfg.topic_prefix.clone(),
+                insert: cfg.write == DocumentWrite::Insert,
+                key_fields: cfg.key_fields.clone(),
+            },
+            cfg: cfg.clone(),
+            consumer,
+            queue: std::sync::Mutex::new(Some((tx, rx))),
+            dead_letters,
+            telemetry: telemetry.clone(),
+        })
+    }
+
+    /// The engine's item for a consumed record.
+    fn item(&self, rec: ConsumedRecord) -> SourceItem {
+        let pos = offset_pos(&rec.topic, rec.partition, rec.offset, rec.timestamp_ms);
+        let meta = RecordMeta {
+            topic: &rec.topic,
+            partition: rec.partition,
+            offset: rec.offset,
+            timestamp_ms: rec.timestamp_ms,
+        };
+        let size = rec.value.as_ref().map_or(0, Vec::len);
+        let decoded = if size > self.cfg.max_record_bytes {
+            Err(format!(
+                "record value is {size} bytes, over source.max_record_bytes ({})",
+                self.cfg.max_record_bytes
+            ))
+        } else {
+            decode(
+                self.cfg.format,
+                rec.key.as_deref(),
+                rec.value.as_deref(),
+                meta,
+                &self.doc_opts,
+            )
+            .map_err(|e| e.to_string())
+        };
+        let event = match decoded {
+            Ok(Decoded::Event(ev)) => Ok(ev),
+            Ok(Decoded::InsertIfAbsent(ns, doc)) => ChangeEvent::snapshot(&ns, doc)
+                .map(Box::new)
+                .map_err(|e| e.to_string()),
+            Ok(Decoded::Skip) => return SourceItem::Progress(pos),
+            Err(reason) => Err(reason),
+        };
+        let origin: Arc<dyn Origin> = Arc::new(rec);
+        match event {
+            Ok(event) => SourceItem::Event {
+                pos,
+                event,
+                origin: Some(origin),
+            },
+            Err(reason) => SourceItem::Undecodable {
+                pos,
+                origin,
+                reason,
+            },
+        }
+    }
+}
+
+/// The position of a record: its part is the topic-partition, its token names the offset.
+fn offset_pos(topic: &str, partition: i32, offset: i64, ts_ms: Option<i64>) -> Position {
+    let mut token = RawDocumentBuf::new();
+    token.append(bson::raw::cstr!("t"), topic);
+    token.append(bson::raw::cstr!("p"), partition);
+    token.append(bson::raw::cstr!("o"), offset);
+    Position {
+        part: PartId::new(format!("{topic}[{partition}]")),
+        token,
+        time: ts_ms.map(|ms| Timestamp {
+            time: (ms / 1000).max(0) as u32,
+            increment: 0,
+        }),
+    }
+}
+
+/// The group offsets of durable positions: the next record to read in each partition.
+fn offsets(durable: &[Position]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for p in durable {
+        let (Ok(topic), Ok(partition), Ok(offset)) =
+            (p.token.get_str("t"), p.token.get_i32("p"), p.token.get_i64("o"))
+        else {
+            continue;
+        };
+        let _ = tpl.add_partition_offset(topic, partition, Offset::Offset(offset + 1));
+    }
+    tpl
+}
+
+#[async_trait]
+impl Source for KafkaSource {
+    async fn run(&self, tx: mpsc::Sender<SourceItem>, stop: CancellationToken) -> Result<()> {
+        let (ctx_tx, mut rx) = self
+            .queue
+            .lock()
+            .unwrap()
+            .take()
+            .ok_or_else(|| Error::Internal("the Kafka source runs once".into()))?;
+        let poller = {
+            let (consumer, telemetry, stop) =
+                (self.consumer.clone(), self.telemetry.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("kafka-consumer".into())
+                .spawn(move || poll_loop(consumer, ctx_tx, telemetry, stop))
+                .map_err(|e| Error::Internal(format!("consumer thread: {e}")))?
+        };
+        loop {
+            let item = tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                item = rx.recv() => item,
+            };
+            match item {
+                None => break,
+                Some(ConsumerItem::Record(rec)) => {
+                    if tx.send(self.item(rec)).await.is_err() {
+                        break;
+                    }
+                }
+                Some(ConsumerItem::Revoke(answer)) => {
+                    let (reply, durable) = oneshot::channel();
+                    if tx.send(SourceItem::Revoked { reply }).await.is_err() {
+                        break;
+                    }
+                    let positions = durable.await.unwrap_or_default();
+                    let _ = answer.send(offsets(&positions));
+                }
+            }
+        }
+        // Unblocks the poll thread (a full queue, or a revocation waiting for its answer).
+        drop(rx);
+        let _ = tokio::task::spawn_blocking(move || poller.join()).await;
+        Ok(())
+    }
+
+    async fn commit(&self, durable: &[Position], last: bool) -> Result<()> {
+        let tpl = offsets(durable);
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        if last {
+            let c = self.consumer.clone();
+            match tokio::task::spawn_blocking(move || c.commit(&tpl, CommitMode::Sync)).await {
+                Ok(Ok(())) => info!("Offsets committed."),
+                Ok(Err(e)) => {
+                    warn!(error = %e, "Final offset commit failed; the next run re-applies some records (idempotently).")
+                }
+                Err(e) => warn!(error = %e, "Final offset commit panicked."),
+            }
+            return Ok(());
+        }
+        match self.consumer.commit(&tpl, CommitMode::Async) {
+            Ok(()) => {
+                self.telemetry
+                    .kafka
+                    .commits
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(())
+            }
+            // Not committed now: the next commit carries newer offsets (a replay from the older
+            // ones is idempotent).
+            Err(e) => {
+                warn!(error = %e, "Offset commit failed; the next one covers it.");
+                self.telemetry.error(&format!("kafka source: offset commit: {e}"));
+                Ok(())
+            }
+        }
+    }
+
+    fn dead_letters(&self) -> Option<Arc<dyn DeadLetters>> {
+        Some(self.dead_letters.clone())
+    }
+}

@@ -1,0 +1,122 @@
+//! Applying DDL events. Every DDL is idempotent here: replaying a drop of a missing collection,
+//! a create of an existing one, or a rename already done is not an error.
+
+use bson::{doc, Bson, Document, RawDocument};
+use tracing::{info, warn};
+
+use super::MongoSink;
+use crate::error::{error_code, Error, Result};
+use crate::core::event::{ChangeEvent, OpType};
+
+/// Codes meaning "already done": NamespaceNotFound, NamespaceExists, IndexNotFound,
+/// IndexOptionsConflict, IndexKeySpecsConflict, IndexAlreadyExists.
+const ALREADY_DONE: &[i32] = &[26, 48, 27, 85, 86, 68];
+
+impl MongoSink {
+    /// Applies one DDL event (namespaces already renamed).
+    pub async fn apply_ddl(&self, ev: &ChangeEvent) -> Result<()> {
+        let ns = &ev.ns;
+        let desc = ev.raw.get_document("operationDescription").ok();
+        let res = match &ev.op {
+            OpType::Create => {
+                // Expanded create events carry the collection's options (capped, validator...).
+                let mut cmd = doc! { "create": ns.coll_name() };
+                if let Some(d) = desc.and_then(|d| Document::try_from(d).ok()) {
+                    for (k, v) in d {
+                        if k != "idIndex" {
+                            cmd.insert(k, v);
+                        }
+                    }
+                }
+                match self.run(&ns.db, cmd).await {
+                    Err(Error::Mongo { source, .. })
+                        if error_code(&source).is_some_and(|c| !ALREADY_DONE.contains(&c)) =>
+                    {
+                        warn!(ns = %ns, error = %source, "Creating with the source's options failed; creating plainly.");
+                        self.run(&ns.db, doc! { "create": ns.coll_name() }).await
+                    }
+                    other => other,
+                }
+            }
+            OpType::Drop => self.run(&ns.db, doc! { "drop": ns.coll_name() }).await,
+            OpType::DropDatabase => self.run(&ns.db, doc! { "dropDatabase": 1 }).await,
+            OpType::Rename => {
+                let Some(to) = &ev.rename_to else {
+                    return Err(Error::Internal("rename event without target".into()));
+                };
+                let drop_target = desc
+                    .and_then(|d| d.get_bool("dropTarget").ok())
+                    .unwrap_or(true);
+                self.run(
+                    "admin",
+                    doc! { "renameCollection": ns.to_string(), "to": to.to_string(), "dropTarget": drop_target },
+                )
+                .await
+            }
+            OpType::CreateIndexes => {
+                let specs = index_specs(desc);
+                if specs.is_empty() {
+                    return Ok(());
+                }
+                self.create_indexes(ns, &specs)
+                    .await
+                    .map(|_| Document::new())
+            }
+            OpType::DropIndexes => {
+                let names: Vec<Bson> = index_specs(desc)
+                    .iter()
+                    .filter_map(|s| s.get_str("name").ok().map(|n| Bson::String(n.into())))
+                    .collect();
+                if names.is_empty() {
+                    return Ok(());
+                }
+                self.run(
+                    &ns.db,
+                    doc! { "dropIndexes": ns.coll_name(), "index": names },
+                )
+                .await
+            }
+            OpType::Modify => {
+                let mut cmd = doc! { "collMod": ns.coll_name() };
+                if let Some(d) = desc.and_then(|d| Document::try_from(d).ok()) {
+                    for (k, v) in d {
+                        cmd.insert(k, v);
+                    }
+                }
+                match self.run(&ns.db, cmd).await {
+                    Ok(d) => Ok(d),
+                    Err(e) => {
+                        warn!(ns = %ns, error = %e, "Could not apply collMod on the sink; continuing.");
+                        return Ok(());
+                    }
+                }
+            }
+            _ => return Ok(()),
+        };
+        match res {
+            Ok(_) => {
+                info!(op = ev.op.as_str(), ns = %ns, "Applied DDL.");
+                Ok(())
+            }
+            Err(Error::Mongo { source, .. })
+                if error_code(&source).is_some_and(|c| ALREADY_DONE.contains(&c)) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn index_specs(desc: Option<&RawDocument>) -> Vec<Document> {
+    let Some(arr) = desc.and_then(|d| d.get_array("indexes").ok()) else {
+        return vec![];
+    };
+    arr.into_iter()
+        .filter_map(|v| {
+            v.ok()?
+                .as_document()
+                .and_then(|d| Document::try_from(d).ok())
+        })
+        .collect()
+}

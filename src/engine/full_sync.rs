@@ -1,0 +1,258 @@
+//! The full sync: copies the planned collections chunk by chunk, in parallel, checkpointing
+//! each finished chunk so a restart redoes only unfinished ones.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use bson::Document;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tracing::info;
+
+use super::start::MongoPipeline as Pipeline;
+use crate::checkpoint::{CollectionPlan, FullSyncState};
+use crate::error::{Error, Result};
+use crate::core::event::Namespace;
+use crate::connectors::mongo::snapshot::{list_collections, list_indexes, plan_collection, read_chunk};
+use crate::telemetry::{CollectionProgress, PipelineState};
+
+/// Plans a full sync of every collection in scope, starting from `start_token`.
+pub async fn plan(p: &Pipeline, start_token: Option<Document>) -> Result<FullSyncState> {
+    let colls = list_collections(&p.source, &p.engine.transforms.scope).await?;
+    let mut collections = Vec::with_capacity(colls.len());
+    for c in &colls {
+        collections.push(plan_collection(&p.source, &c.ns, p.engine.cfg.full_sync.chunk_docs).await?);
+    }
+    Ok(FullSyncState {
+        start_token,
+        start_time: None,
+        collections,
+        done: false,
+    })
+}
+
+/// Runs (or resumes) the full sync recorded in the checkpoint. `fresh` allows dropping target
+/// collections first when configured. Returns `false` if cancelled before the end.
+pub async fn copy(p: &Arc<Pipeline>, fresh: bool) -> Result<bool> {
+    p.engine.telemetry.set_state(PipelineState::Copying);
+    let state = p
+        .checkpoint
+        .state
+        .lock()
+        .await
+        .full_sync
+        .clone()
+        .ok_or_else(|| Error::Internal("no full-sync plan".into()))?;
+    let options: HashMap<String, Document> = list_collections(&p.source, &p.engine.transforms.scope)
+        .await?
+        .into_iter()
+        .map(|c| (c.ns.to_string(), c.options))
+        .collect();
+
+    p.engine.telemetry.clear_collections();
+    let mut progress = Vec::new();
+    for plan in &state.collections {
+        let done_chunks = plan.chunks.iter().filter(|c| c.done).count() as u64;
+        let copied = (done_chunks * p.engine.cfg.full_sync.chunk_docs).min(plan.estimated);
+        progress.push(p.engine.telemetry.add_collection(
+            &plan.ns,
+            plan.estimated,
+            copied,
+            plan.indexes_done,
+        ));
+    }
+
+    for (ci, plan) in state.collections.iter().enumerate() {
+        if plan.created {
+            continue;
+        }
+        let target = p.engine.transforms.target_ns(&Namespace::parse(&plan.ns));
+        let opts = options.get(&plan.ns).cloned().unwrap_or_default();
+        for sink in copy_sinks(p) {
+            sink.prepare_copy(&target, &opts, fresh && p.engine.cfg.full_sync.drop_target)
+                .await?;
+        }
+        p.checkpoint
+            .state
+            .lock()
+            .await
+            .full_sync
+            .as_mut()
+            .expect("plan")
+            .collections[ci]
+            .created = true;
+    }
+    p.save_checkpoint().await?;
+
+    let queue: VecDeque<(usize, usize)> = state
+        .collections
+        .iter()
+        .enumerate()
+        .flat_map(|(ci, c)| {
+            c.chunks
+                .iter()
+                .enumerate()
+                .filter(|(_, k)| !k.done)
+                .map(move |(ki, _)| (ci, ki))
+        })
+        .collect();
+    // Collections with nothing left to copy may still need their indexes.
+    for (ci, plan) in state.collections.iter().enumerate() {
+        if plan.chunks.iter().all(|c| c.done) && !plan.indexes_done {
+            finish_collection(p, ci).await?;
+            progress[ci].done.store(true, Relaxed);
+        }
+    }
+    let queue = Arc::new(std::sync::Mutex::new(queue));
+    let progress = Arc::new(progress);
+    let stop = p.engine.cancel.child_token();
+    let mut workers = JoinSet::new();
+    for _ in 0..p.engine.cfg.full_sync.parallelism {
+        let (p, queue, progress, stop) = (p.clone(), queue.clone(), progress.clone(), stop.clone());
+        workers.spawn(async move {
+            let r = worker(&p, &queue, &progress, &stop).await;
+            if r.is_err() {
+                stop.cancel();
+            }
+            r
+        });
+    }
+    let mut result = Ok(());
+    while let Some(r) = workers.join_next().await {
+        let r = r.unwrap_or_else(|e| Err(Error::Internal(format!("copy worker panicked: {e}"))));
+        result = result.and(r);
+    }
+    result?;
+    if p.engine.cancel.is_cancelled() {
+        return Ok(false);
+    }
+    {
+        // Done and the streaming start are saved together: a crash between them must not
+        // leave a finished copy without a position.
+        let mut c = p.checkpoint.state.lock().await;
+        let fs = c.full_sync.as_mut().expect("plan");
+        fs.done = true;
+        let start = fs.start_token.clone();
+        if c.resume_token.is_none() {
+            c.resume_token = start;
+        }
+    }
+    p.save_checkpoint().await?;
+    info!(collections = state.collections.len(), "Full sync finished.");
+    Ok(true)
+}
+
+async fn worker(
+    p: &Arc<Pipeline>,
+    queue: &std::sync::Mutex<VecDeque<(usize, usize)>>,
+    progress: &[Arc<CollectionProgress>],
+    stop: &tokio_util::sync::CancellationToken,
+) -> Result<()> {
+    loop {
+        if stop.is_cancelled() {
+            return Ok(());
+        }
+        let Some((ci, ki)) = queue.lock().unwrap().pop_front() else {
+            return Ok(());
+        };
+        let (src, chunk) = {
+            let c = p.checkpoint.state.lock().await;
+            let plan: &CollectionPlan = &c.full_sync.as_ref().expect("plan").collections[ci];
+            (Namespace::parse(&plan.ns), plan.chunks[ki].clone())
+        };
+        let target = p.engine.transforms.target_ns(&src);
+        let (tx, mut rx) = mpsc::channel(2);
+        let reader = tokio::spawn(read_chunk(
+            p.source.clone(),
+            src.clone(),
+            chunk,
+            p.engine.cfg.full_sync.batch_docs,
+            tx,
+        ));
+        let mut complete = true;
+        while let Some(batch) = rx.recv().await {
+            if stop.is_cancelled() {
+                complete = false;
+                break;
+            }
+            if !p.engine.control.admit(batch.len() as u64, stop).await {
+                complete = false;
+                break;
+            }
+            let bytes: usize = batch.iter().map(|d| d.as_bytes().len()).sum();
+            let mut n = 0;
+            let sinks = copy_sinks(p);
+            let last = sinks.len().saturating_sub(1);
+            let mut batch = Some(batch);
+            for (i, sink) in sinks.into_iter().enumerate() {
+                let docs = if i == last {
+                    batch.take().unwrap_or_default()
+                } else {
+                    batch.clone().unwrap_or_default()
+                };
+                n = sink.copy(&target, docs).await?;
+            }
+            progress[ci].copied.fetch_add(n, Relaxed);
+            progress[ci].bytes.fetch_add(bytes as u64, Relaxed);
+        }
+        drop(rx);
+        reader
+            .await
+            .map_err(|e| Error::Internal(format!("chunk reader panicked: {e}")))??;
+        if !complete || stop.is_cancelled() {
+            return Ok(());
+        }
+        let collection_done = {
+            let mut c = p.checkpoint.state.lock().await;
+            let plan = &mut c.full_sync.as_mut().expect("plan").collections[ci];
+            plan.chunks[ki].done = true;
+            plan.chunks.iter().all(|k| k.done)
+        };
+        p.save_checkpoint().await?;
+        if collection_done {
+            finish_collection(p, ci).await?;
+            progress[ci].done.store(true, Relaxed);
+        }
+    }
+}
+
+/// Builds the indexes of a copied collection and records it.
+async fn finish_collection(p: &Pipeline, ci: usize) -> Result<()> {
+    let ns = p
+        .checkpoint
+        .state
+        .lock()
+        .await
+        .full_sync
+        .as_ref()
+        .expect("plan")
+        .collections[ci]
+        .ns
+        .clone();
+    let src = Namespace::parse(&ns);
+    if p.engine.cfg.full_sync.indexes {
+        let target = p.engine.transforms.target_ns(&src);
+        let specs = list_indexes(&p.source, &src).await?;
+        for sink in copy_sinks(p) {
+            sink.finish_copy(&target, &specs).await?;
+        }
+    }
+    p.checkpoint
+        .state
+        .lock()
+        .await
+        .full_sync
+        .as_mut()
+        .expect("plan")
+        .collections[ci]
+        .indexes_done = true;
+    p.save_checkpoint().await?;
+    info!(ns = %ns, "Collection copied.");
+    Ok(())
+}
+
+/// The sinks that receive the initial copy.
+fn copy_sinks(p: &Pipeline) -> Vec<&Arc<dyn crate::connectors::Sink>> {
+    p.engine.sinks.iter().filter(|s| s.takes_copy()).collect()
+}

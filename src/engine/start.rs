@@ -1,0 +1,220 @@
+//! The phases of a pipeline whose source is MongoDB: start-up checks, the full sync, then the
+//! change stream through the engine, with the lost-position resync between them.
+
+use std::sync::Arc;
+
+use bson::Timestamp;
+use mongodb::Client;
+use tracing::{info, warn};
+
+use super::{full_sync, Engine};
+use crate::checkpoint::{CheckpointStore, Checkpointer, FileStore, MongoStore};
+use crate::config::{CheckpointStoreKind, HistoryLostPolicy, PipelineConfig, StartAt};
+use crate::connectors::mongo::connect::connect_uri;
+use crate::connectors::mongo::snapshot::list_collections;
+use crate::connectors::mongo::stream::{head_position, StartPosition, StreamSettings};
+use crate::connectors::mongo::MongoSource;
+use crate::error::{Error, Result, Role};
+use crate::telemetry::PipelineState;
+use crate::transform::Transforms;
+
+/// A pipeline reading a MongoDB deployment: the engine, the source client and the checkpoint.
+pub struct MongoPipeline {
+    /// The engine with the sinks.
+    pub engine: Engine,
+    /// Source client.
+    pub source: Client,
+    /// The checkpoint and its store.
+    pub checkpoint: Arc<Checkpointer>,
+}
+
+/// Checks the scope against the source and turns on pre-images when asked, without writing
+/// anything else.
+pub async fn check_source(cfg: &PipelineConfig, source: &Client, transforms: &Transforms) -> Result<()> {
+    if !cfg.scope.allow_missing {
+        let exact = transforms.scope.exact_includes();
+        if !exact.is_empty() {
+            let present = list_collections(source, &transforms.scope).await?;
+            for ns in exact {
+                if !present.iter().any(|c| c.ns == ns) {
+                    return Err(Error::User(format!(
+                        "collection {ns} named in scope.include does not exist on the source (set scope.allow_missing = true to wait for it)"
+                    )));
+                }
+            }
+        }
+    }
+    if cfg.stream.enable_pre_images {
+        enable_pre_images(source, transforms).await?;
+    }
+    Ok(())
+}
+
+/// Turns on `changeStreamPreAndPostImages` for every source collection in scope, so delete
+/// events carry the deleted document.
+async fn enable_pre_images(source: &Client, transforms: &Transforms) -> Result<()> {
+    for c in list_collections(source, &transforms.scope).await? {
+        let ns = c.ns;
+        source
+            .database(&ns.db)
+            .run_command(bson::doc! {
+                "collMod": ns.coll_name(),
+                "changeStreamPreAndPostImages": { "enabled": true },
+            })
+            .await
+            .map_err(|e| {
+                Error::mongo(
+                    Role::Source,
+                    format!("enabling pre-images on {ns} (stream.enable_pre_images)"),
+                    e,
+                )
+            })?;
+        info!(%ns, "Pre-images enabled.");
+    }
+    Ok(())
+}
+
+/// The checkpoint store a config asks for (`client`'s deployment unless another URI is given).
+pub async fn checkpoint_store(cfg: &PipelineConfig, client: &Client) -> Result<CheckpointStore> {
+    let c = &cfg.checkpoint;
+    Ok(match c.store {
+        CheckpointStoreKind::File => {
+            CheckpointStore::File(FileStore::new(c.path.clone().expect("validated")))
+        }
+        CheckpointStoreKind::Mongodb => {
+            let client = match &c.uri {
+                Some(uri) => {
+                    let defaults = cfg.mongo_endpoint().expect("a MongoDB endpoint");
+                    connect_uri(uri, defaults, Role::Checkpoint).await?
+                }
+                None => client.clone(),
+            };
+            CheckpointStore::Mongo(MongoStore::new(&client, &c.database, &c.collection))
+        }
+    })
+}
+
+impl MongoPipeline {
+    /// Saves the current checkpoint.
+    pub async fn save_checkpoint(&self) -> Result<()> {
+        Ok(self.checkpoint.save().await?)
+    }
+
+    /// Stream settings of the pipeline.
+    pub fn settings(&self) -> StreamSettings {
+        let cfg = &self.engine.cfg;
+        let s = &cfg.stream;
+        StreamSettings {
+            target: self.engine.transforms.scope.watch_target(),
+            update_mode: s.update_mode,
+            ddl: s.ddl,
+            batch_size: s.batch_size,
+            max_await: s.max_await,
+            pre_images: cfg.wants_pre_images().then_some(s.pre_images),
+        }
+    }
+
+    /// Runs until it finishes (mode `full`), is cancelled, or fails.
+    pub async fn run(self: Arc<Self>) -> Result<()> {
+        let p = &self;
+        let cfg = p.engine.cfg.clone();
+        let store = &p.checkpoint.store;
+        let saved = store.load(&cfg.id).await?;
+        if let Some(c) = &saved {
+            info!(store = %store.describe(), cluster_time = ?c.cluster_time, "Resuming from checkpoint.");
+            *p.checkpoint.state.lock().await = c.clone();
+        }
+        let mut fresh = saved.is_none();
+        loop {
+            let ckpt = p.checkpoint.state.lock().await.clone();
+            let copy_pending = ckpt.full_sync.as_ref().is_some_and(|f| !f.done);
+            let start = if copy_pending {
+                if !full_sync::copy(&self, fresh).await? {
+                    return Ok(());
+                }
+                match p.checkpoint.state.lock().await.resume_token.clone() {
+                    Some(t) => StartPosition::After(t),
+                    None => StartPosition::Now,
+                }
+            } else if let Some(token) = ckpt.resume_token.clone() {
+                StartPosition::After(token)
+            } else if let Some(token) = ckpt.full_sync.as_ref().and_then(|f| f.start_token.clone()) {
+                // A finished copy without a streaming position (written by an older version, or
+                // edited): changes since the copy began must still be applied.
+                StartPosition::After(token)
+            } else if ckpt.full_sync.is_none() && cfg.mode.copies() {
+                let start_token = if cfg.mode.streams() {
+                    Some(head_position(&p.source, &p.settings()).await?)
+                } else {
+                    None
+                };
+                let plan = full_sync::plan(p, start_token).await?;
+                info!(collections = plan.collections.len(), "Full sync planned.");
+                p.checkpoint.state.lock().await.full_sync = Some(plan);
+                p.save_checkpoint().await?;
+                continue;
+            } else if cfg.mode.streams() {
+                let start = match cfg.stream.start_at {
+                    StartAt::Now => StartPosition::After(head_position(&p.source, &p.settings()).await?),
+                    StartAt::Timestamp(t) => StartPosition::At(Timestamp {
+                        time: t,
+                        increment: 0,
+                    }),
+                };
+                // Saved before anything is applied, so a crash before the first checkpoint does
+                // not move the start to a later "now".
+                if let StartPosition::After(token) = &start {
+                    p.checkpoint.state.lock().await.resume_token = Some(token.clone());
+                    p.save_checkpoint().await?;
+                }
+                start
+            } else {
+                info!("Full sync already complete according to the checkpoint; nothing to do (`strait checkpoint reset` starts over).");
+                return Ok(());
+            };
+            if !cfg.mode.streams() {
+                p.engine.telemetry.set_state(PipelineState::Stopped);
+                return Ok(());
+            }
+            let source = Arc::new(MongoSource::new(
+                p.source.clone(),
+                p.settings(),
+                start,
+                p.checkpoint.clone(),
+                p.engine.telemetry.clone(),
+            ));
+            match p.engine.run(source).await {
+                Err(Error::HistoryLost { position, detail })
+                    if cfg.stream.on_history_lost == HistoryLostPolicy::Resync =>
+                {
+                    warn!(%position, %detail, "The saved position is no longer in the source's change log; copying the data again.");
+                    let token = head_position(&p.source, &p.settings()).await?;
+                    let plan = full_sync::plan(p, Some(token)).await?;
+                    // The target may hold documents deleted during the gap: copy into fresh
+                    // collections.
+                    for c in &plan.collections {
+                        let target = p
+                            .engine
+                            .transforms
+                            .target_ns(&crate::core::Namespace::parse(&c.ns));
+                        for s in p.engine.sinks.iter().filter(|s| s.takes_copy()) {
+                            s.drop_for_resync(&target).await?;
+                        }
+                    }
+                    {
+                        let mut c = p.checkpoint.state.lock().await;
+                        c.full_sync = Some(plan);
+                        c.resume_token = None;
+                        c.cluster_time = None;
+                    }
+                    p.save_checkpoint().await?;
+                    fresh = false;
+                }
+                other => {
+                    p.engine.telemetry.set_state(PipelineState::Stopped);
+                    return other;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! The supervisor: starts one pipeline from its config, with what runs beside it (the HTTP API,
+//! the progress reporter, the lease), runs it until it ends or is cancelled, and reports how it
+//! stopped. The command line runs one; a multi-pipeline server runs many.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::lease::Lease;
+use super::start::{check_source, checkpoint_store, MongoPipeline};
+use super::Engine;
+use crate::checkpoint::{CheckpointStore, Checkpointer};
+use crate::config::{PipelineConfig, SourceEndpoint};
+use crate::connectors::kafka::source::KafkaSource;
+use crate::connectors::mongo::connect::connect;
+use crate::connectors::{open_sinks, Source};
+use crate::control::Control;
+use crate::error::{Error, Result, Role};
+use crate::telemetry::{PipelineState, Telemetry};
+use crate::transform::Transforms;
+
+/// One pipeline and its counters and controls.
+pub struct Supervisor {
+    cfg: Arc<PipelineConfig>,
+    /// Progress counters (what the API, the metrics and the reporter show).
+    pub telemetry: Arc<Telemetry>,
+    /// Pause and rate limit.
+    pub control: Arc<Control>,
+    /// Stops the pipeline: it drains, commits and returns.
+    pub cancel: CancellationToken,
+}
+
+/// A task beside the pipeline, stopped by its own token.
+struct Companion(JoinHandle<()>, CancellationToken);
+
+impl Companion {
+    async fn stop(self) {
+        self.1.cancel();
+        let _ = self.0.await;
+    }
+}
+
+impl Supervisor {
+    /// A supervisor of `cfg`, not started yet.
+    pub fn new(cfg: PipelineConfig) -> Self {
+        let control = Arc::new(Control::new(
+            cfg.api.as_ref().map(|a| a.rate_limit).unwrap_or(0),
+        ));
+        Self {
+            cfg: Arc::new(cfg),
+            telemetry: Arc::new(Telemetry::default()),
+            control,
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    /// The pipeline's config.
+    pub fn config(&self) -> &Arc<PipelineConfig> {
+        &self.cfg
+    }
+
+    /// Runs the pipeline until it finishes or is cancelled. Returns `Ok` on a clean stop,
+    /// including a stop requested while a sink kept failing (nothing is lost; the next run goes
+    /// on from the checkpoint).
+    pub async fn run(&self) -> Result<()> {
+        let api = self.start_api().await?;
+        let mut reporter = None;
+        let result = self.run_pipeline(&mut reporter).await;
+        for c in reporter.into_iter().chain(api) {
+            c.stop().await;
+        }
+        match result {
+            Err(Error::Stopped) => {
+                warn!("{}", Error::Stopped);
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    async fn start_api(&self) -> Result<Option<Companion>> {
+        let Some(a) = self.cfg.api.clone() else {
+            return Ok(None);
+        };
+        let stop = CancellationToken::new();
+        let (addr, handle) = crate::api::serve(
+            &a,
+            self.cfg.clone(),
+            self.telemetry.clone(),
+            self.control.clone(),
+            stop.clone(),
+        )
+        .await
+        .map_err(|e| Error::User(e.to_string()))?;
+        info!(%addr, "HTTP API listening.");
+        Ok(Some(Companion(handle, stop)))
+    }
+
+    /// The progress bars / periodic status lines; a standby reports nothing.
+    fn start_reporter(&self) -> Companion {
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn(crate::report::report(
+            self.telemetry.clone(),
+            stop.clone(),
+            Duration::from_secs(10),
+        ));
+        Companion(handle, stop)
+    }
+
+    async fn run_pipeline(&self, reporter: &mut Option<Companion>) -> Result<()> {
+        let cfg = &self.cfg;
+        let transforms = Arc::new(Transforms::from_config(cfg));
+        let engine = |sinks| Engine {
+            cfg: cfg.clone(),
+            transforms: transforms.clone(),
+            sinks,
+            telemetry: self.telemetry.clone(),
+            control: self.control.clone(),
+            cancel: self.cancel.clone(),
+        };
+        match &cfg.source {
+            SourceEndpoint::Kafka(k) => {
+                let opened = open_sinks(cfg, &self.telemetry, &self.cancel).await?;
+                let timeout = cfg
+                    .mongo_endpoint()
+                    .map(|m| m.connect_timeout)
+                    .unwrap_or(Duration::from_secs(10));
+                let source: Arc<dyn Source> =
+                    Arc::new(KafkaSource::open(k, &cfg.id, &self.telemetry, timeout).await?);
+                info!(pipeline = %cfg.id, "Pipeline started (Kafka source).");
+                *reporter = Some(self.start_reporter());
+                let result = engine(opened.sinks).run(source.clone()).await;
+                // Leaving the group blocks: the last reference goes off the runtime's threads.
+                let _ = tokio::task::spawn_blocking(move || drop(source)).await;
+                self.telemetry.set_state(PipelineState::Stopped);
+                result
+            }
+            SourceEndpoint::Mongodb(m) => {
+                let (source, opened) = tokio::join!(
+                    connect(m, Role::Source),
+                    open_sinks(cfg, &self.telemetry, &self.cancel)
+                );
+                let (source, opened) = (source?, opened?);
+                // Without a MongoDB sink, checkpoints live on the source (as MongoShake keeps
+                // them).
+                let store =
+                    checkpoint_store(cfg, opened.mongo.as_ref().unwrap_or(&source)).await?;
+                check_source(cfg, &source, &transforms).await?;
+                let lease = match (&store, cfg.checkpoint.lease) {
+                    (CheckpointStore::Mongo(m), true) => Some(Lease::new(
+                        m.database(),
+                        &cfg.id,
+                        holder_id(),
+                        cfg.checkpoint.lease_ttl,
+                    )),
+                    _ => None,
+                };
+                let pipeline = Arc::new(MongoPipeline {
+                    engine: engine(opened.sinks),
+                    source,
+                    checkpoint: Arc::new(Checkpointer::new(store, &cfg.id)),
+                });
+                info!(pipeline = %cfg.id, mode = ?cfg.mode, "Pipeline started.");
+                self.run_leased(pipeline, lease, reporter).await
+            }
+        }
+    }
+
+    /// Runs a MongoDB-source pipeline, holding the lease when there is one: a standby waits
+    /// for it, and losing it stops applying.
+    async fn run_leased(
+        &self,
+        pipeline: Arc<MongoPipeline>,
+        lease: Option<Lease>,
+        reporter: &mut Option<Companion>,
+    ) -> Result<()> {
+        if let Some(l) = &lease {
+            self.telemetry.set_state(PipelineState::Standby);
+            if !l.acquire(&self.cancel).await? {
+                info!("Stopped while standing by.");
+                return Ok(());
+            }
+        }
+        let (lease_stop, lost) = (CancellationToken::new(), CancellationToken::new());
+        let keeper = lease
+            .clone()
+            .map(|l| tokio::spawn(l.keep_owned(lease_stop.clone(), lost.clone())));
+        let on_lost = {
+            let (lost, cancel) = (lost.clone(), self.cancel.clone());
+            tokio::spawn(async move {
+                lost.cancelled().await;
+                cancel.cancel();
+            })
+        };
+        *reporter = Some(self.start_reporter());
+        let result = pipeline.run().await;
+        lease_stop.cancel();
+        on_lost.abort();
+        if let Some(k) = keeper {
+            let _ = k.await;
+        }
+        match result {
+            Err(Error::Stopped) => warn!("{}", Error::Stopped),
+            other => other?,
+        }
+        if lost.is_cancelled() {
+            return Err(Error::LeaseLost);
+        }
+        if let Some(l) = &lease {
+            l.release().await;
+        }
+        Ok(())
+    }
+}
+
+/// A lease holder id: host name and process id.
+fn holder_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    format!("{host}:{}", std::process::id())
+}

@@ -1,4 +1,0 @@
-//! Where change events come from.
-
-pub mod kafka;
-pub mod mongo;
