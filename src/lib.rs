@@ -10,6 +10,7 @@
 pub mod api;
 pub mod backoff;
 pub mod checkpoint;
+pub mod codec;
 pub mod config;
 pub mod connectors;
 pub mod control;

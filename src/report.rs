@@ -99,4 +99,9 @@ async fn log_lines(t: Arc<Telemetry>, cancel: CancellationToken, every: Duration
             _ => {}
         }
     }
+    // The totals on the way out, however short the run.
+    if t.snapshot().read > 0 || applied_total(&t) > 0 {
+        let average = applied_total(&t) as f64 / t.snapshot().uptime_seconds.max(0.001);
+        info!("{}", summary_line(&t, average));
+    }
 }

@@ -137,7 +137,11 @@ impl Engine {
                         _ = stop.cancelled() => return Ok::<_, Error>(()),
                         _ = tokio::time::sleep(interval) => {}
                     }
-                    commit(&*source, &windows, &committed, &telemetry, false).await?;
+                    if let Err(e) = commit(&*source, &windows, &committed, &telemetry, false).await {
+                        // Not saving positions is not a state to run on in: stop, and say why.
+                        stop.cancel();
+                        return Err(e);
+                    }
                 }
             })
         };

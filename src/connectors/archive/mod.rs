@@ -5,6 +5,7 @@
 //! written with one atomic PUT (a rename for directories): an object is either all there or
 //! absent. See [`writer`] for how a crash never loses or duplicates an event.
 
+pub mod config;
 pub mod query;
 pub mod record;
 pub(crate) mod sink;

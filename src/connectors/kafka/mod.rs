@@ -4,7 +4,6 @@
 pub(crate) mod client;
 pub mod config;
 pub(crate) mod dead_letter;
-pub mod format;
 pub mod sink;
 pub mod source;
 

@@ -19,7 +19,7 @@ use tracing::{info, warn};
 
 use crate::connectors::kafka::config::KafkaSinkConfig;
 use crate::core::event::{ChangeEvent, Namespace, OpType};
-use crate::connectors::kafka::format::{encode, Record};
+use crate::codec::{encode, Record};
 use crate::connectors::kafka::{client_config, KafkaError};
 use crate::connectors::{BatchPolicy, Ordering, Sink, Written};
 use crate::telemetry::Telemetry;

@@ -24,7 +24,7 @@ use rdkafka::Offset;
 use tokio::sync::oneshot;
 
 use super::dead_letter::DeadLetterTopic;
-use super::format::{decode, Decoded, DocumentOptions, RecordMeta};
+use crate::codec::{decode, Decoded, DocumentOptions, RecordMeta};
 use crate::connectors::kafka::config::{DocumentWrite, KafkaSourceConfig, KafkaStart};
 use crate::connectors::kafka::{client_config, KafkaError};
 use crate::connectors::{DeadLetters, Origin, Source, SourceItem};

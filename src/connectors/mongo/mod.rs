@@ -1,6 +1,7 @@
 //! MongoDB-family deployments: a source (snapshot of existing documents, then the change
 //! stream) and a sink (idempotent writes, DDL, the copy's bulk inserts).
 
+pub mod config;
 pub mod connect;
 pub mod sink;
 pub mod snapshot;

@@ -1,5 +1,5 @@
 //! Golden files of every format (`tests/golden/kafka/<format>/<case>.json`; regenerate with
-//! `STRAIT_UPDATE_GOLDEN=1 cargo test format::`), round trips, and a property test that
+//! `STRAIT_UPDATE_GOLDEN=1 cargo test codec::`), round trips, and a property test that
 //! canonical Extended JSON keeps documents byte-identical.
 
 use bson::{rawdoc, Binary, DateTime, Decimal128, RawDocumentBuf, Timestamp};

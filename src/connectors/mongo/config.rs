@@ -1,0 +1,65 @@
+//! The MongoDB connector's settings: the `[source]` or `[sink]` table of a MongoDB-family
+//! deployment.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::RouteOp;
+
+/// Kind of endpoint. Only MongoDB exists so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointType {
+    /// MongoDB, Amazon DocumentDB or Azure Cosmos DB for MongoDB.
+    #[default]
+    Mongodb,
+}
+
+/// A MongoDB-family deployment.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MongoEndpoint {
+    /// Endpoint kind: `"mongodb"`.
+    #[serde(default, rename = "type")]
+    pub kind: EndpointType,
+    /// Connection string, e.g. `mongodb://user:pass@host:27017/?replicaSet=rs0`. Any URI option
+    /// of the driver works here (`tls=true`, `authSource=...`, `retryWrites=false` for DocumentDB).
+    pub uri: String,
+    /// TLS settings beyond what the URI says (DocumentDB needs `ca_file`).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// How long to wait for a reachable server before failing, e.g. `"10s"`.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// `[sink]` only: the operation types written to this sink, e.g.
+    /// `["insert", "update", "replace"]` for an append-only copy whose deletes go to an archive.
+    /// Default: every operation the stream passes.
+    #[serde(default)]
+    pub ops: Option<Vec<RouteOp>>,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// TLS options for a MongoDB connection.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Turn TLS on (default true when this table is present).
+    #[serde(default = "crate::config::yes")]
+    pub enabled: bool,
+    /// PEM file of the certificate authorities to trust (e.g. `global-bundle.pem` for DocumentDB).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM file with the client certificate and key, for X.509 auth or mutual TLS.
+    #[serde(default)]
+    pub certificate_key_file: Option<PathBuf>,
+    /// Accept any server certificate (also skips the host-name check, which SSH tunnels to
+    /// DocumentDB need). Only for testing.
+    #[serde(default)]
+    pub allow_invalid_certificates: bool,
+}
+
