@@ -77,11 +77,7 @@ fn start_server(port: u16, name: &str) -> Server {
         None => Stdio::null(),
     };
     let (mut cmd, dir) = secantus::secantus_command(port, &cache);
-    let child = cmd
-        .stdout(log("out"))
-        .stderr(log("err"))
-        .spawn()
-        .unwrap();
+    let child = cmd.stdout(log("out")).stderr(log("err")).spawn().unwrap();
     println!(
         "server {name}: pid {} port {port} cache {cache}",
         child.id()
@@ -303,7 +299,11 @@ fn run_full(cfg: &std::path::Path) -> (Duration, u64) {
         peak = peak.max(rss);
         if trace && traced.elapsed() >= Duration::from_secs(5) {
             traced = Instant::now();
-            println!("  {:.0} s: strait RSS {} MB", t.elapsed().as_secs_f64(), rss / 1024);
+            println!(
+                "  {:.0} s: strait RSS {} MB",
+                t.elapsed().as_secs_f64(),
+                rss / 1024
+            );
         }
         if let Some(s) = child.try_wait().unwrap() {
             assert!(s.success());

@@ -503,7 +503,12 @@ pub fn render_metrics(cfg: &PipelineConfig, t: &Telemetry, control: &Control) ->
     let colls = t.collections();
     let copied: Vec<_> = colls
         .iter()
-        .map(|c| (format!(",ns=\"{}\"", label_value(&c.ns)), c.copied.load(Relaxed) as f64))
+        .map(|c| {
+            (
+                format!(",ns=\"{}\"", label_value(&c.ns)),
+                c.copied.load(Relaxed) as f64,
+            )
+        })
         .collect();
     metric(
         "strait_fullsync_documents_copied",
@@ -528,7 +533,12 @@ pub fn render_metrics(cfg: &PipelineConfig, t: &Telemetry, control: &Control) ->
     );
     let bytes: Vec<_> = colls
         .iter()
-        .map(|c| (format!(",ns=\"{}\"", label_value(&c.ns)), c.bytes.load(Relaxed) as f64))
+        .map(|c| {
+            (
+                format!(",ns=\"{}\"", label_value(&c.ns)),
+                c.bytes.load(Relaxed) as f64,
+            )
+        })
         .collect();
     metric(
         "strait_fullsync_bytes_copied",

@@ -12,7 +12,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::transform::scope::{NamespacePattern, PatternError};
 
-
 pub use crate::connectors::archive::config::{ArchiveSinkConfig, Compression, ExtraSinkType};
 pub use crate::connectors::kafka::config::{KafkaFormat, KafkaSinkConfig, KafkaSourceConfig};
 pub use crate::connectors::mongo::config::{EndpointType, MongoEndpoint, TlsConfig};
@@ -156,7 +155,6 @@ impl SyncMode {
         matches!(self, SyncMode::Incremental | SyncMode::FullAndIncremental)
     }
 }
-
 
 /// Where changes come from.
 #[derive(Debug, Clone, Serialize)]
@@ -305,7 +303,6 @@ impl RouteOp {
     }
 }
 
-
 /// Extended JSON flavour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -316,7 +313,6 @@ pub enum JsonFlavour {
     /// Human-friendly (`5`); int32 and int64 become indistinguishable.
     Relaxed,
 }
-
 
 /// Pre-images (the document as it was before an update, replace or delete).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -332,7 +328,6 @@ pub enum PreImages {
     /// Ask; an event without a pre-image is an error.
     Required,
 }
-
 
 pub(crate) fn yes() -> bool {
     true

@@ -139,9 +139,7 @@ impl Error {
             | Error::Auth { .. }
             | Error::User(_)
             | Error::Rejected { .. }
-            | Error::HistoryLost { .. } => {
-                ErrorClass::User
-            }
+            | Error::HistoryLost { .. } => ErrorClass::User,
             Error::Unreachable { .. } | Error::Mongo { .. } | Error::Checkpoint(_) => {
                 ErrorClass::External
             }

@@ -374,7 +374,9 @@ async fn archive(action: ArchiveAction) -> anyhow::Result<ExitCode> {
                 .mongo_source()
                 .context("restoring needs a MongoDB source (or --uri)")?;
             let target = match &uri {
-                Some(u) => strait::connectors::mongo::connect::connect_uri(u, source, Role::Sink).await?,
+                Some(u) => {
+                    strait::connectors::mongo::connect::connect_uri(u, source, Role::Sink).await?
+                }
                 None => strait::connectors::mongo::connect::connect(source, Role::Sink).await?,
             };
             let into = into.as_deref().map(strait::core::Namespace::parse);
@@ -534,7 +536,11 @@ async fn http(
                 r.call()
             }
             m => {
-                let mut r = if m == "PUT" { agent.put(&url) } else { agent.post(&url) };
+                let mut r = if m == "PUT" {
+                    agent.put(&url)
+                } else {
+                    agent.post(&url)
+                };
                 if let Some(a) = &auth {
                     r = r.header("Authorization", a);
                 }
@@ -542,7 +548,9 @@ async fn http(
             }
         };
         let mut response = response.with_context(|| {
-            format!("cannot reach the pipeline's API at {addr}; is `strait run` running with [api]?")
+            format!(
+                "cannot reach the pipeline's API at {addr}; is `strait run` running with [api]?"
+            )
         })?;
         let code = response.status().as_u16();
         let text = response.body_mut().read_to_string()?;

@@ -8,9 +8,9 @@ use futures::TryStreamExt;
 use mongodb::Client;
 use serde::Serialize;
 
-use crate::error::{Error, Result, Role};
-use crate::core::event::Namespace;
 use crate::connectors::mongo::snapshot::{list_collections, list_indexes};
+use crate::core::event::Namespace;
+use crate::error::{Error, Result, Role};
 use crate::transform::Transforms;
 
 /// Differences found in one collection.

@@ -99,8 +99,11 @@ fn cases() -> Vec<(&'static str, ChangeEvent)> {
         ("drop", ev(base("drop", 6))),
         (
             "snapshot",
-            ChangeEvent::snapshot(&crate::core::event::Namespace::parse("shop.orders"), full_doc())
-                .unwrap(),
+            ChangeEvent::snapshot(
+                &crate::core::event::Namespace::parse("shop.orders"),
+                full_doc(),
+            )
+            .unwrap(),
         ),
     ]
 }

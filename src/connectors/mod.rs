@@ -224,16 +224,18 @@ pub async fn open_sinks(
             client = Some(sink.client().clone());
             sinks.push(Arc::new(sink));
         }
-        SinkEndpoint::Kafka(k) => {
-            sinks.push(kafka::sink::KafkaSink::open_checked("sink", k, true, cfg, telemetry, cancel, timeout)
-                    .await?)
-        }
+        SinkEndpoint::Kafka(k) => sinks.push(
+            kafka::sink::KafkaSink::open_checked("sink", k, true, cfg, telemetry, cancel, timeout)
+                .await?,
+        ),
     }
     for (name, s) in &cfg.sinks {
         let sink: Arc<dyn Sink> = match s {
             ExtraSinkConfig::Kafka(k) => {
-                kafka::sink::KafkaSink::open_checked(name, k, false, cfg, telemetry, cancel, timeout)
-                    .await?
+                kafka::sink::KafkaSink::open_checked(
+                    name, k, false, cfg, telemetry, cancel, timeout,
+                )
+                .await?
             }
             ExtraSinkConfig::Archive(a) => {
                 Arc::new(archive::ArchiveSink::open_checked(name, a, telemetry, cancel).await?)

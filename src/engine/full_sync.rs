@@ -12,9 +12,11 @@ use tracing::info;
 
 use super::start::MongoPipeline as Pipeline;
 use crate::checkpoint::{CollectionPlan, FullSyncState};
-use crate::error::{Error, Result};
+use crate::connectors::mongo::snapshot::{
+    list_collections, list_indexes, plan_collection, read_chunk,
+};
 use crate::core::event::Namespace;
-use crate::connectors::mongo::snapshot::{list_collections, list_indexes, plan_collection, read_chunk};
+use crate::error::{Error, Result};
 use crate::telemetry::{CollectionProgress, PipelineState};
 
 /// Plans a full sync of every collection in scope, starting from `start_token`.
@@ -22,7 +24,8 @@ pub async fn plan(p: &Pipeline, start_token: Option<Document>) -> Result<FullSyn
     let colls = list_collections(&p.source, &p.engine.transforms.scope).await?;
     let mut collections = Vec::with_capacity(colls.len());
     for c in &colls {
-        collections.push(plan_collection(&p.source, &c.ns, p.engine.cfg.full_sync.chunk_docs).await?);
+        collections
+            .push(plan_collection(&p.source, &c.ns, p.engine.cfg.full_sync.chunk_docs).await?);
     }
     Ok(FullSyncState {
         start_token,
@@ -44,11 +47,12 @@ pub async fn copy(p: &Arc<Pipeline>, fresh: bool) -> Result<bool> {
         .full_sync
         .clone()
         .ok_or_else(|| Error::Internal("no full-sync plan".into()))?;
-    let options: HashMap<String, Document> = list_collections(&p.source, &p.engine.transforms.scope)
-        .await?
-        .into_iter()
-        .map(|c| (c.ns.to_string(), c.options))
-        .collect();
+    let options: HashMap<String, Document> =
+        list_collections(&p.source, &p.engine.transforms.scope)
+            .await?
+            .into_iter()
+            .map(|c| (c.ns.to_string(), c.options))
+            .collect();
 
     p.engine.telemetry.clear_collections();
     let mut progress = Vec::new();

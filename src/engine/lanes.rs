@@ -106,7 +106,8 @@ pub(crate) async fn run_lane(
             let item = &items[r.index];
             match (&dead_letters, &item.origin) {
                 (Some(dl), Some(origin)) => {
-                    dl.dead_letter(origin.as_ref(), &r.error.to_string()).await?;
+                    dl.dead_letter(origin.as_ref(), &r.error.to_string())
+                        .await?;
                     counters.refused(1);
                 }
                 _ => return Err(r.error),

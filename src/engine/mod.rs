@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
-use tracing::{debug, warn};
 use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
 
 use crate::config::PipelineConfig;
 use crate::connectors::{DeadLetters, Ordering, Sink, Source, SourceItem};
@@ -137,7 +137,8 @@ impl Engine {
                         _ = stop.cancelled() => return Ok::<_, Error>(()),
                         _ = tokio::time::sleep(interval) => {}
                     }
-                    if let Err(e) = commit(&*source, &windows, &committed, &telemetry, false).await {
+                    if let Err(e) = commit(&*source, &windows, &committed, &telemetry, false).await
+                    {
                         // Not saving positions is not a state to run on in: stop, and say why.
                         stop.cancel();
                         return Err(e);
@@ -276,7 +277,11 @@ impl Dispatcher<'_> {
                 self.window(&pos.part).push_done(pos);
                 return Ok(Flow::Continue);
             }
-            SourceItem::Undecodable { pos, origin, reason } => {
+            SourceItem::Undecodable {
+                pos,
+                origin,
+                reason,
+            } => {
                 let window = self.window(&pos.part);
                 match self.dead_letters {
                     Some(dl) => dl.dead_letter(origin.as_ref(), &reason).await?,

@@ -30,7 +30,11 @@ pub struct MongoPipeline {
 
 /// Checks the scope against the source and turns on pre-images when asked, without writing
 /// anything else.
-pub async fn check_source(cfg: &PipelineConfig, source: &Client, transforms: &Transforms) -> Result<()> {
+pub async fn check_source(
+    cfg: &PipelineConfig,
+    source: &Client,
+    transforms: &Transforms,
+) -> Result<()> {
     if !cfg.scope.allow_missing {
         let exact = transforms.scope.exact_includes();
         if !exact.is_empty() {
@@ -138,7 +142,8 @@ impl MongoPipeline {
                 }
             } else if let Some(token) = ckpt.resume_token.clone() {
                 StartPosition::After(token)
-            } else if let Some(token) = ckpt.full_sync.as_ref().and_then(|f| f.start_token.clone()) {
+            } else if let Some(token) = ckpt.full_sync.as_ref().and_then(|f| f.start_token.clone())
+            {
                 // A finished copy without a streaming position (written by an older version, or
                 // edited): changes since the copy began must still be applied.
                 StartPosition::After(token)
@@ -155,7 +160,9 @@ impl MongoPipeline {
                 continue;
             } else if cfg.mode.streams() {
                 let start = match cfg.stream.start_at {
-                    StartAt::Now => StartPosition::After(head_position(&p.source, &p.settings()).await?),
+                    StartAt::Now => {
+                        StartPosition::After(head_position(&p.source, &p.settings()).await?)
+                    }
                     StartAt::Timestamp(t) => StartPosition::At(Timestamp {
                         time: t,
                         increment: 0,

@@ -146,8 +146,7 @@ impl Supervisor {
                 let (source, opened) = (source?, opened?);
                 // Without a MongoDB sink, checkpoints live on the source (as MongoShake keeps
                 // them).
-                let store =
-                    checkpoint_store(cfg, opened.mongo.as_ref().unwrap_or(&source)).await?;
+                let store = checkpoint_store(cfg, opened.mongo.as_ref().unwrap_or(&source)).await?;
                 check_source(cfg, &source, &transforms).await?;
                 let lease = match (&store, cfg.checkpoint.lease) {
                     (CheckpointStore::Mongo(m), true) => Some(Lease::new(

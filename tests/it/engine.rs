@@ -30,9 +30,12 @@ async fn kafka_source_honours_target_delay() {
     let app = Strait::spawn(&cfg, &dir.path().join("a.log"));
     let items = d.database("shop").collection::<Document>("items");
     // Let the consumer join before the clock starts.
-    wait_for(Duration::from_secs(60), "partitions assigned", &app, || async {
-        app.log_text().contains("Partitions assigned")
-    })
+    wait_for(
+        Duration::from_secs(60),
+        "partitions assigned",
+        &app,
+        || async { app.log_text().contains("Partitions assigned") },
+    )
     .await;
     let sent = Instant::now();
     broker.produce(
@@ -51,13 +54,19 @@ async fn kafka_source_honours_target_delay() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    wait_for(Duration::from_secs(30), "the delayed record applied", &app, || async {
-        items.count_documents(doc! {}).await.unwrap() == 1
-    })
+    wait_for(
+        Duration::from_secs(30),
+        "the delayed record applied",
+        &app,
+        || async { items.count_documents(doc! {}).await.unwrap() == 1 },
+    )
     .await;
     let took = sent.elapsed();
     assert!(took >= Duration::from_secs(4), "applied after {took:?}");
-    assert!(took < Duration::from_secs(20), "applied only after {took:?}");
+    assert!(
+        took < Duration::from_secs(20),
+        "applied only after {took:?}"
+    );
 }
 
 /// A Kafka source with an archive `[sinks.deletes]`: the deletes it reads are archived (with
@@ -78,7 +87,9 @@ async fn kafka_source_archives_the_deletes_it_reads() {
         .await
         .unwrap();
     s.database("arc")
-        .run_command(doc! { "collMod": "items", "changeStreamPreAndPostImages": { "enabled": true } })
+        .run_command(
+            doc! { "collMod": "items", "changeStreamPreAndPostImages": { "enabled": true } },
+        )
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -104,13 +115,19 @@ async fn kafka_source_archives_the_deletes_it_reads() {
     let cap = Strait::spawn(&capture, &dir.path().join("c.log"));
     let app = Strait::spawn(&apply, &dir.path().join("a.log"));
     let target = d.database("arc").collection::<Document>("items");
-    wait_for(Duration::from_secs(90), "the copy applied", &app, || async {
-        target.count_documents(doc! {}).await.unwrap() == 20
-    })
+    wait_for(
+        Duration::from_secs(90),
+        "the copy applied",
+        &app,
+        || async { target.count_documents(doc! {}).await.unwrap() == 20 },
+    )
     .await;
-    wait_for(Duration::from_secs(60), "capture streaming", &cap, || async {
-        cap.log_text().contains("Full sync finished")
-    })
+    wait_for(
+        Duration::from_secs(60),
+        "capture streaming",
+        &cap,
+        || async { cap.log_text().contains("Full sync finished") },
+    )
     .await;
     items
         .update_one(doc! { "_id": 3 }, doc! { "$set": { "v": 33 } })
@@ -119,14 +136,23 @@ async fn kafka_source_archives_the_deletes_it_reads() {
     for i in [3, 5, 7, 11, 13] {
         items.delete_one(doc! { "_id": i }).await.unwrap();
     }
-    items.insert_one(doc! { "_id": 100, "v": 1000 }).await.unwrap();
-    wait_for(Duration::from_secs(60), "five deletes archived", &app, || async {
-        s3.records(BUCKET).len() == 5
-    })
+    items
+        .insert_one(doc! { "_id": 100, "v": 1000 })
+        .await
+        .unwrap();
+    wait_for(
+        Duration::from_secs(60),
+        "five deletes archived",
+        &app,
+        || async { s3.records(BUCKET).len() == 5 },
+    )
     .await;
-    wait_for(Duration::from_secs(30), "the insert applied", &app, || async {
-        target.count_documents(doc! { "_id": 100 }).await.unwrap() == 1
-    })
+    wait_for(
+        Duration::from_secs(30),
+        "the insert applied",
+        &app,
+        || async { target.count_documents(doc! { "_id": 100 }).await.unwrap() == 1 },
+    )
     .await;
     // Append-only: the DR copy keeps every deleted document, with its last update.
     assert_eq!(target.count_documents(doc! {}).await.unwrap(), 21);
@@ -189,11 +215,18 @@ async fn kafka_sink_publishes_are_counted_in_report_status_and_metrics() {
     for i in 21..=25 {
         items.delete_one(doc! { "_id": i }).await.unwrap();
     }
-    wait_for(Duration::from_secs(60), "45 events published", &cap, || async {
-        let st: serde_json::Value =
-            serde_json::from_str(&http(port, "GET", "/status", "").await.1).unwrap();
-        st["applied"]["insert"] == 30 && st["applied"]["update"] == 10 && st["applied"]["delete"] == 5
-    })
+    wait_for(
+        Duration::from_secs(60),
+        "45 events published",
+        &cap,
+        || async {
+            let st: serde_json::Value =
+                serde_json::from_str(&http(port, "GET", "/status", "").await.1).unwrap();
+            st["applied"]["insert"] == 30
+                && st["applied"]["update"] == 10
+                && st["applied"]["delete"] == 5
+        },
+    )
     .await;
     let st: serde_json::Value =
         serde_json::from_str(&http(port, "GET", "/status", "").await.1).unwrap();

@@ -23,8 +23,8 @@ fn config_reference_documents_every_key() {
         "/src/connectors/mongo/config.rs",
         "/src/connectors/archive/config.rs",
     ]
-        .map(|f| std::fs::read_to_string(format!("{}{f}", env!("CARGO_MANIFEST_DIR"))).unwrap())
-        .join("\n");
+    .map(|f| std::fs::read_to_string(format!("{}{f}", env!("CARGO_MANIFEST_DIR"))).unwrap())
+    .join("\n");
     // Every `pub field:` of the config structs appears in the reference as `field`.
     for line in src.lines() {
         let l = line.trim();

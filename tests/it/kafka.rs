@@ -373,7 +373,10 @@ async fn bad_records_go_to_the_dead_letter_topic_and_the_rest_is_applied() {
     assert!(reasons[1].contains("documentKey"), "{reasons:?}");
     assert!(reasons[2].contains("unknown operation"), "{reasons:?}");
     assert!(reasons[3].contains("max_record_bytes"), "{reasons:?}");
-    assert!(reasons[4].contains("the target refused a write") && !reasons[4].contains("checkpoint"), "{reasons:?}");
+    assert!(
+        reasons[4].contains("the target refused a write") && !reasons[4].contains("checkpoint"),
+        "{reasons:?}"
+    );
     assert!(st.sigterm().success());
     // The group's offset is past every record, bad ones included: a restart re-reads nothing.
     assert_eq!(

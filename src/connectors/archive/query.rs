@@ -9,8 +9,8 @@ use serde_json::Value;
 
 use super::record::parse_object_name;
 use super::{ArchiveError, ArchiveSink, DATABASE_SEGMENT};
-use crate::error::{Error, Result, Role};
 use crate::core::event::Namespace;
+use crate::error::{Error, Result, Role};
 use crate::transform::scope::NamespacePattern;
 
 /// What to look at.

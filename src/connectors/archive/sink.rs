@@ -52,7 +52,11 @@ impl Sink for ArchiveEventSink {
     }
 
     fn describe(&self) -> String {
-        format!("{} (ops {:?})", self.archive.describe(), self.archive.cfg.ops)
+        format!(
+            "{} (ops {:?})",
+            self.archive.describe(),
+            self.archive.cfg.ops
+        )
     }
 
     fn takes(&self, op: &OpType) -> bool {
@@ -76,7 +80,14 @@ impl Sink for ArchiveEventSink {
 
     async fn write(&self, batch: &[Arc<ChangeEvent>]) -> Result<Written> {
         let mut state = self.state.lock().await;
-        write(&self.archive, &mut state, batch, &self.telemetry, &self.cancel).await?;
+        write(
+            &self.archive,
+            &mut state,
+            batch,
+            &self.telemetry,
+            &self.cancel,
+        )
+        .await?;
         Ok(Written::default())
     }
 }

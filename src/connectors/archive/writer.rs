@@ -80,7 +80,10 @@ pub(crate) async fn write(
             let id = event_id(ev);
             let key = (ns.clone(), day.clone());
             if !state.archived.contains_key(&key) {
-                let a = w.archived_since(&ns, &day, time).await.ok_or_else(stopped)?;
+                let a = w
+                    .archived_since(&ns, &day, time)
+                    .await
+                    .ok_or_else(stopped)?;
                 state.archived.insert(key.clone(), a);
             }
             let done = state.archived.get_mut(&key).expect("inserted");

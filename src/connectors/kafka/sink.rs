@@ -17,11 +17,11 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::connectors::kafka::config::KafkaSinkConfig;
-use crate::core::event::{ChangeEvent, Namespace, OpType};
 use crate::codec::{encode, Record};
+use crate::connectors::kafka::config::KafkaSinkConfig;
 use crate::connectors::kafka::{client_config, KafkaError};
 use crate::connectors::{BatchPolicy, Ordering, Sink, Written};
+use crate::core::event::{ChangeEvent, Namespace, OpType};
 use crate::telemetry::Telemetry;
 
 /// An opened Kafka sink.
@@ -413,7 +413,9 @@ impl Sink for KafkaSink {
             }
         }
         if let Some(t) = &self.telemetry {
-            t.kafka.produced.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            t.kafka
+                .produced
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(Written::default())
     }
@@ -422,15 +424,25 @@ impl Sink for KafkaSink {
         self.primary
     }
 
-    async fn copy(&self, ns: &Namespace, docs: Vec<bson::RawDocumentBuf>) -> crate::error::Result<u64> {
+    async fn copy(
+        &self,
+        ns: &Namespace,
+        docs: Vec<bson::RawDocumentBuf>,
+    ) -> crate::error::Result<u64> {
         let n = self.produce_snapshot(ns, docs, &self.cancel).await?;
         if let Some(t) = &self.telemetry {
-            t.kafka.produced.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            t.kafka
+                .produced
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(n)
     }
 
-    async fn finish_copy(&self, ns: &Namespace, indexes: &[bson::Document]) -> crate::error::Result<()> {
+    async fn finish_copy(
+        &self,
+        ns: &Namespace,
+        indexes: &[bson::Document],
+    ) -> crate::error::Result<()> {
         // Consumers that only see events get the indexes as a createIndexes event after the
         // data.
         let specs: Vec<bson::Document> = indexes

@@ -174,7 +174,13 @@ pub async fn open(
     let c = consumer.clone();
     let (brokers, name) = (cfg.brokers.clone(), pipeline.to_string());
     tokio::task::spawn_blocking(move || {
-        crate::connectors::kafka::check_reachable(c.client(), "kafka source", &name, &brokers, timeout)
+        crate::connectors::kafka::check_reachable(
+            c.client(),
+            "kafka source",
+            &name,
+            &brokers,
+            timeout,
+        )
     })
     .await
     .map_err(|e| KafkaError::Invalid {
@@ -340,9 +346,11 @@ fn offset_pos(topic: &str, partition: i32, offset: i64, ts_ms: Option<i64>) -> P
 fn offsets(durable: &[Position]) -> TopicPartitionList {
     let mut tpl = TopicPartitionList::new();
     for p in durable {
-        let (Ok(topic), Ok(partition), Ok(offset)) =
-            (p.token.get_str("t"), p.token.get_i32("p"), p.token.get_i64("o"))
-        else {
+        let (Ok(topic), Ok(partition), Ok(offset)) = (
+            p.token.get_str("t"),
+            p.token.get_i32("p"),
+            p.token.get_i64("o"),
+        ) else {
             continue;
         };
         let _ = tpl.add_partition_offset(topic, partition, Offset::Offset(offset + 1));
@@ -424,7 +432,8 @@ impl Source for KafkaSource {
             // ones is idempotent).
             Err(e) => {
                 warn!(error = %e, "Offset commit failed; the next one covers it.");
-                self.telemetry.error(&format!("kafka source: offset commit: {e}"));
+                self.telemetry
+                    .error(&format!("kafka source: offset commit: {e}"));
                 Ok(())
             }
         }

@@ -62,4 +62,3 @@ pub struct TlsConfig {
     #[serde(default)]
     pub allow_invalid_certificates: bool,
 }
-

@@ -7,8 +7,8 @@ use mongodb::Client;
 use tokio::sync::mpsc;
 
 use crate::checkpoint::{ChunkPlan, CollectionPlan};
-use crate::error::{Error, Result, Role};
 use crate::core::event::Namespace;
+use crate::error::{Error, Result, Role};
 use crate::transform::scope::Scope;
 
 /// A source collection in scope, with its creation options.

@@ -120,8 +120,7 @@ fn listens_on(pid: u32, port: u16) -> bool {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|fds| {
             fds.flatten().any(|fd| {
-                std::fs::read_link(fd.path())
-                    .is_ok_and(|l| l.to_string_lossy() == socket)
+                std::fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy() == socket)
             })
         })
         .unwrap_or(false)

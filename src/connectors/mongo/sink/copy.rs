@@ -5,8 +5,8 @@ use mongodb::error::ErrorKind;
 use mongodb::options::{Acknowledgment, CollectionOptions, WriteConcern};
 
 use super::{MongoSink, WriteOp};
-use crate::error::{error_code, is_transient, Error, Result, Role, TRANSIENT_CODES};
 use crate::core::event::Namespace;
+use crate::error::{error_code, is_transient, Error, Result, Role, TRANSIENT_CODES};
 
 impl MongoSink {
     /// Inserts a batch of copied documents, unordered. Documents that already exist (a resumed
