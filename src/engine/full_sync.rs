@@ -114,13 +114,13 @@ pub async fn copy(p: &Arc<Pipeline>, fresh: bool) -> Result<bool> {
     let mut workers = JoinSet::new();
     for _ in 0..p.engine.cfg.full_sync.parallelism {
         let (p, queue, progress, stop) = (p.clone(), queue.clone(), progress.clone(), stop.clone());
-        workers.spawn(async move {
+        workers.spawn(tracing::Instrument::in_current_span(async move {
             let r = worker(&p, &queue, &progress, &stop).await;
             if r.is_err() {
                 stop.cancel();
             }
             r
-        });
+        }));
     }
     let mut result = Ok(());
     while let Some(r) = workers.join_next().await {

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, warn, Instrument};
 
 use crate::config::PipelineConfig;
 use crate::connectors::{DeadLetters, Ordering, Sink, Source, SourceItem};
@@ -86,13 +86,18 @@ impl Engine {
                     counters.clone(),
                 );
                 let stop = stop.clone();
-                writers.spawn(async move {
-                    let r = lane.await;
-                    if r.is_err() {
-                        stop.cancel();
+                let span =
+                    tracing::info_span!("lane", sink = %sink.name(), lane = queues.len() - 1);
+                writers.spawn(
+                    async move {
+                        let r = lane.await;
+                        if r.is_err() {
+                            stop.cancel();
+                        }
+                        r
                     }
-                    r
-                });
+                    .instrument(span),
+                );
             }
             routes.lanes.push((ordering, queues));
         }
@@ -113,13 +118,16 @@ impl Engine {
         let (tx, mut rx) = mpsc::channel::<SourceItem>(1024);
         let reader = {
             let (source, stop) = (source.clone(), stop.clone());
-            tokio::spawn(async move {
-                let r = source.run(tx, stop.clone()).await;
-                if r.is_err() {
-                    stop.cancel();
+            tokio::spawn(
+                async move {
+                    let r = source.run(tx, stop.clone()).await;
+                    if r.is_err() {
+                        stop.cancel();
+                    }
+                    r
                 }
-                r
-            })
+                .in_current_span(),
+            )
         };
         let committed: Arc<tokio::sync::Mutex<HashMap<PartId, Position>>> = Arc::default();
         let checkpointer = {

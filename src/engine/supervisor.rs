@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
 use super::lease::Lease;
 use super::start::{check_source, checkpoint_store, MongoPipeline};
@@ -66,6 +66,11 @@ impl Supervisor {
     /// including a stop requested while a sink kept failing (nothing is lost; the next run goes
     /// on from the checkpoint).
     pub async fn run(&self) -> Result<()> {
+        let span = tracing::info_span!("pipeline", id = %self.cfg.id);
+        self.run_in_span().instrument(span).await
+    }
+
+    async fn run_in_span(&self) -> Result<()> {
         let api = self.start_api().await?;
         let mut reporter = None;
         let result = self.run_pipeline(&mut reporter).await;
@@ -102,11 +107,14 @@ impl Supervisor {
     /// The progress bars / periodic status lines; a standby reports nothing.
     fn start_reporter(&self) -> Companion {
         let stop = CancellationToken::new();
-        let handle = tokio::spawn(crate::report::report(
-            self.telemetry.clone(),
-            stop.clone(),
-            Duration::from_secs(10),
-        ));
+        let handle = tokio::spawn(
+            crate::report::report(
+                self.telemetry.clone(),
+                stop.clone(),
+                Duration::from_secs(10),
+            )
+            .in_current_span(),
+        );
         Companion(handle, stop)
     }
 

@@ -179,7 +179,7 @@ pub async fn read(
         match stream.next_if_any().await {
             Ok(Some(raw)) => {
                 backoff.reset();
-                let ev = ChangeEvent::from_raw(raw).map_err(|e| Error::Internal(e.to_string()))?;
+                let ev = ChangeEvent::from_raw(raw)?;
                 telemetry
                     .read
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
