@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::transform::scope::{NamespacePattern, PatternError};
+use crate::core::pattern::{NamespacePattern, PatternError};
 
 pub use crate::connectors::archive::config::{ArchiveSinkConfig, Compression, ExtraSinkType};
 pub use crate::connectors::kafka::config::{KafkaFormat, KafkaSinkConfig, KafkaSourceConfig};

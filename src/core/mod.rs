@@ -3,6 +3,7 @@
 
 pub mod ack;
 pub mod event;
+pub mod pattern;
 pub mod position;
 
 pub use ack::AckWindow;
