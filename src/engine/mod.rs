@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn, Instrument};
+use tracing::{debug, Instrument};
 
 use crate::config::PipelineConfig;
 use crate::connectors::{DeadLetters, Ordering, Sink, Source, SourceItem};
@@ -252,10 +252,12 @@ struct Dispatcher<'a> {
 impl Dispatcher<'_> {
     fn window(&self, part: &PartId) -> Arc<AckWindow> {
         let mut w = self.windows.lock().unwrap();
-        let window = w
-            .entry(part.clone())
-            .or_insert_with(|| Arc::new(AckWindow::new(None)))
-            .clone();
+        if let Some(window) = w.get(part) {
+            return window.clone();
+        }
+        let window = Arc::new(AckWindow::new(None));
+        w.insert(part.clone(), window.clone());
+        // Lag and pending counts follow the first part (the only one of a change stream).
         if w.len() == 1 {
             self.engine.telemetry.set_window(Some(window.clone()));
         }
@@ -395,9 +397,4 @@ impl Dispatcher<'_> {
             _ = tokio::time::sleep(wait) => true,
         }
     }
-}
-
-/// Logs a failed final flush without failing the stop.
-pub(crate) fn warn_unflushed(sink: &str, e: &dyn std::fmt::Display) {
-    warn!(sink, error = %e, "Not everything was flushed before shutdown; the checkpoint stays before it.");
 }

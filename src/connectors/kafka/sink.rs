@@ -458,13 +458,8 @@ impl Sink for KafkaSink {
     }
 
     async fn close(&self) {
-        let me = self.producer.clone();
-        let name = self.name.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            if let Err(e) = me.flush(Duration::from_secs(5)) {
-                crate::engine::warn_unflushed(&name, &e);
-            }
-        })
-        .await;
+        // Flushing blocks on librdkafka; a worker thread may block here (the runtime is
+        // multi-threaded), and the flush is bounded.
+        tokio::task::block_in_place(|| self.flush(Duration::from_secs(5)));
     }
 }

@@ -313,14 +313,12 @@ impl MongoSink {
             // A delete kept off the sink still leaves its document here: if it is missing
             // (deleted during the initial copy, before it was read), the pre-image is inserted,
             // so the copy is the source "minus nothing".
-            return Ok(match ev.raw.get("fullDocumentBeforeChange") {
-                Ok(Some(RawBsonRef::Document(pre))) if ev.op == OpType::Delete => {
-                    vec![WriteOp::InsertIfAbsent {
-                        ns: ev.ns.clone(),
-                        doc: pre.to_owned(),
-                    }]
-                }
-                _ => vec![],
+            return Ok(match delete_pre_image(ev) {
+                Some(pre) => vec![WriteOp::InsertIfAbsent {
+                    ns: ev.ns.clone(),
+                    doc: pre.to_owned(),
+                }],
+                None => vec![],
             });
         }
         match &ev.full_document {
@@ -606,12 +604,7 @@ impl Sink for MongoSink {
     }
 
     fn accepts(&self, ev: &ChangeEvent) -> bool {
-        self.takes_op(&ev.op)
-            || (ev.op == OpType::Delete
-                && matches!(
-                    ev.raw.get("fullDocumentBeforeChange"),
-                    Ok(Some(RawBsonRef::Document(_)))
-                ))
+        self.takes_op(&ev.op) || delete_pre_image(ev).is_some()
     }
 
     fn ordering(&self) -> Ordering {
@@ -727,6 +720,14 @@ impl MongoSink {
             }
             Err(e) => Err(e),
         }
+    }
+}
+
+/// The pre-image a delete event carries, if any.
+fn delete_pre_image(ev: &ChangeEvent) -> Option<&RawDocument> {
+    match ev.raw.get("fullDocumentBeforeChange") {
+        Ok(Some(RawBsonRef::Document(pre))) if ev.op == OpType::Delete => Some(pre),
+        _ => None,
     }
 }
 
