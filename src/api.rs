@@ -1,7 +1,6 @@
 //! The HTTP API: status, progress, config and Prometheus metrics for reading; pause, resume and
 //! rate for operating. Everything it reports comes from [`Telemetry`], like the bars and logs.
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -16,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ApiConfig, PipelineConfig};
 use crate::control::Control;
-use crate::telemetry::{Histogram, PipelineState, Positions, Telemetry};
+use crate::metrics::Metrics;
+use crate::telemetry::{PipelineState, Positions, Telemetry};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -24,6 +24,7 @@ struct Api {
     cfg: Arc<PipelineConfig>,
     telemetry: Arc<Telemetry>,
     control: Arc<Control>,
+    metrics: Arc<Metrics>,
     token: Option<String>,
 }
 
@@ -61,10 +62,13 @@ pub async fn serve(
     let local = listener
         .local_addr()
         .map_err(|source| ApiError::Bind { addr, source })?;
+    let mut registry = Metrics::default();
+    registry.add_pipeline(&cfg.id, telemetry.clone(), control.clone());
     let state = Api {
         cfg,
         telemetry,
         control,
+        metrics: Arc::new(registry),
         token: api.token.clone(),
     };
     let app = Router::new()
@@ -299,276 +303,8 @@ async fn get_rate(State(api): State<Api>) -> Json<serde_json::Value> {
 
 async fn metrics(State(api): State<Api>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        render_metrics(&api.cfg, &api.telemetry, &api.control),
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        api.metrics.render(),
     )
         .into_response()
-}
-
-fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
-    let (buckets, sum, count) = h.cumulative();
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-    for (le, c) in buckets {
-        let le = if le.is_infinite() {
-            "+Inf".to_string()
-        } else {
-            le.to_string()
-        };
-        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {c}");
-    }
-    let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
-}
-
-/// A label value escaped as the Prometheus text format asks (backslash, quote, newline).
-fn label_value(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// The Prometheus text exposition of a pipeline's telemetry. Labels are bounded: operation
-/// types, the sink kind, and full-sync namespaces (configured collections only).
-pub fn render_metrics(cfg: &PipelineConfig, t: &Telemetry, control: &Control) -> String {
-    use std::sync::atomic::Ordering::Relaxed;
-    let s = t.snapshot();
-    let mut o = String::new();
-    let pid = label_value(&cfg.id);
-    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
-        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (labels, v) in samples {
-            let _ = writeln!(o, "{name}{{pipeline=\"{pid}\"{labels}}} {v}");
-        }
-    };
-    metric(
-        "strait_events_read_total",
-        "counter",
-        "Change events read from the source.",
-        &[(String::new(), s.read as f64)],
-    );
-    let ops = [
-        ("insert", s.inserts),
-        ("update", s.updates),
-        ("replace", s.replaces),
-        ("delete", s.deletes),
-        ("ddl", s.ddl),
-    ];
-    let sinks = t.sinks();
-    let primary = sinks.first().map(|c| c.kind).unwrap_or("mongodb");
-    let applied: Vec<_> = ops
-        .iter()
-        .map(|(op, n)| (format!(",op=\"{op}\",sink=\"{primary}\""), *n as f64))
-        .collect();
-    metric(
-        "strait_events_applied_total",
-        "counter",
-        "Change events applied by [sink], by operation and the sink's kind.",
-        &applied,
-    );
-    let mut written = Vec::new();
-    let mut refused = Vec::new();
-    for c in &sinks {
-        let labels = format!(",sink=\"{}\",kind=\"{}\"", label_value(&c.name), c.kind);
-        for (op, n) in c.written() {
-            written.push((format!("{labels},op=\"{op}\""), n as f64));
-        }
-        refused.push((labels, c.refused.load(Relaxed) as f64));
-    }
-    metric(
-        "strait_sink_events_total",
-        "counter",
-        "Events each sink made durable, by sink name, kind and operation.",
-        &written,
-    );
-    metric(
-        "strait_sink_refused_total",
-        "counter",
-        "Events a sink refused for good (sent to the dead-letter topic), by sink.",
-        &refused,
-    );
-    metric(
-        "strait_events_skipped_total",
-        "counter",
-        "Updates skipped on replay because the target document had a later shape.",
-        &[(String::new(), s.skipped as f64)],
-    );
-    let a = &t.archive;
-    metric(
-        "strait_archive_events_total",
-        "counter",
-        "Events stored by archive sinks.",
-        &[(String::new(), a.events.load(Relaxed) as f64)],
-    );
-    metric(
-        "strait_archive_objects_total",
-        "counter",
-        "Objects written by archive sinks.",
-        &[(String::new(), a.objects.load(Relaxed) as f64)],
-    );
-    metric(
-        "strait_archive_bytes_total",
-        "counter",
-        "Bytes written by archive sinks (compressed).",
-        &[(String::new(), a.bytes.load(Relaxed) as f64)],
-    );
-    metric(
-        "strait_archive_duplicates_total",
-        "counter",
-        "Replayed events an earlier run had already archived (not written again).",
-        &[(String::new(), a.duplicates.load(Relaxed) as f64)],
-    );
-    let k = &t.kafka;
-    for (name, help, v) in [
-        (
-            "strait_kafka_produced_total",
-            "Records the Kafka brokers confirmed (Kafka sinks).",
-            &k.produced,
-        ),
-        (
-            "strait_kafka_consumed_total",
-            "Records consumed (Kafka source).",
-            &k.consumed,
-        ),
-        (
-            "strait_kafka_dead_lettered_total",
-            "Records sent to the dead-letter topic (Kafka source).",
-            &k.dead_lettered,
-        ),
-        (
-            "strait_kafka_commits_total",
-            "Offset commits to the consumer group (Kafka source).",
-            &k.commits,
-        ),
-    ] {
-        metric(
-            name,
-            "counter",
-            help,
-            &[(String::new(), v.load(Relaxed) as f64)],
-        );
-    }
-    metric(
-        "strait_errors_total",
-        "counter",
-        "Errors seen (retried or fatal).",
-        &[(String::new(), t.errors.load(Relaxed) as f64)],
-    );
-    metric(
-        "strait_stream_restarts_total",
-        "counter",
-        "Change stream reopens after errors or invalidations.",
-        &[(String::new(), t.stream_restarts.load(Relaxed) as f64)],
-    );
-    metric(
-        "strait_lag_seconds",
-        "gauge",
-        "Seconds between now and the oldest change not yet written to the sink.",
-        &[(String::new(), s.lag_seconds)],
-    );
-    metric(
-        "strait_pending_events",
-        "gauge",
-        "Events read but not yet written.",
-        &[(String::new(), s.pending as f64)],
-    );
-    metric(
-        "strait_checkpoint_age_seconds",
-        "gauge",
-        "Seconds since the checkpoint was last saved.",
-        &[(String::new(), t.checkpoint_age().unwrap_or(-1.0))],
-    );
-    metric(
-        "strait_paused",
-        "gauge",
-        "1 when paused.",
-        &[(String::new(), if control.is_paused() { 1.0 } else { 0.0 })],
-    );
-    metric(
-        "strait_rate_limit_ops",
-        "gauge",
-        "Rate limit in operations per second (0 = none).",
-        &[(String::new(), control.rate() as f64)],
-    );
-    let depths: Vec<_> = t
-        .lane_depths()
-        .iter()
-        .enumerate()
-        .map(|(i, d)| (format!(",lane=\"{i}\""), *d as f64))
-        .collect();
-    metric(
-        "strait_lane_queue_depth",
-        "gauge",
-        "Events queued per lane.",
-        &depths,
-    );
-    let colls = t.collections();
-    let copied: Vec<_> = colls
-        .iter()
-        .map(|c| {
-            (
-                format!(",ns=\"{}\"", label_value(&c.ns)),
-                c.copied.load(Relaxed) as f64,
-            )
-        })
-        .collect();
-    metric(
-        "strait_fullsync_documents_copied",
-        "gauge",
-        "Documents copied by the full sync.",
-        &copied,
-    );
-    let est: Vec<_> = colls
-        .iter()
-        .map(|c| {
-            (
-                format!(",ns=\"{}\"", label_value(&c.ns)),
-                c.estimated.load(Relaxed) as f64,
-            )
-        })
-        .collect();
-    metric(
-        "strait_fullsync_documents_estimated",
-        "gauge",
-        "Documents to copy (estimate).",
-        &est,
-    );
-    let bytes: Vec<_> = colls
-        .iter()
-        .map(|c| {
-            (
-                format!(",ns=\"{}\"", label_value(&c.ns)),
-                c.bytes.load(Relaxed) as f64,
-            )
-        })
-        .collect();
-    metric(
-        "strait_fullsync_bytes_copied",
-        "gauge",
-        "Bytes copied by the full sync.",
-        &bytes,
-    );
-    histogram(
-        &mut o,
-        "strait_apply_batch_size",
-        "Writes per sink round trip.",
-        &t.batch_size,
-    );
-    histogram(
-        &mut o,
-        "strait_apply_latency_seconds",
-        "Seconds per sink round trip.",
-        &t.apply_latency,
-    );
-    o
-}
-
-#[cfg(test)]
-mod tests {
-    use super::label_value;
-
-    #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(label_value(r#"a"b\c"#), r#"a\"b\\c"#);
-        assert_eq!(label_value("x\ny"), "x\\ny");
-        assert_eq!(label_value("shop.orders"), "shop.orders");
-    }
 }

@@ -36,7 +36,7 @@ impl CheckpointError {
     /// Whether a retry may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            CheckpointError::Mongo(e) => crate::error::is_transient(e),
+            CheckpointError::Mongo(e) => crate::connectors::mongo::driver_error::is_transient(e),
             _ => false,
         }
     }

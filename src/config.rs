@@ -14,7 +14,9 @@ use crate::core::pattern::{NamespacePattern, PatternError};
 
 pub use crate::connectors::archive::config::{ArchiveSinkConfig, Compression, ExtraSinkType};
 pub use crate::connectors::kafka::config::{KafkaFormat, KafkaSinkConfig, KafkaSourceConfig};
+use crate::connectors::mongo::config::redact_uri;
 pub use crate::connectors::mongo::config::{EndpointType, MongoEndpoint, TlsConfig};
+use crate::connectors::InvalidSetting;
 
 /// A configuration that could not be loaded. The message always names the file, and the line
 /// and key when the problem is in the file's content.
@@ -880,91 +882,39 @@ impl PipelineConfig {
                 "only sinks take ops (set it under [sink] or [sinks.<name>])".into(),
             ));
         }
-        if let SourceEndpoint::Kafka(k) = &self.source {
-            self.validate_kafka_source(k, &invalid)?;
-        }
-        for (name, k) in self.kafka_sinks() {
-            let key = |k: &str| {
-                if name == "sink" && matches!(self.sink, SinkEndpoint::Kafka(_)) {
-                    format!("sink.{k}")
-                } else {
-                    format!("sinks.{name}.{k}")
-                }
-            };
-            if k.brokers.trim().is_empty() {
-                return Err(invalid(
-                    &key("brokers"),
-                    "must name at least one broker".into(),
-                ));
-            }
-            if k.ops.as_ref().is_some_and(|o| o.is_empty()) {
-                return Err(invalid(
-                    &key("ops"),
-                    "must name at least one operation type".into(),
-                ));
-            }
-            if let Some(t) = &k.topic {
-                let bare = t.replace("{db}", "").replace("{coll}", "");
-                if t.is_empty() || bare.contains(['{', '}', ' ', '/']) {
-                    return Err(invalid(
-                        &key("topic"),
-                        format!("{t:?}: a topic name, with {{db}} and {{coll}} as the only placeholders"),
-                    ));
-                }
-            }
-            if k.topic_partitions.is_some_and(|n| n < 1) {
-                return Err(invalid(
-                    &key("topic_partitions"),
-                    "must be at least 1".into(),
-                ));
-            }
-            if let Some(ops) = &k.ops {
-                self.validate_route_ops(ops, &key("ops"), &invalid)?;
+        // Each connector checks its own table; the table's key prefix is added here.
+        let connector = |table: &str, r: Result<(), InvalidSetting>| {
+            r.map_err(|e| invalid(&format!("{table}.{}", e.key), e.message))
+        };
+        match &self.source {
+            SourceEndpoint::Mongodb(m) => connector("source", m.validate())?,
+            SourceEndpoint::Kafka(k) => {
+                self.validate_kafka_source(&invalid)?;
+                connector("source", k.validate())?;
             }
         }
-        for (name, a) in self.archive_sinks() {
-            let key = |k: &str| format!("sinks.{name}.{k}");
-            match (&a.bucket, &a.path) {
-                (Some(_), Some(_)) => {
-                    return Err(invalid(
-                        &key("path"),
-                        "give either bucket or path, not both".into(),
-                    ))
+        match &self.sink {
+            SinkEndpoint::Mongodb(m) => connector("sink", m.validate())?,
+            SinkEndpoint::Kafka(k) => {
+                connector("sink", k.validate())?;
+                if let Some(ops) = &k.ops {
+                    self.validate_route_ops(ops, "sink.ops", &invalid)?;
                 }
-                (None, None) => {
-                    return Err(invalid(
-                        &key("bucket"),
-                        "an archive needs a bucket (S3) or a path (local directory)".into(),
-                    ))
-                }
-                _ => {}
             }
-            if a.ops.is_empty() {
-                return Err(invalid(
-                    &key("ops"),
-                    "must name at least one operation type".into(),
-                ));
-            }
-            if a.batch_events == 0 || a.batch_mib == 0 || a.batch_interval.is_zero() {
-                return Err(invalid(
-                    &key("batch_events"),
-                    "batch_events, batch_mib and batch_interval must be above zero".into(),
-                ));
-            }
-            self.validate_route_ops(&a.ops, &key("ops"), &invalid)?;
         }
-        for (key, ep) in [
-            ("source.uri", self.mongo_source()),
-            ("sink.uri", self.mongo_sink()),
-        ] {
-            let Some(uri) = ep.map(|e| &e.uri) else {
-                continue;
-            };
-            if !(uri.starts_with("mongodb://") || uri.starts_with("mongodb+srv://")) {
-                return Err(invalid(
-                    key,
-                    "must start with mongodb:// or mongodb+srv://".into(),
-                ));
+        for (name, extra) in &self.sinks {
+            let table = format!("sinks.{name}");
+            match extra {
+                ExtraSinkConfig::Kafka(k) => {
+                    connector(&table, k.validate())?;
+                    if let Some(ops) = &k.ops {
+                        self.validate_route_ops(ops, &format!("{table}.ops"), &invalid)?;
+                    }
+                }
+                ExtraSinkConfig::Archive(a) => {
+                    connector(&table, a.validate())?;
+                    self.validate_route_ops(&a.ops, &format!("{table}.ops"), &invalid)?;
+                }
             }
         }
         Ok(())
@@ -1006,9 +956,9 @@ impl PipelineConfig {
         Ok(())
     }
 
+    /// What a Kafka source needs of the rest of the pipeline.
     fn validate_kafka_source(
         &self,
-        k: &KafkaSourceConfig,
         invalid: &dyn Fn(&str, String) -> ConfigError,
     ) -> Result<(), ConfigError> {
         if self.mongo_sink().is_none() {
@@ -1024,49 +974,6 @@ impl PipelineConfig {
                 "a Kafka source needs no lease: processes sharing a consumer group split the partitions".into(),
             ));
         }
-        if k.brokers.trim().is_empty() {
-            return Err(invalid(
-                "source.brokers",
-                "must name at least one broker".into(),
-            ));
-        }
-        if k.topics.is_empty() {
-            return Err(invalid(
-                "source.topics",
-                "must name at least one topic".into(),
-            ));
-        }
-        for t in &k.topics {
-            if let Some(re) = t.strip_prefix('^') {
-                regex::Regex::new(re).map_err(|e| {
-                    invalid(
-                        "source.topics",
-                        format!("{t:?}: bad regular expression: {e}"),
-                    )
-                })?;
-            }
-        }
-        if let Some(ns) = &k.namespace {
-            if !ns.contains('.') || ns.starts_with('.') || ns.ends_with('.') {
-                return Err(invalid(
-                    "source.namespace",
-                    format!("{ns:?}: must be \"db.coll\""),
-                ));
-            }
-        }
-        if k.format != KafkaFormat::Document && (k.namespace.is_some() || !k.key_fields.is_empty())
-        {
-            return Err(invalid(
-                if k.namespace.is_some() { "source.namespace" } else { "source.key_fields" },
-                "only for format = \"document\" (the other formats name their namespace and key in each record)".into(),
-            ));
-        }
-        if k.max_record_bytes == 0 {
-            return Err(invalid(
-                "source.max_record_bytes",
-                "must be at least 1".into(),
-            ));
-        }
         Ok(())
     }
 
@@ -1074,47 +981,24 @@ impl PipelineConfig {
     pub fn redacted(&self) -> String {
         let mut c = self.clone();
         match &mut c.source {
-            SourceEndpoint::Mongodb(m) => m.uri = redact_uri(&m.uri),
-            SourceEndpoint::Kafka(k) => k.security = k.security.redacted(),
+            SourceEndpoint::Mongodb(m) => m.redact(),
+            SourceEndpoint::Kafka(k) => k.redact(),
         }
         match &mut c.sink {
-            SinkEndpoint::Mongodb(m) => m.uri = redact_uri(&m.uri),
-            SinkEndpoint::Kafka(k) => k.security = k.security.redacted(),
+            SinkEndpoint::Mongodb(m) => m.redact(),
+            SinkEndpoint::Kafka(k) => k.redact(),
         }
         c.checkpoint.uri = c.checkpoint.uri.as_deref().map(redact_uri);
         for s in c.sinks.values_mut() {
             match s {
-                ExtraSinkConfig::Archive(a) => {
-                    for secret in [&mut a.secret_access_key, &mut a.session_token] {
-                        if secret.is_some() {
-                            *secret = Some("***".to_string());
-                        }
-                    }
-                }
-                ExtraSinkConfig::Kafka(k) => k.security = k.security.redacted(),
+                ExtraSinkConfig::Archive(a) => a.redact(),
+                ExtraSinkConfig::Kafka(k) => k.redact(),
             }
         }
         if let Some(api) = &mut c.api {
             api.token = api.token.as_ref().map(|_| "***".to_string());
         }
         toml::to_string_pretty(&c).unwrap_or_default()
-    }
-}
-
-/// Replaces the password of a connection string with `***` for logs and error messages.
-pub fn redact_uri(uri: &str) -> String {
-    let Some(scheme_end) = uri.find("://") else {
-        return uri.to_string();
-    };
-    let rest = &uri[scheme_end + 3..];
-    let host_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..host_end].rfind('@') {
-        Some(at) => {
-            let userinfo = &rest[..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}{}:***@{}", &uri[..scheme_end + 3], user, &rest[at + 1..])
-        }
-        None => uri.to_string(),
     }
 }
 

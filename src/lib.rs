@@ -8,16 +8,17 @@
 #![warn(missing_docs)]
 
 pub mod api;
-pub mod backoff;
-pub mod checkpoint;
-pub mod codec;
+pub(crate) mod backoff;
+pub(crate) mod checkpoint;
+pub(crate) mod codec;
 pub mod config;
 pub mod connectors;
-pub mod control;
+pub(crate) mod control;
 pub mod core;
 pub mod engine;
 pub mod error;
-pub mod report;
-pub mod telemetry;
+pub(crate) mod metrics;
+pub(crate) mod report;
+pub(crate) mod telemetry;
 pub mod transform;
 pub mod verify;

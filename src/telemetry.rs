@@ -1,5 +1,5 @@
-//! One place where a pipeline's progress is counted. The terminal bars, the log lines (and
-//! later the HTTP API and metrics) all read from here, so they never disagree.
+//! One place where a pipeline's progress is counted. The terminal bars, the log lines, the
+//! HTTP API and `/metrics` all read from here, so they never disagree.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -8,6 +8,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bson::{Bson, Document, Timestamp};
 
 use serde::Serialize;
+
+use prometheus_client::metrics::histogram::Histogram;
 
 use crate::core::event::OpType;
 use crate::core::{AckWindow, Position};
@@ -201,54 +203,6 @@ pub struct Positions {
 const BATCH_BUCKETS: [f64; 8] = [1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0];
 const LATENCY_BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
 
-/// A fixed-bucket histogram (Prometheus-style, cumulative when rendered).
-#[derive(Debug)]
-pub struct Histogram {
-    bounds: &'static [f64],
-    counts: Vec<AtomicU64>,
-    /// Sum of observations, in millionths.
-    sum_micro: AtomicU64,
-    count: AtomicU64,
-}
-
-impl Histogram {
-    fn new(bounds: &'static [f64]) -> Self {
-        Self {
-            bounds,
-            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-            sum_micro: AtomicU64::new(0),
-            count: AtomicU64::new(0),
-        }
-    }
-
-    /// Records one observation.
-    pub fn observe(&self, v: f64) {
-        let i = self
-            .bounds
-            .iter()
-            .position(|b| v <= *b)
-            .unwrap_or(self.bounds.len());
-        self.counts[i].fetch_add(1, Relaxed);
-        self.sum_micro.fetch_add((v * 1e6) as u64, Relaxed);
-        self.count.fetch_add(1, Relaxed);
-    }
-
-    /// (upper bound, cumulative count) pairs ending with +Inf, the sum and the count.
-    pub fn cumulative(&self) -> (Vec<(f64, u64)>, f64, u64) {
-        let mut acc = 0;
-        let mut out = Vec::with_capacity(self.counts.len());
-        for (i, c) in self.counts.iter().enumerate() {
-            acc += c.load(Relaxed);
-            out.push((self.bounds.get(i).copied().unwrap_or(f64::INFINITY), acc));
-        }
-        (
-            out,
-            self.sum_micro.load(Relaxed) as f64 / 1e6,
-            self.count.load(Relaxed),
-        )
-    }
-}
-
 impl Default for Telemetry {
     fn default() -> Self {
         Self {
@@ -269,8 +223,8 @@ impl Default for Telemetry {
             archive: ArchiveCounters::default(),
             kafka: KafkaCounters::default(),
             sinks: Mutex::new(Vec::new()),
-            batch_size: Histogram::new(&BATCH_BUCKETS),
-            apply_latency: Histogram::new(&LATENCY_BUCKETS),
+            batch_size: Histogram::new(BATCH_BUCKETS),
+            apply_latency: Histogram::new(LATENCY_BUCKETS),
             lane_depths: Mutex::new(None),
         }
     }

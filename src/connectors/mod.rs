@@ -17,16 +17,35 @@ use tokio_util::sync::CancellationToken;
 use crate::core::{ChangeEvent, Namespace, OpType, Position};
 use crate::error::{Error, Result};
 
+/// A connector setting that is not usable: its key inside the connector's table (`brokers`,
+/// `topic`) and why. The top-level config adds the table and the file line.
+#[derive(Debug, PartialEq)]
+pub(crate) struct InvalidSetting {
+    /// The key, relative to the connector's table.
+    pub(crate) key: &'static str,
+    /// What is wrong and what to do.
+    pub(crate) message: String,
+}
+
+impl InvalidSetting {
+    pub(crate) fn new(key: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            key,
+            message: message.into(),
+        }
+    }
+}
+
 /// Where a source record came from, kept so a record that cannot be applied can be stored as
 /// it arrived (a Kafka record for the dead-letter topic).
-pub trait Origin: std::fmt::Debug + Send + Sync {
+pub(crate) trait Origin: std::fmt::Debug + Send + Sync {
     /// The origin as its own type, for the dead-letter destination of the same source.
     fn as_any(&self) -> &dyn std::any::Any;
 }
 
 /// What a source hands to the engine, in order per part.
 #[derive(Debug)]
-pub enum SourceItem {
+pub(crate) enum SourceItem {
     /// A change at `pos`.
     Event {
         /// Its position.
@@ -60,7 +79,7 @@ pub enum SourceItem {
 
 /// A source of change events.
 #[async_trait]
-pub trait Source: Send + Sync {
+pub(crate) trait Source: Send + Sync {
     /// Reads until `stop`, or until `tx` closes, handing items to `tx` in order per part.
     async fn run(&self, tx: mpsc::Sender<SourceItem>, stop: CancellationToken) -> Result<()>;
 
@@ -77,14 +96,14 @@ pub trait Source: Send + Sync {
 
 /// Where records no sink can take are stored, with the reason (a dead-letter topic).
 #[async_trait]
-pub trait DeadLetters: Send + Sync {
+pub(crate) trait DeadLetters: Send + Sync {
     /// Stores the record with the reason; returns once it is durable.
     async fn dead_letter(&self, origin: &dyn Origin, reason: &str) -> Result<()>;
 }
 
 /// The order a sink needs kept between the events it is given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ordering {
+pub(crate) enum Ordering {
     /// Per document: events of one document key in order; `lanes` writers in parallel.
     ByKey {
         /// Parallel writers.
@@ -101,36 +120,36 @@ pub enum Ordering {
 
 /// How the engine groups events into the batches given to [`Sink::write`].
 #[derive(Debug, Clone, Copy)]
-pub struct BatchPolicy {
+pub(crate) struct BatchPolicy {
     /// Most events in one batch.
-    pub max_events: usize,
+    pub(crate) max_events: usize,
     /// Most bytes (of raw events) in one batch.
-    pub max_bytes: usize,
+    pub(crate) max_bytes: usize,
     /// How long a batch waits for more events after its first one (zero: take what is queued).
-    pub linger: std::time::Duration,
+    pub(crate) linger: std::time::Duration,
 }
 
 /// An event of a batch that the sink refused for good.
 #[derive(Debug)]
-pub struct Refusal {
+pub(crate) struct Refusal {
     /// Index in the batch.
-    pub index: usize,
+    pub(crate) index: usize,
     /// Why (not retryable).
-    pub error: Error,
+    pub(crate) error: Error,
 }
 
 /// What a write did.
 #[derive(Debug, Default)]
-pub struct Written {
+pub(crate) struct Written {
     /// Events refused for good; every other event of the batch is durable.
-    pub refused: Vec<Refusal>,
+    pub(crate) refused: Vec<Refusal>,
     /// Updates skipped because the target already holds a later state (replay).
-    pub skipped: u64,
+    pub(crate) skipped: u64,
 }
 
 /// A destination of change events.
 #[async_trait]
-pub trait Sink: Send + Sync {
+pub(crate) trait Sink: Send + Sync {
     /// The sink's name: `sink` for `[sink]`, else the `<name>` of `[sinks.<name>]`.
     fn name(&self) -> &str;
 
@@ -198,15 +217,15 @@ pub trait Sink: Send + Sync {
 }
 
 /// The opened sinks of a pipeline.
-pub struct OpenedSinks {
+pub(crate) struct OpenedSinks {
     /// `[sink]` first, then `[sinks.<name>]` in name order.
-    pub sinks: Vec<Arc<dyn Sink>>,
+    pub(crate) sinks: Vec<Arc<dyn Sink>>,
     /// The client of a MongoDB `[sink]` (where checkpoints live by default).
-    pub mongo: Option<mongodb::Client>,
+    pub(crate) mongo: Option<mongodb::Client>,
 }
 
 /// Opens every sink of a pipeline and checks each can be reached.
-pub async fn open_sinks(
+pub(crate) async fn open_sinks(
     cfg: &Arc<crate::config::PipelineConfig>,
     telemetry: &Arc<crate::telemetry::Telemetry>,
     cancel: &CancellationToken,

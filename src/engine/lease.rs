@@ -15,7 +15,8 @@ use mongodb::{Collection, Database};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::error::{error_code, Error, Result, Role};
+use crate::connectors::mongo::driver_error::error_code;
+use crate::error::{Error, Result, Role};
 
 /// A lease on one pipeline id.
 #[derive(Debug, Clone)]
@@ -42,11 +43,6 @@ impl Lease {
             holder,
             ttl,
         }
-    }
-
-    /// This process's holder id.
-    pub fn holder(&self) -> &str {
-        &self.holder
     }
 
     /// Takes or renews the lease. Ok(true) when held until now + ttl.

@@ -4,9 +4,9 @@
 //! memory, applies DDL as a barrier, honours target delay, rate and pause, and tells the source
 //! which positions are durable so it can commit them.
 
-pub mod full_sync;
+pub(crate) mod full_sync;
 pub(crate) mod lanes;
-pub mod lease;
+pub(crate) mod lease;
 pub mod start;
 pub mod supervisor;
 
@@ -28,19 +28,19 @@ use crate::transform::{Transforms, Verdict};
 use lanes::{lane_count, lane_of, run_lane, LaneItem};
 
 /// Everything the engine needs besides the source: the sinks and the pipeline's shared state.
-pub struct Engine {
+pub(crate) struct Engine {
     /// The validated configuration.
-    pub cfg: Arc<PipelineConfig>,
+    pub(crate) cfg: Arc<PipelineConfig>,
     /// Filters and renames.
-    pub transforms: Arc<Transforms>,
+    pub(crate) transforms: Arc<Transforms>,
     /// Every sink, `[sink]` first.
-    pub sinks: Vec<Arc<dyn Sink>>,
+    pub(crate) sinks: Vec<Arc<dyn Sink>>,
     /// Progress counters.
-    pub telemetry: Arc<Telemetry>,
+    pub(crate) telemetry: Arc<Telemetry>,
     /// Pause and rate limit.
-    pub control: Arc<Control>,
+    pub(crate) control: Arc<Control>,
     /// Graceful shutdown.
-    pub cancel: CancellationToken,
+    pub(crate) cancel: CancellationToken,
 }
 
 /// The ack windows of the parts being read.
@@ -62,7 +62,7 @@ impl Engine {
     /// Runs `source` through the sinks until cancelled, the source ends, or something fails.
     /// Positions are committed every `checkpoint.interval` and on the way out, always at a
     /// position whose events every sink has made durable.
-    pub async fn run(&self, source: Arc<dyn Source>) -> Result<()> {
+    pub(crate) async fn run(&self, source: Arc<dyn Source>) -> Result<()> {
         self.telemetry.set_state(PipelineState::Streaming);
         let cfg = &self.cfg;
         let stop = self.cancel.child_token();

@@ -19,18 +19,18 @@ use crate::telemetry::PipelineState;
 use crate::transform::Transforms;
 
 /// A pipeline reading a MongoDB deployment: the engine, the source client and the checkpoint.
-pub struct MongoPipeline {
+pub(crate) struct MongoPipeline {
     /// The engine with the sinks.
-    pub engine: Engine,
+    pub(crate) engine: Engine,
     /// Source client.
-    pub source: Client,
+    pub(crate) source: Client,
     /// The checkpoint and its store.
-    pub checkpoint: Arc<Checkpointer>,
+    pub(crate) checkpoint: Arc<Checkpointer>,
 }
 
 /// Checks the scope against the source and turns on pre-images when asked, without writing
 /// anything else.
-pub async fn check_source(
+pub(crate) async fn check_source(
     cfg: &PipelineConfig,
     source: &Client,
     transforms: &Transforms,
@@ -100,12 +100,12 @@ pub async fn checkpoint_store(cfg: &PipelineConfig, client: &Client) -> Result<C
 
 impl MongoPipeline {
     /// Saves the current checkpoint.
-    pub async fn save_checkpoint(&self) -> Result<()> {
+    pub(crate) async fn save_checkpoint(&self) -> Result<()> {
         Ok(self.checkpoint.save().await?)
     }
 
     /// Stream settings of the pipeline.
-    pub fn settings(&self) -> StreamSettings {
+    pub(crate) fn settings(&self) -> StreamSettings {
         let cfg = &self.engine.cfg;
         let s = &cfg.stream;
         StreamSettings {
@@ -119,7 +119,7 @@ impl MongoPipeline {
     }
 
     /// Runs until it finishes (mode `full`), is cancelled, or fails.
-    pub async fn run(self: Arc<Self>) -> Result<()> {
+    pub(crate) async fn run(self: Arc<Self>) -> Result<()> {
         let p = &self;
         let cfg = p.engine.cfg.clone();
         let store = &p.checkpoint.store;

@@ -35,7 +35,7 @@ async fn status(port: u16) -> serde_json::Value {
     serde_json::from_str(&http(port, "GET", "/status", "").await.1).unwrap()
 }
 
-/// Parses Prometheus text with the reference Python parser (prometheus_client) and returns
+/// Parses OpenMetrics text with the reference Python parser (prometheus_client) and returns
 /// (name, labels, value) samples.
 fn parse_metrics(text: &str) -> Vec<(String, serde_json::Value, f64)> {
     let python = std::env::var("STRAIT_SECANTUSD")
@@ -46,7 +46,7 @@ fn parse_metrics(text: &str) -> Vec<(String, serde_json::Value, f64)> {
                 std::env::var("HOME").unwrap()
             )
         });
-    let script = "import sys,json\nfrom prometheus_client.parser import text_string_to_metric_families as f\nprint(json.dumps([[s.name,s.labels,s.value] for m in f(sys.stdin.read()) for s in m.samples]))";
+    let script = "import sys,json\nfrom prometheus_client.openmetrics.parser import text_string_to_metric_families as f\nprint(json.dumps([[s.name,s.labels,s.value] for m in f(sys.stdin.read()) for s in m.samples]))";
     let mut child = std::process::Command::new(python)
         .args(["-c", script])
         .stdin(std::process::Stdio::piped())

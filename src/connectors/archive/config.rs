@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{JsonFlavour, RouteOp};
+use crate::connectors::InvalidSetting;
 
 /// Kind of an extra sink.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -105,4 +106,47 @@ pub enum Compression {
     Zstd,
     /// `.jsonl.gz`.
     Gzip,
+}
+
+impl ArchiveSinkConfig {
+    /// Checks the settings that depend on nothing outside this table.
+    pub(crate) fn validate(&self) -> Result<(), InvalidSetting> {
+        match (&self.bucket, &self.path) {
+            (Some(_), Some(_)) => {
+                return Err(InvalidSetting::new(
+                    "path",
+                    "give either bucket or path, not both",
+                ))
+            }
+            (None, None) => {
+                return Err(InvalidSetting::new(
+                    "bucket",
+                    "an archive needs a bucket (S3) or a path (local directory)",
+                ))
+            }
+            _ => {}
+        }
+        if self.ops.is_empty() {
+            return Err(InvalidSetting::new(
+                "ops",
+                "must name at least one operation type",
+            ));
+        }
+        if self.batch_events == 0 || self.batch_mib == 0 || self.batch_interval.is_zero() {
+            return Err(InvalidSetting::new(
+                "batch_events",
+                "batch_events, batch_mib and batch_interval must be above zero",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Replaces secrets by `***`, for printing.
+    pub(crate) fn redact(&mut self) {
+        for secret in [&mut self.secret_access_key, &mut self.session_token] {
+            if secret.is_some() {
+                *secret = Some("***".to_string());
+            }
+        }
+    }
 }

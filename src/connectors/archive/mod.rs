@@ -9,7 +9,7 @@ pub mod config;
 pub mod query;
 pub mod record;
 pub(crate) mod sink;
-pub mod store;
+pub(crate) mod store;
 pub(crate) mod writer;
 
 use std::io::{Read, Write};

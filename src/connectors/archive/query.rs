@@ -214,7 +214,9 @@ pub async fn restore(
                 report.restored += 1;
                 report.ids.push((ns.to_string(), id));
             }
-            Err(e) if crate::error::error_code(&e) == Some(11000) => report.already_present += 1,
+            Err(e) if crate::connectors::mongo::driver_error::error_code(&e) == Some(11000) => {
+                report.already_present += 1
+            }
             Err(e) => return Err(Error::mongo(Role::Sink, format!("restoring into {ns}"), e)),
         }
     }

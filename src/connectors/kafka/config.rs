@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{JsonFlavour, RouteOp};
+use crate::connectors::InvalidSetting;
 
 /// Endpoint kind `"kafka"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -294,7 +295,99 @@ fn default_session_timeout() -> Duration {
     Duration::from_secs(10)
 }
 
+impl KafkaSinkConfig {
+    /// Checks the settings that depend on nothing outside this table.
+    pub(crate) fn validate(&self) -> Result<(), InvalidSetting> {
+        if self.brokers.trim().is_empty() {
+            return Err(InvalidSetting::new(
+                "brokers",
+                "must name at least one broker",
+            ));
+        }
+        if self.ops.as_ref().is_some_and(|o| o.is_empty()) {
+            return Err(InvalidSetting::new(
+                "ops",
+                "must name at least one operation type",
+            ));
+        }
+        if let Some(t) = &self.topic {
+            let bare = t.replace("{db}", "").replace("{coll}", "");
+            if t.is_empty() || bare.contains(['{', '}', ' ', '/']) {
+                return Err(InvalidSetting::new(
+                    "topic",
+                    format!(
+                        "{t:?}: a topic name, with {{db}} and {{coll}} as the only placeholders"
+                    ),
+                ));
+            }
+        }
+        if self.topic_partitions.is_some_and(|n| n < 1) {
+            return Err(InvalidSetting::new(
+                "topic_partitions",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Replaces secrets by `***`, for printing.
+    pub(crate) fn redact(&mut self) {
+        self.security = self.security.redacted();
+    }
+}
+
 impl KafkaSourceConfig {
+    /// Checks the settings that depend on nothing outside this table.
+    pub(crate) fn validate(&self) -> Result<(), InvalidSetting> {
+        if self.brokers.trim().is_empty() {
+            return Err(InvalidSetting::new(
+                "brokers",
+                "must name at least one broker",
+            ));
+        }
+        if self.topics.is_empty() {
+            return Err(InvalidSetting::new(
+                "topics",
+                "must name at least one topic",
+            ));
+        }
+        for t in &self.topics {
+            if let Some(re) = t.strip_prefix('^') {
+                regex::Regex::new(re).map_err(|e| {
+                    InvalidSetting::new("topics", format!("{t:?}: bad regular expression: {e}"))
+                })?;
+            }
+        }
+        if let Some(ns) = &self.namespace {
+            if !ns.contains('.') || ns.starts_with('.') || ns.ends_with('.') {
+                return Err(InvalidSetting::new(
+                    "namespace",
+                    format!("{ns:?}: must be \"db.coll\""),
+                ));
+            }
+        }
+        if self.format != KafkaFormat::Document
+            && (self.namespace.is_some() || !self.key_fields.is_empty())
+        {
+            return Err(InvalidSetting::new(
+                if self.namespace.is_some() { "namespace" } else { "key_fields" },
+                "only for format = \"document\" (the other formats name their namespace and key in each record)",
+            ));
+        }
+        if self.max_record_bytes == 0 {
+            return Err(InvalidSetting::new(
+                "max_record_bytes",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Replaces secrets by `***`, for printing.
+    pub(crate) fn redact(&mut self) {
+        self.security = self.security.redacted();
+    }
+
     /// The consumer group of a pipeline.
     pub fn group_id(&self, pipeline: &str) -> String {
         self.group

@@ -4,8 +4,8 @@
 pub(crate) mod client;
 pub mod config;
 pub(crate) mod dead_letter;
-pub mod sink;
-pub mod source;
+pub(crate) mod sink;
+pub(crate) mod source;
 
-pub use client::KafkaError;
+pub(crate) use client::KafkaError;
 pub(crate) use client::{check_reachable, client_config, is_auth_code};

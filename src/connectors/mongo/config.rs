@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::RouteOp;
+use crate::connectors::InvalidSetting;
 
 /// Kind of endpoint. Only MongoDB exists so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -61,4 +62,39 @@ pub struct TlsConfig {
     /// DocumentDB need). Only for testing.
     #[serde(default)]
     pub allow_invalid_certificates: bool,
+}
+
+impl MongoEndpoint {
+    /// Checks the settings that depend on nothing outside this table.
+    pub(crate) fn validate(&self) -> Result<(), InvalidSetting> {
+        if !(self.uri.starts_with("mongodb://") || self.uri.starts_with("mongodb+srv://")) {
+            return Err(InvalidSetting::new(
+                "uri",
+                "must start with mongodb:// or mongodb+srv://",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Replaces the password in the URI by `***`, for printing.
+    pub(crate) fn redact(&mut self) {
+        self.uri = redact_uri(&self.uri);
+    }
+}
+
+/// Replaces the password of a connection string with `***` for logs and error messages.
+pub(crate) fn redact_uri(uri: &str) -> String {
+    let Some(scheme_end) = uri.find("://") else {
+        return uri.to_string();
+    };
+    let rest = &uri[scheme_end + 3..];
+    let host_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..host_end].rfind('@') {
+        Some(at) => {
+            let userinfo = &rest[..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{}:***@{}", &uri[..scheme_end + 3], user, &rest[at + 1..])
+        }
+        None => uri.to_string(),
+    }
 }

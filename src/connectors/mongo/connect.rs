@@ -4,7 +4,8 @@
 use mongodb::options::{ClientOptions, Tls, TlsOptions};
 use mongodb::Client;
 
-use crate::config::{redact_uri, MongoEndpoint};
+use crate::config::MongoEndpoint;
+use crate::connectors::mongo::config::redact_uri;
 use crate::error::{Error, Result, Role};
 
 /// Opens a client for `endpoint` and proves it works with a `ping`, so that a wrong host,

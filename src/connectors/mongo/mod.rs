@@ -3,10 +3,11 @@
 
 pub mod config;
 pub mod connect;
-pub mod sink;
-pub mod snapshot;
-pub mod source;
-pub mod stream;
+pub(crate) mod driver_error;
+pub(crate) mod sink;
+pub(crate) mod snapshot;
+pub(crate) mod source;
+pub(crate) mod stream;
 
-pub use sink::{ops_for_event, ApplyCounts, MongoSink, WriteOp};
-pub use source::MongoSource;
+pub(crate) use sink::MongoSink;
+pub(crate) use source::MongoSource;

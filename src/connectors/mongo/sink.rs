@@ -20,9 +20,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::config::{LaneBy, MongoEndpoint, PipelineConfig, RouteOp, UpdateMode};
+use crate::connectors::mongo::driver_error::{error_code, is_transient, TRANSIENT_CODES};
 use crate::connectors::{BatchPolicy, Ordering, Refusal, Sink, Written};
 use crate::core::event::{ChangeEvent, EventError, Namespace, OpType};
-use crate::error::{error_code, is_transient, Error, Result, Role, TRANSIENT_CODES};
+use crate::error::{Error, Result, Role};
 use crate::telemetry::Telemetry;
 
 /// One idempotent write.
@@ -293,7 +294,7 @@ impl MongoSink {
         let lanes = cfg.apply.lanes;
         s.route = Route {
             name: name.to_string(),
-            target: crate::config::redact_uri(&endpoint.uri),
+            target: crate::connectors::mongo::config::redact_uri(&endpoint.uri),
             ops: endpoint.ops.clone(),
             update_mode: cfg.stream.update_mode,
             ordering: match cfg.apply.lane_by {

@@ -15,10 +15,11 @@ use tracing::{info, warn};
 
 use crate::backoff::Backoff;
 use crate::config::UpdateMode;
+use crate::connectors::mongo::driver_error::error_code;
 use crate::connectors::SourceItem;
 use crate::core::event::{ChangeEvent, OpType};
 use crate::core::{PartId, Position};
-use crate::error::{error_code, Error, Result, Role};
+use crate::error::{Error, Result, Role};
 use crate::telemetry::Telemetry;
 use crate::transform::scope::WatchTarget;
 

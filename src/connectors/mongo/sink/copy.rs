@@ -5,8 +5,9 @@ use mongodb::error::ErrorKind;
 use mongodb::options::{Acknowledgment, CollectionOptions, WriteConcern};
 
 use super::{MongoSink, WriteOp};
+use crate::connectors::mongo::driver_error::{error_code, is_transient, TRANSIENT_CODES};
 use crate::core::event::Namespace;
-use crate::error::{error_code, is_transient, Error, Result, Role, TRANSIENT_CODES};
+use crate::error::{Error, Result, Role};
 
 impl MongoSink {
     /// Inserts a batch of copied documents, unordered. Documents that already exist (a resumed

@@ -5,8 +5,9 @@ use bson::{doc, Bson, Document, RawDocument};
 use tracing::{info, warn};
 
 use super::MongoSink;
+use crate::connectors::mongo::driver_error::error_code;
 use crate::core::event::{ChangeEvent, OpType};
-use crate::error::{error_code, Error, Result};
+use crate::error::{Error, Result};
 
 /// Codes meaning "already done": NamespaceNotFound, NamespaceExists, IndexNotFound,
 /// IndexOptionsConflict, IndexKeySpecsConflict, IndexAlreadyExists.
