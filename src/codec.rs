@@ -114,11 +114,39 @@ pub fn to_json(d: &RawDocument, flavour: JsonFlavour) -> Value {
     }
 }
 
-/// A BSON value as Extended JSON.
+/// A BSON value as Extended JSON (or plain JSON).
 pub fn bson_to_json(b: Bson, flavour: JsonFlavour) -> Value {
     match flavour {
         JsonFlavour::Canonical => b.into_canonical_extjson(),
         JsonFlavour::Relaxed => b.into_relaxed_extjson(),
+        JsonFlavour::Plain => plain_json(b),
+    }
+}
+
+/// A BSON value as the plain JSON typed columns read (see [`JsonFlavour::Plain`]). Types
+/// with no plain form (regex, code, min/max key) keep their relaxed Extended JSON.
+pub fn plain_json(b: Bson) -> Value {
+    use base64::Engine as _;
+    match b {
+        Bson::Document(d) => {
+            Value::Object(d.into_iter().map(|(k, v)| (k, plain_json(v))).collect())
+        }
+        Bson::Array(a) => Value::Array(a.into_iter().map(plain_json).collect()),
+        Bson::ObjectId(o) => Value::String(o.to_hex()),
+        Bson::DateTime(d) => Value::from(d.timestamp_millis()),
+        Bson::Decimal128(d) => Value::String(d.to_string()),
+        Bson::Int32(i) => Value::from(i),
+        Bson::Int64(i) => Value::from(i),
+        // JSON has no NaN or infinity: those become strings, as Debezium writes them.
+        Bson::Double(f) if !f.is_finite() => Value::String(f.to_string()),
+        Bson::Double(f) => serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number),
+        Bson::Binary(bin) => {
+            Value::String(base64::engine::general_purpose::STANDARD.encode(&bin.bytes))
+        }
+        Bson::Timestamp(t) => Value::from(t.time),
+        Bson::Symbol(s) => Value::String(s),
+        Bson::Undefined => Value::Null,
+        other => other.into_relaxed_extjson(),
     }
 }
 

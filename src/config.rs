@@ -314,6 +314,12 @@ pub enum JsonFlavour {
     Canonical,
     /// Human-friendly (`5`); int32 and int64 become indistinguishable.
     Relaxed,
+    /// Plain JSON for typed consumers (Flink, Spark, ksqlDB): numbers as JSON numbers, an
+    /// ObjectId as its hex string, a date as milliseconds since the epoch (Debezium's
+    /// `io.debezium.time.Timestamp`), a Decimal128 as its decimal string, binary data as
+    /// base64, a BSON timestamp as its seconds. Not reversible: a strait apply reads these
+    /// values as plain strings and numbers. Kafka sinks only.
+    Plain,
 }
 
 /// Pre-images (the document as it was before an update, replace or delete).
@@ -897,6 +903,7 @@ impl PipelineConfig {
             SinkEndpoint::Mongodb(m) => connector("sink", m.validate())?,
             SinkEndpoint::Kafka(k) => {
                 connector("sink", k.validate())?;
+                self.validate_debezium(k, "sink", &invalid)?;
                 if let Some(ops) = &k.ops {
                     self.validate_route_ops(ops, "sink.ops", &invalid)?;
                 }
@@ -907,6 +914,7 @@ impl PipelineConfig {
             match extra {
                 ExtraSinkConfig::Kafka(k) => {
                     connector(&table, k.validate())?;
+                    self.validate_debezium(k, &table, &invalid)?;
                     if let Some(ops) = &k.ops {
                         self.validate_route_ops(ops, &format!("{table}.ops"), &invalid)?;
                     }
@@ -952,6 +960,23 @@ impl PipelineConfig {
                     _ => {}
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// `debezium` records need `after` on every update (Flink's `debezium-json` stops on a
+    /// null one), which only looked-up documents give.
+    fn validate_debezium(
+        &self,
+        k: &KafkaSinkConfig,
+        table: &str,
+        invalid: &dyn Fn(&str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        if k.format == KafkaFormat::Debezium && self.stream.update_mode == UpdateMode::Delta {
+            return Err(invalid(
+                &format!("{table}.format"),
+                "\"debezium\" needs the updated document in every update record, which stream.update_mode = \"delta\" turns off: use update_mode = \"full_document\" (the default)".into(),
+            ));
         }
         Ok(())
     }

@@ -9,11 +9,22 @@
 //!  "op": "c"|"u"|"d"|"r", "ts_ms": 0, "transaction": null}
 //! ```
 //! `op` is `r` for documents of the initial copy, `c` for inserts, `u` for updates and
-//! replaces (a replace has `after` and no `updateDescription`), `d` for deletes. `before` is
-//! the pre-image when the source provides one. Documents are JSON objects (not strings, as
-//! Debezium 2 writes them), so Flink can map their fields to columns. `ts_ms` is the event's
-//! time, not the time it was processed, so records are reproducible. The key is
-//! `{"id": "<_id as Extended JSON>"}`, as Debezium writes it. DDL is not published.
+//! replaces (a replace has `after` and no `updateDescription`), `d` for deletes. Documents are
+//! JSON objects (not strings, as Debezium 2 writes them), so Flink can map their fields to
+//! columns.
+//!
+//! What Flink's `debezium-json` needs, and how strait gives it (see `docs/config.md`):
+//! - `before` is never null for `u` and `d` (Flink fails the job on it): the pre-image when
+//!   the source provides one, else the document key (`{"_id": ...}`). A key-only `before` is
+//!   enough for a Flink table with a primary key and `table.exec.source.cdc-events-duplicate`,
+//!   which keeps the last row per key itself (as Flink CDC does), so retractions use the
+//!   row Flink holds, and replays after a crash are absorbed too.
+//! - `after` is never null for `u`: an update whose looked-up document was gone is not
+//!   published (the delete that removed it follows in the stream).
+//! - `ts_ms` is the event's time (so records are reproducible), or for documents of the initial
+//!   copy the time they were read.
+//!
+//! The key is `{"id": "<_id as JSON>"}`, as Debezium writes it. DDL is not published.
 
 use bson::{RawBsonRef, RawDocumentBuf, Timestamp};
 use serde_json::{json, Map, Value};
@@ -45,11 +56,23 @@ pub fn encode(ev: &ChangeEvent, flavour: JsonFlavour, tombstones: bool) -> Vec<R
         Ok(Some(RawBsonRef::Document(d))) => to_json(d, flavour),
         _ => Value::Null,
     };
-    let before = doc("fullDocumentBeforeChange");
     let after = if ev.op == OpType::Delete {
         Value::Null
     } else {
         doc("fullDocument")
+    };
+    if ev.op == OpType::Update && after.is_null() {
+        // Updated, then deleted before the lookup: the delete follows; an `after: null`
+        // update would stop a Flink job.
+        return Vec::new();
+    }
+    let before = match (doc("fullDocumentBeforeChange"), &ev.document_key) {
+        (Value::Null, Some(k))
+            if matches!(ev.op, OpType::Update | OpType::Replace | OpType::Delete) =>
+        {
+            to_json(k, flavour)
+        }
+        (b, _) => b,
     };
     let update = match (&ev.op, &ev.update_description) {
         (OpType::Update, Some(ud)) => {
@@ -74,7 +97,12 @@ pub fn encode(ev: &ChangeEvent, flavour: JsonFlavour, tombstones: bool) -> Vec<R
         .get_datetime("wallTime")
         .ok()
         .map(|d| d.timestamp_millis());
-    let ts_ms = wall.unwrap_or(secs * 1000);
+    // A document of the initial copy has no cluster time; its wallTime is when it was read.
+    let source_ms = match wall {
+        Some(w) if ev.is_snapshot() => w,
+        _ => secs * 1000,
+    };
+    let ts_ms = wall.unwrap_or(source_ms);
     let txn = ev.raw.get_i64("txnNumber").ok();
     let lsid = match ev.raw.get("lsid") {
         Ok(Some(v)) => raw_to_json(v, flavour),
@@ -87,7 +115,7 @@ pub fn encode(ev: &ChangeEvent, flavour: JsonFlavour, tombstones: bool) -> Vec<R
     );
     source.insert("connector".into(), json!("mongodb"));
     source.insert("name".into(), json!("strait"));
-    source.insert("ts_ms".into(), json!(secs * 1000));
+    source.insert("ts_ms".into(), json!(source_ms));
     source.insert(
         "snapshot".into(),
         json!(if ev.is_snapshot() { "true" } else { "false" }),
@@ -197,7 +225,7 @@ pub fn decode(
         raw.append(bson::raw::cstr!("_id"), record_token(meta));
     }
     raw.append(bson::raw::cstr!("operationType"), op_type);
-    if let Some(t) = time.filter(|t| t.time > 0) {
+    if let Some(t) = time.filter(|t| t.time > 0 && op != "r") {
         raw.append(bson::raw::cstr!("clusterTime"), t);
     }
     if let Some(ms) = source.get("wallTime").and_then(Value::as_i64) {
@@ -221,7 +249,8 @@ pub fn decode(
     if let Some(u) = update {
         raw.append(bson::raw::cstr!("updateDescription"), u);
     }
-    if let Some(b) = before {
+    // A `before` that is only the key (what strait writes without pre-images) is no pre-image.
+    if let Some(b) = before.filter(|b| b.iter().count() > 1) {
         raw.append(bson::raw::cstr!("fullDocumentBeforeChange"), b);
     }
     let ev = ChangeEvent::from_raw(raw).map_err(|e| bad(e.to_string()))?;

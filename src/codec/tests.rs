@@ -99,9 +99,10 @@ fn cases() -> Vec<(&'static str, ChangeEvent)> {
         ("drop", ev(base("drop", 6))),
         (
             "snapshot",
-            ChangeEvent::snapshot(
+            ChangeEvent::snapshot_at(
                 &crate::core::event::Namespace::parse("shop.orders"),
                 full_doc(),
+                DateTime::from_millis(1_763_800_000_456),
             )
             .unwrap(),
         ),

@@ -208,6 +208,15 @@ impl ChangeEvent {
     /// MongoDB Kafka source connector publishes while copying existing data: its `_id` is
     /// `{ _id: <document _id>, copyingData: true }`.
     pub fn snapshot(ns: &Namespace, doc: RawDocumentBuf) -> Result<Self, EventError> {
+        Self::snapshot_at(ns, doc, bson::DateTime::now())
+    }
+
+    /// [`ChangeEvent::snapshot`] of a document read at `read_at` (its `wallTime`).
+    pub fn snapshot_at(
+        ns: &Namespace,
+        doc: RawDocumentBuf,
+        read_at: bson::DateTime,
+    ) -> Result<Self, EventError> {
         let id = doc
             .get("_id")
             .ok()
@@ -225,6 +234,7 @@ impl ChangeEvent {
         let mut raw = RawDocumentBuf::new();
         raw.append(bson::raw::cstr!("_id"), token);
         raw.append(bson::raw::cstr!("operationType"), "insert");
+        raw.append(bson::raw::cstr!("wallTime"), read_at);
         raw.append(bson::raw::cstr!("ns"), nsd);
         raw.append(bson::raw::cstr!("documentKey"), key);
         raw.append(bson::raw::cstr!("fullDocument"), doc);

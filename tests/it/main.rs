@@ -5,6 +5,7 @@ mod api;
 mod archive;
 mod bad_input;
 mod common;
+mod consumers;
 mod crash;
 mod ddl;
 mod engine;

@@ -126,6 +126,12 @@ impl ArchiveSinkConfig {
             }
             _ => {}
         }
+        if self.json == JsonFlavour::Plain {
+            return Err(InvalidSetting::new(
+                "json",
+                "\"plain\" loses BSON types, so a restore could not rebuild the documents: use \"canonical\" or \"relaxed\"",
+            ));
+        }
         if self.ops.is_empty() {
             return Err(InvalidSetting::new(
                 "ops",

@@ -60,10 +60,7 @@ fn ext(d: &RawDocument, flavour: JsonFlavour) -> Value {
 }
 
 fn ext_bson(b: Bson, flavour: JsonFlavour) -> Value {
-    match flavour {
-        JsonFlavour::Canonical => b.into_canonical_extjson(),
-        JsonFlavour::Relaxed => b.into_relaxed_extjson(),
-    }
+    crate::codec::bson_to_json(b, flavour)
 }
 
 /// The JSON record of one event.

@@ -158,11 +158,13 @@ pub struct KafkaSinkConfig {
     /// Record value format: `"change-event"` (default), `"debezium"` or `"document"`.
     #[serde(default)]
     pub format: KafkaFormat,
-    /// Extended JSON flavour of documents: `"canonical"` (default; keeps every BSON type, so a
-    /// strait apply on the other side is byte-exact) or `"relaxed"` (plain numbers; int32 and
-    /// int64 are no longer told apart).
+    /// JSON flavour of documents: `"canonical"` (the default of `change-event` and `document`;
+    /// keeps every BSON type, so a strait apply on the other side is byte-exact), `"relaxed"`
+    /// (plain numbers; int32 and int64 are no longer told apart) or `"plain"` (the default of
+    /// `debezium`: what typed columns read, e.g. Flink's `debezium-json`; ObjectIds as hex
+    /// strings, dates as epoch milliseconds). `debezium` refuses `"canonical"`.
     #[serde(default)]
-    pub json: JsonFlavour,
+    pub json: Option<JsonFlavour>,
     /// Formats `document` and `debezium`: a delete also produces a tombstone (the document key
     /// with a null value), so compacted topics forget the document. With `document`, deletes
     /// are not published at all when this is false.
@@ -296,8 +298,22 @@ fn default_session_timeout() -> Duration {
 }
 
 impl KafkaSinkConfig {
+    /// The JSON flavour in effect: the configured one, else the format's default.
+    pub(crate) fn json(&self) -> JsonFlavour {
+        self.json.unwrap_or(match self.format {
+            KafkaFormat::Debezium => JsonFlavour::Plain,
+            KafkaFormat::ChangeEvent | KafkaFormat::Document => JsonFlavour::Canonical,
+        })
+    }
+
     /// Checks the settings that depend on nothing outside this table.
     pub(crate) fn validate(&self) -> Result<(), InvalidSetting> {
+        if self.format == KafkaFormat::Debezium && self.json == Some(JsonFlavour::Canonical) {
+            return Err(InvalidSetting::new(
+                "json",
+                "format = \"debezium\" with canonical Extended JSON gives records that Flink's debezium-json cannot read (numbers as {\"$numberInt\": ...}): use \"plain\" (the default) or \"relaxed\"",
+            ));
+        }
         if self.brokers.trim().is_empty() {
             return Err(InvalidSetting::new(
                 "brokers",

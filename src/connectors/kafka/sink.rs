@@ -245,7 +245,7 @@ impl KafkaSink {
                 detail: e.to_string(),
                 retryable: false,
             })?;
-            let records = encode(&ev, self.cfg.format, self.cfg.json, self.cfg.tombstones);
+            let records = encode(&ev, self.cfg.format, self.cfg.json(), self.cfg.tombstones);
             pending.extend(self.send(&ev, records, stop).await?);
         }
         for (topic, f) in pending {
@@ -260,7 +260,7 @@ impl KafkaSink {
         ev: &ChangeEvent,
         stop: &CancellationToken,
     ) -> Result<(), KafkaError> {
-        let records = encode(ev, self.cfg.format, self.cfg.json, self.cfg.tombstones);
+        let records = encode(ev, self.cfg.format, self.cfg.json(), self.cfg.tombstones);
         if records.is_empty() {
             return Ok(());
         }
@@ -278,12 +278,10 @@ impl KafkaSink {
     }
 }
 
+/// `strait.op`, `strait.ns`, and `strait.clusterTime` when the event has one (documents of
+/// the initial copy have none).
 fn headers(ev: &ChangeEvent) -> OwnedHeaders {
-    let time = ev
-        .cluster_time
-        .map(|t| format!("{}.{}", t.time, t.increment))
-        .unwrap_or_default();
-    OwnedHeaders::new()
+    let h = OwnedHeaders::new()
         .insert(Header {
             key: "strait.op",
             value: Some(ev.op.as_str()),
@@ -291,11 +289,14 @@ fn headers(ev: &ChangeEvent) -> OwnedHeaders {
         .insert(Header {
             key: "strait.ns",
             value: Some(&ev.ns.to_string()),
-        })
-        .insert(Header {
+        });
+    match ev.cluster_time {
+        Some(t) => h.insert(Header {
             key: "strait.clusterTime",
-            value: Some(&time),
-        })
+            value: Some(&format!("{}.{}", t.time, t.increment)),
+        }),
+        None => h,
+    }
 }
 
 fn delivery_error(sink: &str, topic: &str, e: RdError, ns: &Namespace) -> KafkaError {
@@ -394,7 +395,7 @@ impl Sink for KafkaSink {
         let mut pending = Vec::with_capacity(batch.len());
         let stop = &self.cancel;
         for ev in batch {
-            let records = encode(ev, self.cfg.format, self.cfg.json, self.cfg.tombstones);
+            let records = encode(ev, self.cfg.format, self.cfg.json(), self.cfg.tombstones);
             if !records.is_empty() {
                 let want = records.len();
                 let sent = self.send(ev, records, stop).await?;
@@ -420,8 +421,10 @@ impl Sink for KafkaSink {
         Ok(Written::default())
     }
 
+    /// `[sink]`, and any `[sinks.<name>]` that takes inserts: a topic that is to mirror a
+    /// collection needs its existing documents too.
     fn takes_copy(&self) -> bool {
-        self.primary
+        self.primary || self.takes(&OpType::Insert)
     }
 
     async fn copy(
