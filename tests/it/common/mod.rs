@@ -280,7 +280,19 @@ pub async fn raw_docs(client: &Client, db: &str, coll: &str) -> Vec<RawDocumentB
 
 /// Differences between two collections, byte for byte (empty when identical).
 pub async fn diff(src: &Client, s: (&str, &str), dst: &Client, d: (&str, &str)) -> Vec<String> {
-    let a = raw_docs(src, s.0, s.1).await;
+    diff_mapped(src, s, dst, d, |d| d).await
+}
+
+/// Differences between the target and the source's documents as `map` turns them (what a
+/// lossy format makes of them), byte for byte.
+pub async fn diff_mapped(
+    src: &Client,
+    s: (&str, &str),
+    dst: &Client,
+    d: (&str, &str),
+    map: fn(RawDocumentBuf) -> RawDocumentBuf,
+) -> Vec<String> {
+    let a: Vec<_> = raw_docs(src, s.0, s.1).await.into_iter().map(map).collect();
     let b = raw_docs(dst, d.0, d.1).await;
     let mut out = Vec::new();
     if a.len() != b.len() {
@@ -325,9 +337,22 @@ pub async fn wait_identical(
     timeout: Duration,
     strait: Option<&Strait>,
 ) {
+    wait_identical_mapped(src, s, dst, d, timeout, strait, |d| d).await
+}
+
+/// [`wait_identical`] against the source's documents as `map` turns them.
+pub async fn wait_identical_mapped(
+    src: &Client,
+    s: (&str, &str),
+    dst: &Client,
+    d: (&str, &str),
+    timeout: Duration,
+    strait: Option<&Strait>,
+    map: fn(RawDocumentBuf) -> RawDocumentBuf,
+) {
     let deadline = Instant::now() + timeout;
     loop {
-        let dif = diff(src, s, dst, d).await;
+        let dif = diff_mapped(src, s, dst, d, map).await;
         if dif.is_empty() {
             return;
         }
