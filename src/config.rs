@@ -1147,6 +1147,38 @@ mod tests {
         );
     }
 
+    /// Combinations that would give records Flink's `debezium-json` rejects, and a lossy
+    /// archive, are refused with the key and its line.
+    #[test]
+    fn record_formats_consumers_cannot_read_are_refused() {
+        let dbz = format!("{KAFKA_SINK}format = \"debezium\"\n");
+        let c = PipelineConfig::parse(&dbz, Path::new("p.toml")).unwrap();
+        assert_eq!(c.kafka_sinks()[0].1.json(), JsonFlavour::Plain);
+        let e = PipelineConfig::parse(&format!("{dbz}json = \"canonical\"\n"), Path::new("p.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("p.toml:7: sink.json") && e.contains("debezium-json"),
+            "{e}"
+        );
+        let delta = format!("{dbz}[stream]\nupdate_mode = \"delta\"\n");
+        let e = PipelineConfig::parse(&delta, Path::new("p.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("sink.format") && e.contains("full_document"),
+            "{e}"
+        );
+        let c = PipelineConfig::parse(KAFKA_SINK, Path::new("p.toml")).unwrap();
+        assert_eq!(c.kafka_sinks()[0].1.json(), JsonFlavour::Canonical);
+        let archive =
+            format!("{MIN}[sinks.a]\ntype = \"archive\"\npath = \"/tmp/x\"\njson = \"plain\"\n");
+        let e = PipelineConfig::parse(&archive, Path::new("p.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sinks.a.json") && e.contains("restore"), "{e}");
+    }
+
     #[test]
     fn kafka_secrets_are_redacted() {
         let text = format!("{KAFKA_SINK}[sink.security]\nsasl_password = \"hunter2\"\n");

@@ -390,3 +390,44 @@ proptest! {
         }
     }
 }
+
+/// `json = "plain"`: what typed columns read, field order kept.
+#[test]
+fn plain_json_is_what_typed_columns_read() {
+    let d = rawdoc! {
+        "_id": oid(), "n": 1_i32, "big": 5_000_000_000_i64, "x": 1.5, "whole": 2.0,
+        "nan": f64::NAN, "price": "12.50".parse::<Decimal128>().unwrap(),
+        "at": DateTime::from_millis(1_700_000_000_000),
+        "bin": Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: vec![1, 2, 3] },
+        "ts": Timestamp { time: 7, increment: 1 }, "nested": { "a": [1_i32, "two", null] },
+    };
+    let v = to_json(&d, JsonFlavour::Plain);
+    assert_eq!(
+        v.to_string(),
+        r#"{"_id":"65f1a2b3c4d5e6f708192a3b","n":1,"big":5000000000,"x":1.5,"whole":2.0,"nan":"NaN","price":"12.50","at":1700000000000,"bin":"AQID","ts":7,"nested":{"a":[1,"two",null]}}"#
+    );
+}
+
+/// A Debezium update or delete without pre-images carries the key as `before`; an update
+/// whose looked-up document is gone is not published.
+#[test]
+fn debezium_before_is_never_null_and_after_of_an_update_is_never_null() {
+    for (name, e) in cases() {
+        for r in encode(&e, KafkaFormat::Debezium, JsonFlavour::Plain, false) {
+            let v: Value = serde_json::from_slice(r.value.as_ref().unwrap()).unwrap();
+            let op = v["op"].as_str().unwrap();
+            assert!(
+                op == "r" || op == "c" || v["before"].is_object(),
+                "{name}: {v}"
+            );
+            assert!(op == "d" || v["after"].is_object(), "{name}: {v}");
+        }
+    }
+    let mut gone = base("update", 9);
+    gone.append(
+        bson::raw::cstr!("updateDescription"),
+        rawdoc! { "updatedFields": { "n": 2 }, "removedFields": [] },
+    );
+    gone.append(bson::raw::cstr!("fullDocument"), bson::RawBson::Null);
+    assert!(encode(&ev(gone), KafkaFormat::Debezium, JsonFlavour::Plain, false).is_empty());
+}
