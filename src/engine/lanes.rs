@@ -114,14 +114,23 @@ pub(crate) async fn run_lane(
             }
             refused[r.index] = true;
         }
-        for (item, refused) in items.iter().zip(refused) {
+        // One ack (one lock, one wake-up) per run of events of the same part.
+        let mut seqs: Vec<u64> = Vec::with_capacity(items.len());
+        for (i, (item, refused)) in items.iter().zip(refused).enumerate() {
             if !refused && sink.takes(&item.ev.op) {
                 counters.wrote(&item.ev.op);
                 if primary {
                     telemetry.applied(&item.ev.op, 1);
                 }
             }
-            item.window.ack(&[item.seq]);
+            seqs.push(item.seq);
+            let part_ends = items
+                .get(i + 1)
+                .is_none_or(|next| !Arc::ptr_eq(&next.window, &item.window));
+            if part_ends {
+                item.window.ack(&seqs);
+                seqs.clear();
+            }
         }
         items.clear();
     }

@@ -164,6 +164,7 @@ impl Engine {
             stop: &stop,
             dead_letters: dead_letters.as_deref(),
             max_window: cfg.apply.lanes.max(1) * cfg.apply.queue_depth * 2,
+            last: None,
         };
         let mut dispatch_result = Ok(());
         loop {
@@ -247,20 +248,32 @@ struct Dispatcher<'a> {
     stop: &'a CancellationToken,
     dead_letters: Option<&'a dyn DeadLetters>,
     max_window: usize,
+    /// The window of the last event's part (most events follow one of the same part).
+    last: Option<(PartId, Arc<AckWindow>)>,
 }
 
 impl Dispatcher<'_> {
-    fn window(&self, part: &PartId) -> Arc<AckWindow> {
+    fn window(&mut self, part: &PartId) -> Arc<AckWindow> {
+        if let Some((p, w)) = &self.last {
+            if p == part {
+                return w.clone();
+            }
+        }
         let mut w = self.windows.lock().unwrap();
-        if let Some(window) = w.get(part) {
-            return window.clone();
-        }
-        let window = Arc::new(AckWindow::new(None));
-        w.insert(part.clone(), window.clone());
-        // Lag and pending counts follow the first part (the only one of a change stream).
-        if w.len() == 1 {
-            self.engine.telemetry.set_window(Some(window.clone()));
-        }
+        let window = match w.get(part) {
+            Some(window) => window.clone(),
+            None => {
+                let window = Arc::new(AckWindow::new(None));
+                w.insert(part.clone(), window.clone());
+                // Lag and pending counts follow the first part (the only one of a change stream).
+                if w.len() == 1 {
+                    self.engine.telemetry.set_window(Some(window.clone()));
+                }
+                window
+            }
+        };
+        drop(w);
+        self.last = Some((part.clone(), window.clone()));
         window
     }
 
@@ -310,6 +323,7 @@ impl Dispatcher<'_> {
                     w.clear();
                     p
                 };
+                self.last = None;
                 e.telemetry.set_window(None);
                 let _ = reply.send(positions);
                 return Ok(Flow::Continue);

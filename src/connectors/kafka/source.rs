@@ -1,5 +1,7 @@
-//! The Kafka source's consumer: a consumer-group member polled on its own thread, handing
-//! records to the apply pipeline through a bounded queue.
+//! The Kafka source's consumer: a consumer-group member polled on its own thread, which also
+//! decodes each record and hands it straight to the engine's bounded queue (decoding is the
+//! heaviest step of an apply; on the poll thread it stays off the runtime's workers, which run
+//! the lanes and the MongoDB driver).
 //!
 //! Offsets are never committed automatically. The pipeline commits an offset only once every
 //! record before it is durably written, and when the group takes partitions away (a process
@@ -57,13 +59,13 @@ impl Origin for ConsumedRecord {
     }
 }
 
-/// What the consumer thread hands to the pipeline.
+/// What the group callbacks hand to the source task.
 #[derive(Debug)]
 pub enum ConsumerItem {
-    /// A record, in partition order.
-    Record(ConsumedRecord),
     /// The group is taking partitions away: write everything read, then answer with the
-    /// offsets to commit (the consumer commits them before giving the partitions up).
+    /// offsets to commit (the consumer commits them before giving the partitions up). Every
+    /// record read before is already in the engine's queue: the poll thread sent it before
+    /// the poll that runs this callback.
     Revoke(std::sync::mpsc::SyncSender<TopicPartitionList>),
 }
 
@@ -194,10 +196,12 @@ pub async fn open(
     Ok(consumer)
 }
 
-/// Polls the consumer on the calling (dedicated) thread until `stop`, handing records to `tx`.
-pub fn poll_loop(
+/// Polls the consumer on the calling (dedicated) thread until `stop`, decoding each record
+/// and handing it to the engine's queue `tx`.
+fn poll_loop(
     consumer: Arc<GroupConsumer>,
-    tx: mpsc::Sender<ConsumerItem>,
+    tx: mpsc::Sender<SourceItem>,
+    mut decoder: RecordDecoder,
     telemetry: Arc<Telemetry>,
     stop: CancellationToken,
 ) {
@@ -231,11 +235,92 @@ pub fn poll_loop(
                     .kafka
                     .consumed
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                telemetry
+                    .read
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 telemetry.saw(rec.timestamp_ms.map(|t| (t / 1000).max(0) as u32), false);
-                if tx.blocking_send(ConsumerItem::Record(rec)).is_err() {
+                if tx.blocking_send(decoder.item(rec)).is_err() {
                     return;
                 }
             }
+        }
+    }
+}
+
+/// Turns consumed records into the engine's items (owned by the poll thread).
+struct RecordDecoder {
+    format: crate::connectors::kafka::config::KafkaFormat,
+    max_record_bytes: usize,
+    doc_opts: DocumentOptions,
+    /// The part of the last record's partition: most records follow one from the same one.
+    last_part: Option<(String, i32, PartId)>,
+}
+
+impl RecordDecoder {
+    /// The part of a topic-partition, named `topic[partition]`.
+    fn part(&mut self, topic: &str, partition: i32) -> PartId {
+        match &self.last_part {
+            Some((t, p, id)) if t == topic && *p == partition => id.clone(),
+            _ => {
+                let id = PartId::new(format!("{topic}[{partition}]"));
+                self.last_part = Some((topic.to_string(), partition, id.clone()));
+                id
+            }
+        }
+    }
+
+    /// The engine's item for a consumed record.
+    fn item(&mut self, rec: ConsumedRecord) -> SourceItem {
+        let part = self.part(&rec.topic, rec.partition);
+        let pos = offset_pos(
+            part,
+            &rec.topic,
+            rec.partition,
+            rec.offset,
+            rec.timestamp_ms,
+        );
+        let meta = RecordMeta {
+            topic: &rec.topic,
+            partition: rec.partition,
+            offset: rec.offset,
+            timestamp_ms: rec.timestamp_ms,
+        };
+        let size = rec.value.as_ref().map_or(0, Vec::len);
+        let decoded = if size > self.max_record_bytes {
+            Err(format!(
+                "record value is {size} bytes, over source.max_record_bytes ({})",
+                self.max_record_bytes
+            ))
+        } else {
+            decode(
+                self.format,
+                rec.key.as_deref(),
+                rec.value.as_deref(),
+                meta,
+                &self.doc_opts,
+            )
+            .map_err(|e| e.to_string())
+        };
+        let event = match decoded {
+            Ok(Decoded::Event(ev)) => Ok(ev),
+            Ok(Decoded::InsertIfAbsent(ns, doc)) => ChangeEvent::snapshot(&ns, doc)
+                .map(Box::new)
+                .map_err(|e| e.to_string()),
+            Ok(Decoded::Skip) => return SourceItem::Progress(pos),
+            Err(reason) => Err(reason),
+        };
+        let origin: Arc<dyn Origin> = Arc::new(rec);
+        match event {
+            Ok(event) => SourceItem::Event {
+                pos,
+                event,
+                origin: Some(origin),
+            },
+            Err(reason) => SourceItem::Undecodable {
+                pos,
+                origin,
+                reason,
+            },
         }
     }
 }
@@ -276,64 +361,22 @@ impl KafkaSource {
             telemetry: telemetry.clone(),
         })
     }
-
-    /// The engine's item for a consumed record.
-    fn item(&self, rec: ConsumedRecord) -> SourceItem {
-        let pos = offset_pos(&rec.topic, rec.partition, rec.offset, rec.timestamp_ms);
-        let meta = RecordMeta {
-            topic: &rec.topic,
-            partition: rec.partition,
-            offset: rec.offset,
-            timestamp_ms: rec.timestamp_ms,
-        };
-        let size = rec.value.as_ref().map_or(0, Vec::len);
-        let decoded = if size > self.cfg.max_record_bytes {
-            Err(format!(
-                "record value is {size} bytes, over source.max_record_bytes ({})",
-                self.cfg.max_record_bytes
-            ))
-        } else {
-            decode(
-                self.cfg.format,
-                rec.key.as_deref(),
-                rec.value.as_deref(),
-                meta,
-                &self.doc_opts,
-            )
-            .map_err(|e| e.to_string())
-        };
-        let event = match decoded {
-            Ok(Decoded::Event(ev)) => Ok(ev),
-            Ok(Decoded::InsertIfAbsent(ns, doc)) => ChangeEvent::snapshot(&ns, doc)
-                .map(Box::new)
-                .map_err(|e| e.to_string()),
-            Ok(Decoded::Skip) => return SourceItem::Progress(pos),
-            Err(reason) => Err(reason),
-        };
-        let origin: Arc<dyn Origin> = Arc::new(rec);
-        match event {
-            Ok(event) => SourceItem::Event {
-                pos,
-                event,
-                origin: Some(origin),
-            },
-            Err(reason) => SourceItem::Undecodable {
-                pos,
-                origin,
-                reason,
-            },
-        }
-    }
 }
 
 /// The position of a record: its part is the topic-partition, its token names the offset.
-fn offset_pos(topic: &str, partition: i32, offset: i64, ts_ms: Option<i64>) -> Position {
+fn offset_pos(
+    part: PartId,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    ts_ms: Option<i64>,
+) -> Position {
     let mut token = RawDocumentBuf::new();
     token.append(bson::raw::cstr!("t"), topic);
     token.append(bson::raw::cstr!("p"), partition);
     token.append(bson::raw::cstr!("o"), offset);
     Position {
-        part: PartId::new(format!("{topic}[{partition}]")),
+        part,
         token,
         time: ts_ms.map(|ms| Timestamp {
             time: (ms / 1000).max(0) as u32,
@@ -367,12 +410,24 @@ impl Source for KafkaSource {
             .unwrap()
             .take()
             .ok_or_else(|| Error::Internal("the Kafka source runs once".into()))?;
+        // The group callbacks hold their own sender; this one only keeps the queue open.
+        drop(ctx_tx);
         let poller = {
-            let (consumer, telemetry, stop) =
-                (self.consumer.clone(), self.telemetry.clone(), stop.clone());
+            let (consumer, telemetry, stop, tx) = (
+                self.consumer.clone(),
+                self.telemetry.clone(),
+                stop.clone(),
+                tx.clone(),
+            );
+            let decoder = RecordDecoder {
+                format: self.cfg.format,
+                max_record_bytes: self.cfg.max_record_bytes,
+                doc_opts: self.doc_opts.clone(),
+                last_part: None,
+            };
             std::thread::Builder::new()
                 .name("kafka-consumer".into())
-                .spawn(move || poll_loop(consumer, ctx_tx, telemetry, stop))
+                .spawn(move || poll_loop(consumer, tx, decoder, telemetry, stop))
                 .map_err(|e| Error::Internal(format!("consumer thread: {e}")))?
         };
         loop {
@@ -383,11 +438,6 @@ impl Source for KafkaSource {
             };
             match item {
                 None => break,
-                Some(ConsumerItem::Record(rec)) => {
-                    if tx.send(self.item(rec)).await.is_err() {
-                        break;
-                    }
-                }
                 Some(ConsumerItem::Revoke(answer)) => {
                     let (reply, durable) = oneshot::channel();
                     if tx.send(SourceItem::Revoked { reply }).await.is_err() {

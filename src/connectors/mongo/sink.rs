@@ -420,6 +420,26 @@ impl MongoSink {
                     .await
                     .map_err(|e| Error::Internal(format!("write task failed: {e}")))?;
             let failure = match reply {
+                Ok(reply) if run[from].command() == Command::Insert => {
+                    match insert_failure(&reply) {
+                        InsertOutcome::Done { present } => {
+                            counts.written += (run.len() - from) as u64;
+                            if present > 0 {
+                                debug!(ns = %ns, present, "Documents already on the target (replayed snapshot records).");
+                            }
+                            return Ok(());
+                        }
+                        // Inserts-if-absent are idempotent: the whole run is tried again.
+                        InsertOutcome::Transient(why) => RunFailure::Transient(why),
+                        InsertOutcome::Rejected(code, message) => {
+                            return Err(Error::Rejected {
+                                ns: ns.to_string(),
+                                code,
+                                message,
+                            })
+                        }
+                    }
+                }
                 Ok(reply) => match first_write_error(&reply) {
                     None => {
                         if let Ok(wce) = reply.get_document("writeConcernError") {
@@ -537,8 +557,10 @@ impl MongoSink {
                     stmts.push(doc.clone());
                 }
             }
+            // Unordered: every insert is tried, so a batch of documents that are already there
+            // (replayed snapshot records) costs one round trip, not one per duplicate.
             return Ok(
-                rawdoc! { "insert": coll, "documents": stmts, "ordered": true, "writeConcern": wc },
+                rawdoc! { "insert": coll, "documents": stmts, "ordered": false, "writeConcern": wc },
             );
         }
         if run[0].is_delete() {
@@ -567,6 +589,45 @@ impl MongoSink {
 
 enum RunFailure {
     Transient(String),
+}
+
+/// What an unordered insert of documents-if-absent came to.
+#[derive(Debug, PartialEq)]
+enum InsertOutcome {
+    /// Every document is on the target; `present` of them were there already.
+    Done { present: usize },
+    /// Worth trying the run again.
+    Transient(String),
+    /// Refused for good.
+    Rejected(i32, String),
+}
+
+/// Reads an unordered insert's reply: duplicate-key errors mean "already there".
+fn insert_failure(reply: &Document) -> InsertOutcome {
+    let errs = reply
+        .get_array("writeErrors")
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    let mut present = 0;
+    for e in errs.iter().filter_map(bson::Bson::as_document) {
+        let code = match e.get("code") {
+            Some(bson::Bson::Int32(c)) => *c,
+            Some(bson::Bson::Int64(c)) => *c as i32,
+            _ => -1,
+        };
+        let msg = e.get_str("errmsg").unwrap_or("").to_string();
+        if code == 11000 {
+            present += 1;
+        } else if TRANSIENT_CODES.contains(&code) {
+            return InsertOutcome::Transient(format!("code {code}: {msg}"));
+        } else {
+            return InsertOutcome::Rejected(code, msg);
+        }
+    }
+    if let Ok(wce) = reply.get_document("writeConcernError") {
+        return InsertOutcome::Transient(format!("write concern error: {wce}"));
+    }
+    InsertOutcome::Done { present }
 }
 
 fn first_write_error(reply: &Document) -> Option<(usize, i32, String)> {
@@ -823,6 +884,24 @@ mod tests {
         assert!(matches!(
             &ops_for_event(&ev, UpdateMode::Delta).unwrap()[0],
             WriteOp::Delete { .. }
+        ));
+    }
+
+    #[test]
+    fn duplicate_keys_of_an_unordered_insert_mean_already_there() {
+        let dup =
+            |i: i32| bson::doc! { "index": i, "code": 11000, "errmsg": "E11000 duplicate key" };
+        let reply = bson::doc! { "ok": 1, "n": 1, "writeErrors": [dup(0), dup(2)] };
+        assert_eq!(insert_failure(&reply), InsertOutcome::Done { present: 2 });
+        let reply = bson::doc! { "ok": 1, "n": 0, "writeErrors": [dup(0), { "index": 1, "code": 2, "errmsg": "bad" }] };
+        assert_eq!(
+            insert_failure(&reply),
+            InsertOutcome::Rejected(2, "bad".into())
+        );
+        let reply = bson::doc! { "ok": 1, "n": 3, "writeConcernError": { "code": 64 } };
+        assert!(matches!(
+            insert_failure(&reply),
+            InsertOutcome::Transient(_)
         ));
     }
 
