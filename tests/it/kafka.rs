@@ -700,3 +700,49 @@ async fn replayed_snapshot_records_are_absorbed_at_batch_speed() {
         "the replay took {second:?} against {first:?} for the first pass"
     );
 }
+
+/// How long an apply process restarted after a SIGKILL waits for its partitions, with
+/// `extra` in its `[source]` and a 30 s session timeout.
+async fn reassignment_after_a_restart(extra: &str) -> Duration {
+    let (dst, broker) = (Server::start(), Broker::start());
+    broker.create_topic("cdc.sm.items", 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = apply_toml(&dst, &broker, "sm", extra)
+        .replace("session_timeout = \"6s\"", "session_timeout = \"30s\"");
+    let cfg = write_config(dir.path(), "a.toml", &text);
+    let assigned = |st: &Strait| st.log_text().contains("Partitions assigned");
+    let mut first = Strait::spawn(&cfg, &dir.path().join("a1.log"));
+    wait_for(
+        Duration::from_secs(60),
+        "the first assignment",
+        &first,
+        || async { assigned(&first) },
+    )
+    .await;
+    first.sigkill();
+    let started = std::time::Instant::now();
+    let second = Strait::spawn(&cfg, &dir.path().join("a2.log"));
+    wait_for(
+        Duration::from_secs(90),
+        "the assignment after the restart",
+        &second,
+        || async { assigned(&second) },
+    )
+    .await;
+    let took = started.elapsed();
+    took
+}
+
+/// With `member` set (static membership), an apply process restarted after a SIGKILL gets its
+/// partitions back well before a process without one, which waits until the group gives up
+/// on the dead member. (Tansu still takes ~18 s where Kafka answers at once: see the README.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_member_gets_its_partitions_back_sooner() {
+    let fixed = reassignment_after_a_restart("member = \"a\"").await;
+    let dynamic = reassignment_after_a_restart("").await;
+    eprintln!("partitions back after a restart: static member {fixed:?}, dynamic {dynamic:?} (session timeout 30 s)");
+    assert!(
+        fixed * 2 < dynamic,
+        "static {fixed:?} is not clearly sooner than dynamic {dynamic:?}"
+    );
+}

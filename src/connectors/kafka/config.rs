@@ -281,6 +281,13 @@ pub struct KafkaSourceConfig {
     /// partitions to the others.
     #[serde(default = "default_session_timeout", with = "humantime_serde")]
     pub session_timeout: Duration,
+    /// This process's stable name in the group (static membership, KIP-345): with one, a
+    /// restarted process rejoins as the same member and gets its partitions back at once,
+    /// without a rebalance and without waiting out `session_timeout`. Each process of the group
+    /// needs its own name (a second process with the same one is fenced). Default none
+    /// (dynamic membership).
+    #[serde(default)]
+    pub member: Option<String>,
     /// Authentication and TLS.
     #[serde(default)]
     pub security: KafkaSecurity,
@@ -396,6 +403,14 @@ impl KafkaSourceConfig {
                 "must be at least 1",
             ));
         }
+        if let Some(m) = &self.member {
+            if m.is_empty() || m.len() > 200 || m.contains(char::is_whitespace) {
+                return Err(InvalidSetting::new(
+                    "member",
+                    format!("{m:?}: 1 to 200 characters, no spaces"),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -409,6 +424,13 @@ impl KafkaSourceConfig {
         self.group
             .clone()
             .unwrap_or_else(|| format!("strait-{pipeline}"))
+    }
+
+    /// The `group.instance.id` of static membership: `<group>-<member>`.
+    pub fn instance_id(&self, pipeline: &str) -> Option<String> {
+        self.member
+            .as_ref()
+            .map(|m| format!("{}-{m}", self.group_id(pipeline)))
     }
 
     /// The dead-letter topic of a pipeline.

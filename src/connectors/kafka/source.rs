@@ -164,6 +164,11 @@ pub async fn open(
             ("enable.auto.offset.store", "false"),
         ],
     );
+    let mut client = client;
+    if let Some(id) = cfg.instance_id(pipeline) {
+        client.set("group.instance.id", &id);
+        info!(member = %id, "Static group membership: a restart gets the same partitions back without a rebalance.");
+    }
     let invalid = |e: rdkafka::error::KafkaError| KafkaError::Invalid {
         what: "kafka source",
         name: pipeline.to_string(),
