@@ -729,8 +729,7 @@ async fn reassignment_after_a_restart(extra: &str) -> Duration {
         || async { assigned(&second) },
     )
     .await;
-    let took = started.elapsed();
-    took
+    started.elapsed()
 }
 
 /// With `member` set (static membership), an apply process restarted after a SIGKILL gets its
