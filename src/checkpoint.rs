@@ -107,6 +107,10 @@ pub struct ChunkPlan {
     /// Copied completely.
     #[serde(default)]
     pub done: bool,
+    /// The last `_id` every copy sink has made durable (a chunk is read in `_id` order): a
+    /// resumed copy reads only after it, instead of from the chunk's start.
+    #[serde(default)]
+    pub copied_to: Option<Bson>,
 }
 
 /// Where checkpoints live.
@@ -241,11 +245,13 @@ mod tests {
                             lower: None,
                             upper: Some(Bson::Int64(lower)),
                             done: true,
+                            copied_to: None,
                         },
                         ChunkPlan {
                             lower: Some(Bson::Int64(lower)),
                             upper: None,
                             done: false,
+                            copied_to: Some(Bson::Int64(lower + 3)),
                         },
                     ],
                     created: true,

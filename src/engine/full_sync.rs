@@ -185,6 +185,10 @@ async fn worker(
                 break;
             }
             let bytes: usize = batch.iter().map(|d| d.as_bytes().len()).sum();
+            let last_id = batch
+                .last()
+                .and_then(|d| d.get("_id").ok().flatten())
+                .and_then(|v| bson::Bson::try_from(bson::RawBson::from(v)).ok());
             let mut n = 0;
             let sinks = copy_sinks(p);
             let last = sinks.len().saturating_sub(1);
@@ -199,6 +203,21 @@ async fn worker(
             }
             progress[ci].copied.fetch_add(n, Relaxed);
             progress[ci].bytes.fetch_add(bytes as u64, Relaxed);
+            // Every copy sink has the batch: a restart may continue after its last `_id`.
+            if let Some(id) = last_id {
+                p.checkpoint
+                    .state
+                    .lock()
+                    .await
+                    .full_sync
+                    .as_mut()
+                    .expect("plan")
+                    .collections[ci]
+                    .chunks[ki]
+                    .copied_to = Some(id);
+                // One small write per batch (of `full_sync.batch_docs` documents).
+                p.save_checkpoint().await?;
+            }
         }
         drop(rx);
         reader

@@ -169,6 +169,7 @@ pub async fn plan_collection(
             lower: lower.take(),
             upper: Some(b.clone()),
             done: false,
+            copied_to: None,
         });
         lower = Some(b);
     }
@@ -176,16 +177,30 @@ pub async fn plan_collection(
         lower,
         upper: None,
         done: false,
+        copied_to: None,
     });
     plan.chunks = chunks;
     Ok(plan)
 }
 
-/// The find filter of a chunk.
+/// The find filter of a chunk, or of what is left of it after `copied_to`.
 pub fn chunk_filter(chunk: &ChunkPlan) -> Document {
     let mut range = Document::new();
-    if let Some(l) = &chunk.lower {
-        range.insert("$gte", l.clone());
+    match (&chunk.copied_to, &chunk.lower, &chunk.upper) {
+        // A bounded chunk holds one type of `_id`, so `$gt` (which compares within a type)
+        // sees all of the rest.
+        (Some(after), Some(_), _) | (Some(after), _, Some(_)) => {
+            range.insert("$gt", after.clone());
+        }
+        // The whole collection, maybe with `_id`s of several types: `$expr` compares across
+        // types in BSON order, the order the chunk is read in.
+        (Some(after), None, None) => {
+            return doc! { "$expr": { "$gt": ["$_id", after.clone()] } };
+        }
+        (None, Some(l), _) => {
+            range.insert("$gte", l.clone());
+        }
+        (None, None, _) => {}
     }
     if let Some(u) = &chunk.upper {
         range.insert("$lt", u.clone());
@@ -209,8 +224,10 @@ pub async fn read_chunk(
     let coll = client
         .database(&ns.db)
         .collection::<RawDocumentBuf>(ns.coll_name());
+    // In `_id` order, so the last `_id` written says how far the chunk has been copied.
     let mut cursor = coll
         .find(chunk_filter(&chunk))
+        .sort(doc! { "_id": 1 })
         .batch_size(batch_docs as u32)
         .await
         .map_err(src_err(format!("reading {ns}")))?;
@@ -254,14 +271,34 @@ mod tests {
             lower: Some(Bson::Int32(5)),
             upper: Some(Bson::Int32(9)),
             done: false,
+            copied_to: None,
         };
         assert_eq!(chunk_filter(&c), doc! { "_id": { "$gte": 5, "$lt": 9 } });
         let c = ChunkPlan {
             lower: None,
             upper: Some(Bson::Int32(9)),
             done: false,
+            copied_to: None,
         };
         assert_eq!(chunk_filter(&c), doc! { "_id": { "$lt": 9 } });
+        let resumed = ChunkPlan {
+            lower: Some(Bson::Int32(5)),
+            upper: Some(Bson::Int32(9)),
+            done: false,
+            copied_to: Some(Bson::Int32(7)),
+        };
+        assert_eq!(
+            chunk_filter(&resumed),
+            doc! { "_id": { "$gt": 7, "$lt": 9 } }
+        );
+        let whole = ChunkPlan {
+            copied_to: Some(Bson::String("k".into())),
+            ..ChunkPlan::default()
+        };
+        assert_eq!(
+            chunk_filter(&whole),
+            doc! { "$expr": { "$gt": ["$_id", "k"] } }
+        );
     }
 
     #[test]
