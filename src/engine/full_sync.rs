@@ -77,15 +77,7 @@ pub async fn copy(p: &Arc<Pipeline>, fresh: bool) -> Result<bool> {
             sink.prepare_copy(&target, &opts, fresh && p.engine.cfg.full_sync.drop_target)
                 .await?;
         }
-        p.checkpoint
-            .state
-            .lock()
-            .await
-            .full_sync
-            .as_mut()
-            .expect("plan")
-            .collections[ci]
-            .created = true;
+        with_plan(p, ci, |plan| plan.created = true).await;
     }
     p.save_checkpoint().await?;
 
@@ -210,16 +202,7 @@ async fn worker(
             progress[ci].bytes.fetch_add(bytes as u64, Relaxed);
             // Every copy sink has the batch: a restart may continue after its last `_id`.
             if let Some(id) = last_id {
-                p.checkpoint
-                    .state
-                    .lock()
-                    .await
-                    .full_sync
-                    .as_mut()
-                    .expect("plan")
-                    .collections[ci]
-                    .chunks[ki]
-                    .copied_to = Some(id);
+                with_plan(p, ci, |plan| plan.chunks[ki].copied_to = Some(id)).await;
                 // Saved at most every PROGRESS_SAVE_EVERY: a save per batch cost the copy ~12 %.
                 if saved_at.elapsed() >= PROGRESS_SAVE_EVERY {
                     p.save_checkpoint().await?;
@@ -234,12 +217,11 @@ async fn worker(
         if !complete || stop.is_cancelled() {
             return Ok(());
         }
-        let collection_done = {
-            let mut c = p.checkpoint.state.lock().await;
-            let plan = &mut c.full_sync.as_mut().expect("plan").collections[ci];
+        let collection_done = with_plan(p, ci, |plan| {
             plan.chunks[ki].done = true;
             plan.chunks.iter().all(|k| k.done)
-        };
+        })
+        .await;
         p.save_checkpoint().await?;
         if collection_done {
             finish_collection(p, ci).await?;
@@ -250,17 +232,7 @@ async fn worker(
 
 /// Builds the indexes of a copied collection and records it.
 async fn finish_collection(p: &Pipeline, ci: usize) -> Result<()> {
-    let ns = p
-        .checkpoint
-        .state
-        .lock()
-        .await
-        .full_sync
-        .as_ref()
-        .expect("plan")
-        .collections[ci]
-        .ns
-        .clone();
+    let ns = with_plan(p, ci, |plan| plan.ns.clone()).await;
     let src = Namespace::parse(&ns);
     if p.engine.cfg.full_sync.indexes {
         let target = p.engine.transforms.target_ns(&src);
@@ -269,18 +241,16 @@ async fn finish_collection(p: &Pipeline, ci: usize) -> Result<()> {
             sink.finish_copy(&target, &specs).await?;
         }
     }
-    p.checkpoint
-        .state
-        .lock()
-        .await
-        .full_sync
-        .as_mut()
-        .expect("plan")
-        .collections[ci]
-        .indexes_done = true;
+    with_plan(p, ci, |plan| plan.indexes_done = true).await;
     p.save_checkpoint().await?;
     info!(ns = %ns, "Collection copied.");
     Ok(())
+}
+
+/// Reads or changes the plan of collection `ci` in the checkpoint (saved by the caller).
+async fn with_plan<R>(p: &Pipeline, ci: usize, f: impl FnOnce(&mut CollectionPlan) -> R) -> R {
+    let mut c = p.checkpoint.state.lock().await;
+    f(&mut c.full_sync.as_mut().expect("plan").collections[ci])
 }
 
 /// The sinks that receive the initial copy.
