@@ -57,6 +57,8 @@ pub struct Telemetry {
     window: Mutex<Option<Arc<AckWindow>>>,
     /// Cluster time (seconds) of the newest event or position read.
     last_read_secs: AtomicU32,
+    /// Cluster time (seconds) of the event the engine holds back (rate, target delay); 0 = none.
+    held_secs: AtomicU32,
     /// The last read returned no events: the reader is at the head of the stream.
     idle: AtomicBool,
     started: Instant,
@@ -213,6 +215,7 @@ impl Default for Telemetry {
             collections: Mutex::new(Vec::new()),
             window: Mutex::new(None),
             last_read_secs: AtomicU32::new(0),
+            held_secs: AtomicU32::new(0),
             idle: AtomicBool::new(false),
             started: Instant::now(),
             positions: Mutex::new(RawPositions::default()),
@@ -327,6 +330,13 @@ impl Telemetry {
         self.idle.store(idle, Relaxed);
     }
 
+    /// Records the cluster time of the event the engine is holding back before it enters the
+    /// ack window (rate limit, target delay), or `None` once it has entered. Without it a
+    /// throttled pipeline whose reader is at the head would report no lag.
+    pub fn hold(&self, secs: Option<u32>) {
+        self.held_secs.store(secs.unwrap_or(0), Relaxed);
+    }
+
     /// Seconds between now and the oldest change not yet written to the sink.
     pub fn lag_seconds(&self) -> f64 {
         let now = SystemTime::now()
@@ -337,6 +347,9 @@ impl Telemetry {
         let oldest = window.as_ref().and_then(|w| w.oldest_pending_time());
         match oldest {
             Some(t) => (now - t.time as f64).max(0.0),
+            None if self.held_secs.load(Relaxed) != 0 => {
+                (now - self.held_secs.load(Relaxed) as f64).max(0.0)
+            }
             None if self.idle.load(Relaxed) => 0.0,
             None => {
                 let last = self.last_read_secs.load(Relaxed);

@@ -358,6 +358,8 @@ impl Dispatcher<'_> {
         if barrier && !self.drain().await {
             return Ok(Flow::Stop);
         }
+        e.telemetry
+            .hold(ev.cluster_time.or(pos.time).map(|t| t.time));
         if !e.control.admit(1, self.stop).await || !self.delay(&ev, &pos).await {
             return Ok(Flow::Stop);
         }
@@ -372,6 +374,7 @@ impl Dispatcher<'_> {
         };
         let permit = Some(Arc::new(permit));
         let seq = window.push(pos, targets.len() as u32);
+        e.telemetry.hold(None);
         let ev = Arc::new(ev);
         for i in targets {
             let (ordering, queues) = &self.routes.lanes[i];
