@@ -339,6 +339,21 @@ pub(crate) struct KafkaSource {
     dead_letters: Arc<DeadLetterTopic>,
     telemetry: Arc<Telemetry>,
     doc_opts: DocumentOptions,
+    /// The consumer group's id.
+    group: String,
+    /// The first offsets committed, kept until the broker is asked for them back once.
+    commit_check: std::sync::Mutex<CommitCheck>,
+}
+
+/// Whether the brokers return the offsets this member commits. A broker that accepts commits
+/// and drops them would make every restart re-read every partition, silently.
+enum CommitCheck {
+    /// Nothing committed yet.
+    Pending,
+    /// Committed these at that time; asked back once the commit has had time to land.
+    Sent(TopicPartitionList, std::time::Instant),
+    /// Asked and answered.
+    Done,
 }
 
 impl KafkaSource {
@@ -364,7 +379,54 @@ impl KafkaSource {
             queue: std::sync::Mutex::new(Some((tx, rx))),
             dead_letters,
             telemetry: telemetry.clone(),
+            group: cfg.group_id(pipeline),
+            commit_check: std::sync::Mutex::new(CommitCheck::Pending),
         })
+    }
+
+    /// Once per process, a few seconds after the first commit: asks the group for the offsets
+    /// committed then and says loudly if none came back.
+    fn check_commits_kept(&self, committed: &TopicPartitionList) {
+        let sent = {
+            let mut c = self.commit_check.lock().unwrap();
+            match &*c {
+                CommitCheck::Done => return,
+                CommitCheck::Pending => {
+                    *c = CommitCheck::Sent(committed.clone(), std::time::Instant::now());
+                    return;
+                }
+                CommitCheck::Sent(_, at) if at.elapsed() < Duration::from_secs(3) => return,
+                CommitCheck::Sent(tpl, _) => {
+                    let tpl = tpl.clone();
+                    *c = CommitCheck::Done;
+                    tpl
+                }
+            }
+        };
+        let (consumer, telemetry) = (self.consumer.clone(), self.telemetry.clone());
+        let (group, member) = (self.group.clone(), self.cfg.member.is_some());
+        // A blocking round trip to the group coordinator: off the runtime, not awaited.
+        tokio::task::spawn_blocking(move || {
+            let Ok(back) = consumer.committed_offsets(sent, Duration::from_secs(10)) else {
+                return;
+            };
+            let kept = back
+                .elements()
+                .iter()
+                .any(|e| matches!(e.offset(), Offset::Offset(_)));
+            if !kept {
+                let hint = if member {
+                    " `source.member` is set: check that the brokers support static membership (KIP-345)."
+                } else {
+                    ""
+                };
+                let msg = format!(
+                    "kafka source: the brokers accepted offset commits for group {group} but return none of them; a restart re-reads every partition from the start.{hint}"
+                );
+                warn!("{msg}");
+                telemetry.error(&msg);
+            }
+        });
     }
 }
 
@@ -477,6 +539,7 @@ impl Source for KafkaSource {
         }
         match self.consumer.commit(&tpl, CommitMode::Async) {
             Ok(()) => {
+                self.check_commits_kept(&tpl);
                 self.telemetry
                     .kafka
                     .commits
