@@ -432,3 +432,82 @@ async fn near_16mb_documents_replicate() {
     )
     .await;
 }
+
+/// A copy to MongoDB killed in the middle of a collection that is one range (mixed `_id`
+/// types make it one) resumes after the last `_id` the target made durable, not from the
+/// range's start: a document copied before the kill and then removed from the target stays
+/// removed, and everything after it arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_copy_to_mongodb_resumes_inside_its_range() {
+    let (src, dst) = (Server::start(), Server::start());
+    let (s, d) = (src.client().await, dst.client().await);
+    let c = s.database("r").collection::<Document>("one");
+    // A string `_id` among the integers: the collection cannot be split into ranges.
+    c.insert_one(doc! { "_id": "a-string-id", "v": 1 })
+        .await
+        .unwrap();
+    for start in (0..20_000).step_by(1000) {
+        c.insert_many((start..start + 1000).map(varied_doc))
+            .await
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "p.toml",
+        &format!(
+            "id = \"resume\"\nmode = \"full\"\n[source]\nuri = \"{}\"\n[sink]\nuri = \"{}\"\n[full_sync]\nchunk_docs = 1000000\nbatch_docs = 500\n[checkpoint]\ninterval = \"200ms\"\n",
+            src.uri(),
+            dst.uri()
+        ),
+    );
+    let log = dir.path().join("p.log");
+    let mut st = Strait::spawn(&cfg, &log);
+    let target = d.database("r").collection::<Document>("one");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        if target.count_documents(doc! {}).await.unwrap() >= 8_000 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", st.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Let the range's progress be saved (at most every 250 ms), then kill.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    st.sigkill();
+    // Read in `_id` order, integers before strings: 0 was among the first copied.
+    target.delete_one(doc! { "_id": 0_i64 }).await.unwrap();
+    let mut st = Strait::spawn(&cfg, &log);
+    assert!(
+        st.wait(Duration::from_secs(180)).success(),
+        "{}",
+        st.log_text()
+    );
+    assert_eq!(
+        target.count_documents(doc! { "_id": 0_i64 }).await.unwrap(),
+        0,
+        "the restart copied the range again from its start"
+    );
+    assert_eq!(
+        target.count_documents(doc! {}).await.unwrap(),
+        20_000,
+        "every document after the resume point arrived"
+    );
+    let last = target
+        .find_one(doc! { "_id": 19_999_i64 })
+        .await
+        .unwrap()
+        .expect("the last integer _id");
+    assert_eq!(
+        last,
+        c.find_one(doc! { "_id": 19_999_i64 })
+            .await
+            .unwrap()
+            .unwrap()
+    );
+    assert!(target
+        .find_one(doc! { "_id": "a-string-id" })
+        .await
+        .unwrap()
+        .is_some());
+}
