@@ -345,11 +345,10 @@ impl Telemetry {
             .unwrap_or(0.0);
         let window = self.window.lock().unwrap().clone();
         let oldest = window.as_ref().and_then(|w| w.oldest_pending_time());
+        let held = self.held_secs.load(Relaxed);
         match oldest {
             Some(t) => (now - t.time as f64).max(0.0),
-            None if self.held_secs.load(Relaxed) != 0 => {
-                (now - self.held_secs.load(Relaxed) as f64).max(0.0)
-            }
+            None if held != 0 => (now - held as f64).max(0.0),
             None if self.idle.load(Relaxed) => 0.0,
             None => {
                 let last = self.last_read_secs.load(Relaxed);

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::common::workload::{run_mixed_ops, varied_doc};
+use crate::common::workload::{insert_varied, run_mixed_ops};
 use crate::common::*;
 use bson::Document;
 use rand::{Rng, SeedableRng};
@@ -15,12 +15,7 @@ async fn kill_repeatedly(update_mode: &str, seed: u64) {
     let (s, d) = (src.client().await, dst.client().await);
     let db = s.database("crash");
     // Enough data that the first kills land inside the copy.
-    for start in (0..3000).step_by(1000) {
-        db.collection::<Document>("items")
-            .insert_many((start..start + 1000).map(varied_doc))
-            .await
-            .unwrap();
-    }
+    insert_varied(&db.collection::<Document>("items"), 3000).await;
     db.collection::<Document>("items_tx")
         .insert_one(bson::doc! { "_id": -1_i64 })
         .await
@@ -92,12 +87,7 @@ async fn kill_repeatedly(update_mode: &str, seed: u64) {
         };
         tokio::time::sleep(Duration::from_millis(wait_ms)).await;
         let copying = !st.log_text().contains("Full sync finished");
-        assert!(
-            st.child.try_wait().unwrap().is_none(),
-            "strait exited early:\n{}",
-            st.log_text()
-        );
-        st.sigkill();
+        st.sigkill_running();
         kills += 1;
         if copying {
             copy_kills += 1;

@@ -10,7 +10,7 @@ use bson::{doc, Bson, Document};
 use rand::{Rng, SeedableRng};
 
 use crate::common::kafka::Broker;
-use crate::common::workload::{run_mixed_ops, varied_doc};
+use crate::common::workload::{insert_varied, run_mixed_ops};
 use crate::common::*;
 
 fn capture_toml(src: &Server, broker: &Broker, extra_sink: &str, extra: &str) -> String {
@@ -30,12 +30,7 @@ fn apply_toml(dst: &Server, broker: &Broker, group: &str, extra_source: &str) ->
 }
 
 async fn seed(s: &mongodb::Client, db: &str, n: i64) {
-    let c = s.database(db).collection::<Document>("items");
-    for start in (0..n).step_by(1000) {
-        c.insert_many((start..(start + 1000).min(n)).map(varied_doc))
-            .await
-            .unwrap();
-    }
+    insert_varied(&s.database(db).collection::<Document>("items"), n).await;
     s.database(db)
         .collection::<Document>("items_tx")
         .insert_one(doc! { "_id": -1_i64 })
@@ -96,12 +91,7 @@ async fn mongo_to_kafka_to_mongo_survives_sigkills_of_both_sides() {
         tokio::time::sleep(Duration::from_millis(rng.random_range(500..2500))).await;
         let which_capture = rng.random_bool(0.5);
         let st = if which_capture { &mut cap } else { &mut app };
-        assert!(
-            st.child.try_wait().unwrap().is_none(),
-            "strait exited early:\n{}",
-            st.log_text()
-        );
-        st.sigkill();
+        st.sigkill_running();
         if which_capture {
             capture_kills += 1;
             cap = Strait::spawn(&capture, &clog);
@@ -152,12 +142,7 @@ async fn a_crash_loop_during_the_copy_converges_within_30_s() {
     let (s, d) = (src.client().await, dst.client().await);
     seed(&s, "loop", DOCS).await;
     for coll in &COLLS[1..] {
-        let c = s.database("loop").collection::<Document>(coll);
-        for start in (0..DOCS).step_by(1000) {
-            c.insert_many((start..start + 1000).map(varied_doc))
-                .await
-                .unwrap();
-        }
+        insert_varied(&s.database("loop").collection::<Document>(coll), DOCS).await;
     }
     let dir = tempfile::tempdir().unwrap();
     let (port, aport) = (crate::api::free_port(), crate::api::free_port());
@@ -287,12 +272,7 @@ async fn a_crash_loop_during_the_copy_converges_within_30_s() {
         }
         let copying = !copy_done();
         let st = if which_capture { &mut cap } else { &mut app };
-        assert!(
-            st.child.try_wait().unwrap().is_none(),
-            "strait exited early:\n{}",
-            st.log_text()
-        );
-        st.sigkill();
+        st.sigkill_running();
         kills += 1;
         eprintln!(
             "{:.1} s: kill {kills} of {}, copying {copying}, writer at {}",

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::common::workload::{run_mixed, run_mixed_ops, varied_doc};
+use crate::common::workload::{insert_varied, run_mixed, run_mixed_ops, varied_doc};
 use crate::common::*;
 use bson::{doc, Document};
 use mongodb::options::IndexOptions;
@@ -446,32 +446,27 @@ async fn a_killed_copy_to_mongodb_resumes_inside_its_range() {
     c.insert_one(doc! { "_id": "a-string-id", "v": 1 })
         .await
         .unwrap();
-    for start in (0..20_000).step_by(1000) {
-        c.insert_many((start..start + 1000).map(varied_doc))
-            .await
-            .unwrap();
-    }
+    insert_varied(&c, 20_000).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(
         dir.path(),
         "p.toml",
-        &format!(
-            "id = \"resume\"\nmode = \"full\"\n[source]\nuri = \"{}\"\n[sink]\nuri = \"{}\"\n[full_sync]\nchunk_docs = 1000000\nbatch_docs = 500\n[checkpoint]\ninterval = \"200ms\"\n",
-            src.uri(),
-            dst.uri()
+        &pipeline(
+            &src,
+            &dst,
+            "mode = \"full\"\n[full_sync]\nchunk_docs = 1000000\nbatch_docs = 500\n[checkpoint]\ninterval = \"200ms\"",
         ),
     );
     let log = dir.path().join("p.log");
     let mut st = Strait::spawn(&cfg, &log);
     let target = d.database("r").collection::<Document>("one");
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        if target.count_documents(doc! {}).await.unwrap() >= 8_000 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{}", st.log_text());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for(
+        Duration::from_secs(120),
+        "8,000 documents copied",
+        &st,
+        || async { target.count_documents(doc! {}).await.unwrap() >= 8_000 },
+    )
+    .await;
     // Let the range's progress be saved (at most every 250 ms), then kill.
     tokio::time::sleep(Duration::from_millis(600)).await;
     st.sigkill();

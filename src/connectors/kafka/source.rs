@@ -410,11 +410,7 @@ impl KafkaSource {
             let Ok(back) = consumer.committed_offsets(sent, Duration::from_secs(10)) else {
                 return;
             };
-            let kept = back
-                .elements()
-                .iter()
-                .any(|e| matches!(e.offset(), Offset::Offset(_)));
-            if !kept {
+            if !any_offset(&back) {
                 let hint = if member {
                     " `source.member` is set: check that the brokers support static membership (KIP-345)."
                 } else {
@@ -428,6 +424,14 @@ impl KafkaSource {
             }
         });
     }
+}
+
+/// Whether the group returned an offset for any of the partitions asked about.
+fn any_offset(committed: &TopicPartitionList) -> bool {
+    committed
+        .elements()
+        .iter()
+        .any(|e| matches!(e.offset(), Offset::Offset(_)))
 }
 
 /// The position of a record: its part is the topic-partition, its token names the offset.
@@ -559,5 +563,23 @@ impl Source for KafkaSource {
 
     fn dead_letters(&self) -> Option<Arc<dyn DeadLetters>> {
         Some(self.dead_letters.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commits_count_as_kept_only_when_an_offset_comes_back() {
+        let mut none = TopicPartitionList::new();
+        none.add_partition_offset("t", 0, Offset::Invalid).unwrap();
+        none.add_partition_offset("t", 1, Offset::Invalid).unwrap();
+        assert!(!any_offset(&none));
+        assert!(!any_offset(&TopicPartitionList::new()));
+        let mut one = none.clone();
+        one.add_partition_offset("t", 2, Offset::Offset(42))
+            .unwrap();
+        assert!(any_offset(&one));
     }
 }

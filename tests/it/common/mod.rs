@@ -188,6 +188,17 @@ impl Strait {
         self.child.wait().unwrap();
     }
 
+    /// SIGKILL, after checking the process is still running (a crash test must not mistake a
+    /// strait that exited on its own for one it killed).
+    pub fn sigkill_running(&mut self) {
+        assert!(
+            self.child.try_wait().unwrap().is_none(),
+            "strait exited early:\n{}",
+            self.log_text()
+        );
+        self.sigkill();
+    }
+
     /// SIGTERM, then waits for the exit status.
     pub fn sigterm(&mut self) -> std::process::ExitStatus {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };

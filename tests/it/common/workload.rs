@@ -9,6 +9,15 @@ use mongodb::Client;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+/// Inserts `varied_doc(0..n)` into `coll`, a thousand per round trip.
+pub async fn insert_varied(coll: &mongodb::Collection<Document>, n: i64) {
+    for start in (0..n).step_by(1000) {
+        coll.insert_many((start..(start + 1000).min(n)).map(varied_doc))
+            .await
+            .unwrap();
+    }
+}
+
 /// A document with many BSON types, nested documents and arrays.
 pub fn varied_doc(i: i64) -> Document {
     doc! {
