@@ -23,6 +23,8 @@ use crate::telemetry::{PipelineState, Positions, Telemetry};
 struct Api {
     cfg: Arc<PipelineConfig>,
     telemetry: Arc<Telemetry>,
+    /// The two directions of a two-way pipeline (empty otherwise).
+    directions: Arc<Vec<(Arc<PipelineConfig>, Arc<Telemetry>)>>,
     control: Arc<Control>,
     metrics: Arc<Metrics>,
     token: Option<String>,
@@ -52,6 +54,20 @@ pub async fn serve(
     control: Arc<Control>,
     stop: CancellationToken,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), ApiError> {
+    serve_directions(api, cfg, telemetry, Vec::new(), control, stop).await
+}
+
+/// [`serve`] for a two-way pipeline: `/status` adds each direction's status under
+/// `directions`, and `/metrics` labels each direction as a pipeline of its own
+/// (`<id>.<from>-<to>`).
+pub(crate) async fn serve_directions(
+    api: &ApiConfig,
+    cfg: Arc<PipelineConfig>,
+    telemetry: Arc<Telemetry>,
+    directions: Vec<(Arc<PipelineConfig>, Arc<Telemetry>)>,
+    control: Arc<Control>,
+    stop: CancellationToken,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), ApiError> {
     let addr = api.listen;
     if !addr.ip().is_loopback() && api.token.is_none() && !api.allow_remote_without_token {
         return Err(ApiError::RemoteWithoutToken(addr));
@@ -63,10 +79,16 @@ pub async fn serve(
         .local_addr()
         .map_err(|source| ApiError::Bind { addr, source })?;
     let mut registry = Metrics::default();
-    registry.add_pipeline(&cfg.id, telemetry.clone(), control.clone());
+    if directions.is_empty() {
+        registry.add_pipeline(&cfg.id, telemetry.clone(), control.clone());
+    }
+    for (c, t) in &directions {
+        registry.add_pipeline(&c.id, t.clone(), control.clone());
+    }
     let state = Api {
         cfg,
         telemetry,
+        directions: Arc::new(directions),
         control,
         metrics: Arc::new(registry),
         token: api.token.clone(),
@@ -137,6 +159,9 @@ pub struct Status {
     pub rate_limit: u64,
     /// Seconds since the checkpoint was saved.
     pub checkpoint_age_seconds: Option<f64>,
+    /// Two-way pipelines: each direction's status, with what it decided (`two_way`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub directions: Vec<serde_json::Value>,
 }
 
 /// Builds the status report.
@@ -218,11 +243,26 @@ pub fn status_of(cfg: &PipelineConfig, t: &Telemetry, control: &Control) -> Stat
         }),
         rate_limit: control.rate(),
         checkpoint_age_seconds: t.checkpoint_age(),
+        directions: Vec::new(),
     }
 }
 
 async fn status(State(api): State<Api>) -> Json<Status> {
-    Json(status_of(&api.cfg, &api.telemetry, &api.control))
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut s = status_of(&api.cfg, &api.telemetry, &api.control);
+    for (c, t) in api.directions.iter() {
+        let mut d = serde_json::to_value(status_of(c, t, &api.control)).unwrap_or_default();
+        let w = &t.two_way;
+        d["two_way"] = json!({
+            "applied": w.applied.load(Relaxed),
+            "stale": w.stale.load(Relaxed),
+            "conflicts": w.conflicts.load(Relaxed),
+            "searches": w.searches.load(Relaxed),
+            "echoes_dropped": w.echoes.load(Relaxed),
+        });
+        s.directions.push(d);
+    }
+    Json(s)
 }
 
 async fn progress(State(api): State<Api>) -> Json<serde_json::Value> {

@@ -103,6 +103,10 @@ pub struct PipelineConfig {
     /// present.
     #[serde(default)]
     pub api: Option<ApiConfig>,
+    /// Two-way (active-active) sync between the `[source]` and `[sink]` MongoDB clusters. Off
+    /// unless this table is present.
+    #[serde(default)]
+    pub two_way: Option<crate::two_way::config::TwoWayConfig>,
 }
 
 /// The HTTP API.
@@ -892,6 +896,10 @@ impl PipelineConfig {
         let connector = |table: &str, r: Result<(), InvalidSetting>| {
             r.map_err(|e| invalid(&format!("{table}.{}", e.key), e.message))
         };
+        if let Some(t) = &self.two_way {
+            connector("two_way", t.validate())?;
+            self.validate_two_way(&invalid)?;
+        }
         match &self.source {
             SourceEndpoint::Mongodb(m) => connector("source", m.validate())?,
             SourceEndpoint::Kafka(k) => {
@@ -976,6 +984,69 @@ impl PipelineConfig {
             return Err(invalid(
                 &format!("{table}.format"),
                 "\"debezium\" needs the updated document in every update record, which stream.update_mode = \"delta\" turns off: use update_mode = \"full_document\" (the default)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// What two-way sync needs of the rest of the pipeline.
+    fn validate_two_way(
+        &self,
+        invalid: &dyn Fn(&str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        if self.mongo_source().is_none() || self.mongo_sink().is_none() {
+            return Err(invalid(
+                "two_way",
+                "needs [source] and [sink] both type = \"mongodb\" (the two clusters)".into(),
+            ));
+        }
+        if !self.rename.is_empty() {
+            return Err(invalid(
+                "rename",
+                "renames cannot be undone on the way back: two-way sync keeps namespaces as they are".into(),
+            ));
+        }
+        if !self.sinks.is_empty() {
+            return Err(invalid(
+                "sinks",
+                "two-way sync writes only to the two clusters; run a separate pipeline for [sinks.*]".into(),
+            ));
+        }
+        if !self.mode.streams() {
+            return Err(invalid(
+                "mode",
+                "two-way sync follows both clusters: use \"full+incremental\" or \"incremental\""
+                    .into(),
+            ));
+        }
+        if self.full_sync.drop_target {
+            return Err(invalid(
+                "full_sync.drop_target",
+                "would drop what the other cluster's users are writing: two-way copies only the documents it lacks".into(),
+            ));
+        }
+        if self.stream.update_mode == UpdateMode::Delta {
+            return Err(invalid(
+                "stream.update_mode",
+                "two-way sync compares and writes whole documents: use \"full_document\" (the default)".into(),
+            ));
+        }
+        if self.stream.target_delay > Duration::ZERO {
+            return Err(invalid(
+                "stream.target_delay",
+                "a delayed copy cannot take writes of its own: not with two_way".into(),
+            ));
+        }
+        if self.checkpoint.lease {
+            return Err(invalid(
+                "checkpoint.lease",
+                "not yet supported with two_way (run one process per pair)".into(),
+            ));
+        }
+        if self.checkpoint.store == CheckpointStoreKind::Mongodb && self.checkpoint.uri.is_some() {
+            return Err(invalid(
+                "checkpoint.uri",
+                "two-way keeps each direction's checkpoint on the cluster it writes to".into(),
             ));
         }
         Ok(())

@@ -21,4 +21,5 @@ pub(crate) mod metrics;
 pub(crate) mod report;
 pub(crate) mod telemetry;
 pub mod transform;
+pub mod two_way;
 pub mod verify;

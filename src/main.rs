@@ -61,6 +61,11 @@ enum Command {
         #[command(subcommand)]
         action: ArchiveAction,
     },
+    /// Read what two-way sync recorded about changes that lost a conflict.
+    Conflicts {
+        #[command(subcommand)]
+        action: ConflictsAction,
+    },
     /// Show or reset the saved position.
     Checkpoint {
         #[command(subcommand)]
@@ -178,6 +183,20 @@ enum CheckpointAction {
 }
 
 #[derive(Subcommand)]
+enum ConflictsAction {
+    /// Print the newest conflicts of both clusters as JSON lines: the cluster where the
+    /// incoming change lost, the namespace and key, both versions and the rule that decided.
+    Ls {
+        /// Pipeline file (with a `[two_way]` table).
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Most records per cluster.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+}
+
+#[derive(Subcommand)]
 enum ConfigAction {
     /// Parse and validate the file, print it with defaults filled in and secrets redacted.
     Check {
@@ -228,6 +247,17 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             json,
         } => verify(config, limit, json).await,
         Command::Checkpoint { action } => checkpoint(action).await,
+        Command::Conflicts {
+            action: ConflictsAction::Ls { config, limit },
+        } => {
+            let cfg = PipelineConfig::load(&config).map_err(Error::from)?;
+            for c in strait::two_way::conflicts::list(&cfg, limit).await? {
+                let mut line = c.record;
+                line["cluster"] = serde_json::Value::String(c.cluster);
+                println!("{line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Archive { action } => archive(action).await,
         Command::Status {
             config,

@@ -197,6 +197,31 @@ impl Collector for PipelineCollector {
                 "Change stream reopens after errors or invalidations.",
                 t.stream_restarts.load(Relaxed),
             ),
+            (
+                "strait_two_way_applied",
+                "Two-way: changes this direction wrote to the other cluster.",
+                t.two_way.applied.load(Relaxed),
+            ),
+            (
+                "strait_two_way_stale",
+                "Two-way: changes dropped because the other cluster held a later change.",
+                t.two_way.stale.load(Relaxed),
+            ),
+            (
+                "strait_two_way_conflicts",
+                "Two-way: changes that lost to a concurrent change and were recorded in strait.conflicts.",
+                t.two_way.conflicts.load(Relaxed),
+            ),
+            (
+                "strait_two_way_searches",
+                "Two-way: batches that searched the target's change log for local changes.",
+                t.two_way.searches.load(Relaxed),
+            ),
+            (
+                "strait_two_way_echoes",
+                "Two-way: events read that were strait's own writes (not shipped back).",
+                t.two_way.echoes.load(Relaxed),
+            ),
         ] {
             counters(&mut e, name, help, &one(v))?;
         }

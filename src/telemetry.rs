@@ -83,6 +83,24 @@ pub struct Telemetry {
     pub kafka: KafkaCounters,
     /// Per sink, by name.
     sinks: Mutex<Vec<Arc<SinkCounters>>>,
+    /// One direction of a two-way pipeline.
+    pub two_way: TwoWayCounters,
+}
+
+/// What one direction of a two-way pipeline decided.
+#[derive(Debug, Default)]
+pub struct TwoWayCounters {
+    /// Changes written to the other cluster.
+    pub applied: AtomicU64,
+    /// Changes dropped because the other cluster held a later change to the document.
+    pub stale: AtomicU64,
+    /// Of those, changes recorded in `strait.conflicts` (the later change came from the other
+    /// cluster).
+    pub conflicts: AtomicU64,
+    /// Batches that searched the target's change log for a document's last local change.
+    pub searches: AtomicU64,
+    /// Events read that were strait's own writes (not shipped back).
+    pub echoes: AtomicU64,
 }
 
 /// What one sink wrote.
@@ -229,6 +247,7 @@ impl Default for Telemetry {
             batch_size: Histogram::new(BATCH_BUCKETS),
             apply_latency: Histogram::new(LATENCY_BUCKETS),
             lane_depths: Mutex::new(None),
+            two_way: TwoWayCounters::default(),
         }
     }
 }

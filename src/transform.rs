@@ -18,6 +18,23 @@ pub struct Transforms {
     pub rename: rename::Renamer,
     ops: HashSet<DataOp>,
     ddl: bool,
+    /// Two-way sync: strait's own writes on the source cluster, which are not shipped back.
+    pub(crate) echoes: Option<EchoFilter>,
+}
+
+/// Drops the events of strait's own writes (loop prevention of two-way sync).
+#[derive(Clone)]
+pub(crate) struct EchoFilter {
+    /// The session ids strait writes to the source cluster with.
+    pub(crate) sessions: std::sync::Arc<crate::two_way::sessions::SessionRegistry>,
+    /// Counts what it drops.
+    pub(crate) telemetry: std::sync::Arc<crate::telemetry::Telemetry>,
+}
+
+impl std::fmt::Debug for EchoFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EchoFilter({} sessions)", self.sessions.len())
+    }
 }
 
 /// What to do with an event after the transforms.
@@ -37,11 +54,21 @@ impl Transforms {
             rename: rename::Renamer::new(&cfg.rename),
             ops: cfg.stream.ops.iter().copied().collect(),
             ddl: cfg.stream.ddl,
+            echoes: None,
         }
     }
 
     /// Filters and renames one event in place.
     pub fn apply(&self, ev: &mut ChangeEvent) -> Verdict {
+        if let Some(f) = &self.echoes {
+            if f.sessions.wrote(&ev.raw) {
+                f.telemetry
+                    .two_way
+                    .echoes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Verdict::Skip;
+            }
+        }
         let wanted_op = match ev.op {
             OpType::Insert => self.ops.contains(&DataOp::Insert),
             OpType::Update => self.ops.contains(&DataOp::Update),

@@ -31,6 +31,8 @@ pub struct Supervisor {
     pub control: Arc<Control>,
     /// Stops the pipeline: it drains, commits and returns.
     pub cancel: CancellationToken,
+    /// Two-way pipelines: the counters of the second direction (`telemetry` has the first).
+    pub backward: Option<Arc<Telemetry>>,
 }
 
 /// A task beside the pipeline, stopped by its own token.
@@ -50,6 +52,10 @@ impl Supervisor {
             cfg.api.as_ref().map(|a| a.rate_limit).unwrap_or(0),
         ));
         Self {
+            backward: cfg
+                .two_way
+                .is_some()
+                .then(|| Arc::new(Telemetry::default())),
             cfg: Arc::new(cfg),
             telemetry: Arc::new(Telemetry::default()),
             control,
@@ -91,10 +97,18 @@ impl Supervisor {
             return Ok(None);
         };
         let stop = CancellationToken::new();
-        let (addr, handle) = crate::api::serve(
+        let directions = match &self.backward {
+            Some(b) => {
+                let [f, r] = crate::two_way::directions(&self.cfg);
+                vec![(f, self.telemetry.clone()), (r, b.clone())]
+            }
+            None => Vec::new(),
+        };
+        let (addr, handle) = crate::api::serve_directions(
             &a,
             self.cfg.clone(),
             self.telemetry.clone(),
+            directions,
             self.control.clone(),
             stop.clone(),
         )
@@ -106,20 +120,38 @@ impl Supervisor {
 
     /// The progress bars / periodic status lines; a standby reports nothing.
     fn start_reporter(&self) -> Companion {
+        Self::reporter(self.telemetry.clone())
+    }
+
+    fn reporter(telemetry: Arc<Telemetry>) -> Companion {
         let stop = CancellationToken::new();
         let handle = tokio::spawn(
-            crate::report::report(
-                self.telemetry.clone(),
-                stop.clone(),
-                Duration::from_secs(10),
-            )
-            .in_current_span(),
+            crate::report::report(telemetry, stop.clone(), Duration::from_secs(10))
+                .in_current_span(),
         );
         Companion(handle, stop)
     }
 
     async fn run_pipeline(&self, reporter: &mut Option<Companion>) -> Result<()> {
         let cfg = &self.cfg;
+        if let Some(backward) = &self.backward {
+            let [f, b] = crate::two_way::directions(cfg);
+            let forward = Self::reporter(self.telemetry.clone());
+            let back = Self::reporter(backward.clone());
+            let result = crate::two_way::run(
+                cfg,
+                [self.telemetry.clone(), backward.clone()],
+                self.control.clone(),
+                self.cancel.clone(),
+            )
+            .await;
+            info!(forward = %f.id, backward = %b.id, "Two-way sync stopped.");
+            forward.stop().await;
+            back.stop().await;
+            self.telemetry.set_state(PipelineState::Stopped);
+            backward.set_state(PipelineState::Stopped);
+            return result;
+        }
         let transforms = Arc::new(Transforms::from_config(cfg));
         let engine = |sinks| Engine {
             cfg: cfg.clone(),

@@ -14,3 +14,4 @@ mod failover;
 mod history_lost;
 mod kafka;
 mod replication;
+mod two_way;

@@ -1,0 +1,127 @@
+//! The `[two_way]` table: two MongoDB clusters kept in sync in both directions.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::connectors::InvalidSetting;
+use crate::core::pattern::NamespacePattern;
+
+/// Active-active sync between the `[source]` cluster and the `[sink]` cluster: each one's
+/// changes are applied to the other, strait's own writes are never shipped back, and when both
+/// change a document concurrently the last writer wins on both.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TwoWayConfig {
+    /// Names of the two clusters, `[source]`'s first. They label directions, metrics, conflict
+    /// records and origins; on a tie (the same millisecond) the first cluster's change wins.
+    #[serde(default = "default_names")]
+    pub names: [String; 2],
+    /// The cluster copied to the other when the pipeline first starts (mode
+    /// `full+incremental`), one of `names`; `"none"` copies nothing (both sides already hold
+    /// the same data).
+    #[serde(default = "default_copy_from")]
+    pub copy_from: String,
+    /// Namespace patterns (`db.coll`, `db.*`) replicated only from the first cluster to the
+    /// second. Everything else in scope flows both ways.
+    #[serde(default)]
+    pub only_forward: Vec<String>,
+    /// Namespace patterns replicated only from the second cluster to the first.
+    #[serde(default)]
+    pub only_backward: Vec<String>,
+    /// How long a deleted document's version is kept, so that a late change to it does not
+    /// bring it back.
+    #[serde(default = "default_tombstone_ttl", with = "humantime_serde")]
+    pub tombstone_ttl: Duration,
+    /// The largest difference between the two clusters' clocks: when strait must find out
+    /// what a document's last local change was, it searches the change log from this long
+    /// before the incoming change.
+    #[serde(default = "default_max_clock_skew", with = "humantime_serde")]
+    pub max_clock_skew: Duration,
+}
+
+fn default_names() -> [String; 2] {
+    ["a".to_string(), "b".to_string()]
+}
+fn default_copy_from() -> String {
+    "none".to_string()
+}
+fn default_tombstone_ttl() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_max_clock_skew() -> Duration {
+    Duration::from_secs(2)
+}
+
+impl TwoWayConfig {
+    /// Checks the table on its own (the top level checks what it needs of the rest).
+    pub(crate) fn validate(&self) -> Result<(), InvalidSetting> {
+        let ok = |n: &str| {
+            !n.is_empty()
+                && n.len() <= 40
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        };
+        if !self.names.iter().all(|n| ok(n)) || self.names[0] == self.names[1] {
+            return Err(InvalidSetting::new(
+                "names",
+                "two different names of 1 to 40 letters, digits, '-' or '_'",
+            ));
+        }
+        if self.copy_from != "none" && !self.names.contains(&self.copy_from) {
+            return Err(InvalidSetting::new(
+                "copy_from",
+                format!(
+                    "{:?} is not one of names ({:?}, {:?}) or \"none\"",
+                    self.copy_from, self.names[0], self.names[1]
+                ),
+            ));
+        }
+        for (key, pats) in [
+            ("only_forward", &self.only_forward),
+            ("only_backward", &self.only_backward),
+        ] {
+            for p in pats {
+                NamespacePattern::parse(p)
+                    .map_err(|e| InvalidSetting::new(key, format!("{p:?}: {e}")))?;
+            }
+        }
+        if self.max_clock_skew > Duration::from_secs(600) {
+            return Err(InvalidSetting::new("max_clock_skew", "at most 10m"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(toml_text: &str) -> TwoWayConfig {
+        toml::from_str(toml_text).unwrap()
+    }
+
+    #[test]
+    fn defaults_and_checks() {
+        let c = cfg("");
+        assert_eq!(c.names, ["a".to_string(), "b".to_string()]);
+        assert_eq!(c.copy_from, "none");
+        assert!(c.validate().is_ok());
+        assert_eq!(
+            cfg(r#"names = ["x", "x"]"#).validate().unwrap_err().key,
+            "names"
+        );
+        assert_eq!(
+            cfg(r#"copy_from = "c""#).validate().unwrap_err().key,
+            "copy_from"
+        );
+        assert_eq!(
+            cfg(r#"only_forward = ["nodot"]"#)
+                .validate()
+                .unwrap_err()
+                .key,
+            "only_forward"
+        );
+        assert!(toml::from_str::<TwoWayConfig>("bogus = 1").is_err());
+    }
+}
