@@ -1125,7 +1125,14 @@ fn line_of_key(text: &str, key: &str) -> usize {
             }
         }
     }
-    header.unwrap_or(1)
+    // The key may name a table itself (`rename`, `two_way`): point at its header.
+    header
+        .or_else(|| {
+            text.lines()
+                .position(|l| norm(l.trim()) == format!("[{}]", norm(key)))
+                .map(|i| i + 1)
+        })
+        .unwrap_or(1)
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {

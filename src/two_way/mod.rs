@@ -319,7 +319,7 @@ only_backward = ["y.*"]
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("p.toml:2: rename"), "{err}");
+        assert!(err.contains("p.toml:1: rename"), "{err}");
         let err = PipelineConfig::parse(
             &format!("mode = \"full\"\n{base}"),
             std::path::Path::new("p.toml"),

@@ -629,7 +629,7 @@ impl Inner {
                     .collection::<RawDocumentBuf>(ns.coll_name());
                 let ids: Vec<RawBson> = docs
                     .iter()
-                    .filter_map(|d| d.get("_id").ok().flatten().map(|v| RawBson::from(v)))
+                    .filter_map(|d| d.get("_id").ok().flatten().map(RawBson::from))
                     .collect();
                 let mut present = std::collections::HashSet::new();
                 let mut cursor = coll
