@@ -126,7 +126,7 @@ async fn wait_both_identical(
 async fn both_sides_write_the_same_documents_through_kills_and_end_identical() {
     let (sa, sb) = (Server::start(), Server::start());
     let (a, b) = (sa.client().await, sb.client().await);
-    insert_varied(&a.database("tw").collection::<Document>("items"), 2000).await;
+    insert_varied(&a.database("tw").collection::<Document>("items"), 4000).await;
     a.database("tw")
         .collection::<Document>("items_tx")
         .insert_one(doc! { "_id": -1_i64 })
@@ -141,7 +141,7 @@ async fn both_sides_write_the_same_documents_through_kills_and_end_identical() {
             &sa,
             &sb,
             port,
-            "[full_sync]\nchunk_docs = 250\nbatch_docs = 50\n",
+            "[full_sync]\nchunk_docs = 500\nbatch_docs = 100\n",
         ),
     );
     let log = dir.path().join("log");
@@ -170,13 +170,45 @@ async fn both_sides_write_the_same_documents_through_kills_and_end_identical() {
         }));
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let mut kills = 0;
-    while kills < 6 {
+    let (mut kills, mut copy_kills) = (0, 0);
+    // At least six kills, two of them in the middle of the copy and two while streaming.
+    while kills < 6 || copy_kills < 2 || kills - copy_kills < 2 {
+        assert!(
+            kills < 15,
+            "could not land two kills in each phase:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
         let mut st = Strait::spawn(&cfg, &log);
-        let wait = rng.random_range(1500..4000);
+        let wait = if copy_kills < 2 {
+            // Soon after this run has started copying, well before the copy ends.
+            wait_for(
+                Duration::from_secs(60),
+                "the copy to start",
+                &st,
+                || async {
+                    let log = st.log_text();
+                    log.matches("Two-way sync started").count() > kills
+                        && log.contains("Full sync planned")
+                },
+            )
+            .await;
+            rng.random_range(150..500)
+        } else {
+            // Then while streaming: this run finishes the copy first.
+            wait_for(
+                Duration::from_secs(180),
+                "the copy to finish",
+                &st,
+                || async { st.log_text().contains("Full sync finished") },
+            )
+            .await;
+            rng.random_range(1500..4000)
+        };
         tokio::time::sleep(Duration::from_millis(wait)).await;
+        let copying = !st.log_text().contains("Full sync finished");
         st.sigkill_running();
         kills += 1;
+        copy_kills += copying as usize;
     }
     // The last run starts at once: the killed one may have left a transaction open, whose
     // locks block the writers until a strait ends it (SecantusDB never reaps it; mongod after
@@ -197,7 +229,7 @@ async fn both_sides_write_the_same_documents_through_kills_and_end_identical() {
         &b,
         &["items", "items_tx"],
         &st,
-        Duration::from_secs(120),
+        Duration::from_secs(240),
     )
     .await;
     let converged = started.elapsed();
@@ -221,7 +253,7 @@ async fn both_sides_write_the_same_documents_through_kills_and_end_identical() {
     );
     // What this run applied in each direction is bounded by what the other side wrote.
     assert!(
-        after[0].0 <= writes[0] + 2300 && after[1].0 <= writes[1] + 2300,
+        after[0].0 <= writes[0] + 4300 && after[1].0 <= writes[1] + 4300,
         "applied {after:?} vs written {writes:?}"
     );
     wait_both_identical(&a, &b, &["items", "items_tx"], &st, Duration::from_secs(5)).await;
@@ -248,7 +280,7 @@ async fn both_sides_write_the_same_documents_through_kills_and_end_identical() {
         assert!(inc.contains_key("doc") && cur.contains_key("doc"), "{c}");
     }
     eprintln!(
-        "two-way crash loop: {kills} kills, writes east {} west {}, converged {:.1} s after the restart, conflicts east {} west {}, final run applied {:?}",
+        "two-way crash loop: {kills} kills ({copy_kills} in the copy), writes east {} west {}, converged {:.1} s after the restart, conflicts east {} west {}, final run applied {:?}",
         writes[0], writes[1], converged.as_secs_f64(), ca.len(), cb.len(), after
     );
     drop(st);
