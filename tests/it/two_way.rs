@@ -229,7 +229,7 @@ async fn both_sides_write_the_same_documents_through_kills_and_end_identical() {
         &b,
         &["items", "items_tx"],
         &st,
-        Duration::from_secs(240),
+        Duration::from_secs(420),
     )
     .await;
     let converged = started.elapsed();
