@@ -174,6 +174,21 @@ fn id_key(ns: &str, id: RawBsonRef<'_>) -> Key {
     (ns.to_string(), d.into_bytes())
 }
 
+/// A version record: the document's version and the hash of the document strait left
+/// (`null`: absent, a tombstone).
+fn record_doc(rid: RawDocumentBuf, v: &Version, doc: Option<&RawDocumentBuf>) -> RawDocumentBuf {
+    let mut rec = RawDocumentBuf::new();
+    rec.append(bson::raw::cstr!("_id"), rid);
+    rec.append(bson::raw::cstr!("v"), bson::DateTime::from_millis(v.t));
+    rec.append(bson::raw::cstr!("o"), v.origin.as_str());
+    match doc {
+        Some(d) => rec.append(bson::raw::cstr!("h"), doc_hash(d)),
+        None => rec.append(bson::raw::cstr!("h"), RawBson::Null),
+    }
+    rec.append(bson::raw::cstr!("at"), bson::DateTime::now());
+    rec
+}
+
 fn record_id(ns: &str, id: RawBsonRef<'_>) -> RawDocumentBuf {
     let mut d = RawDocumentBuf::new();
     d.append(bson::raw::cstr!("ns"), ns);
@@ -311,70 +326,17 @@ impl Inner {
         let mut state: HashMap<Key, State> = HashMap::new();
         let mut records: HashMap<Key, Record> = HashMap::new();
         for (ns, list) in &ids {
-            let n = Namespace::parse(ns);
-            let coll = self
-                .client
-                .database(&n.db)
-                .collection::<RawDocumentBuf>(n.coll_name());
-            let filter = doc! { "_id": { "$in": raw_array(list) } };
-            let mut cursor = coll
-                .find(filter)
-                .session(&mut *s)
-                .await
-                .map_err(mongo("reading target documents"))?;
-            while cursor
-                .advance(&mut *s)
-                .await
-                .map_err(mongo("reading target documents"))?
-            {
-                let d = cursor
-                    .deserialize_current()
-                    .map_err(mongo("reading target documents"))?;
-                if let Ok(Some(id)) = d.get("_id") {
-                    let k = id_key(ns, id);
-                    state.insert(
-                        k,
-                        State {
-                            doc: Some(d.clone()),
-                            version: None,
-                            dirty: false,
-                        },
-                    );
-                }
-            }
-            let rids: Vec<RawBson> = list
-                .iter()
-                .map(|id| RawBson::Document(record_id(ns, id.as_raw_bson_ref())))
-                .collect();
-            let mut cursor = self
-                .versions
-                .find(doc! { "_id": { "$in": raw_array(&rids) } })
-                .session(&mut *s)
-                .await
-                .map_err(mongo("reading version records"))?;
-            while cursor
-                .advance(&mut *s)
-                .await
-                .map_err(mongo("reading version records"))?
-            {
-                let r = cursor.current();
-                let (Ok(rid), Ok(v), Ok(o)) =
-                    (r.get_document("_id"), r.get_datetime("v"), r.get_str("o"))
-                else {
-                    continue;
-                };
-                let Ok(Some(id)) = rid.get("id") else {
-                    continue;
-                };
-                let hash = r.get_i64("h").ok();
-                records.insert(
-                    id_key(ns, id),
-                    Record {
-                        version: Version::new(v.timestamp_millis(), o),
-                        hash,
+            for (k, d) in self.read_docs(s, ns, list, false).await? {
+                state.insert(
+                    k,
+                    State {
+                        doc: Some(d),
+                        version: None,
+                        dirty: false,
                     },
                 );
             }
+            records.extend(self.read_records(s, ns, list).await?);
         }
         // Which documents' versions are known from their records; search the change log for
         // the others.
@@ -417,7 +379,7 @@ impl Inner {
             }
         }
         // Decide in order; the last state of each document is written.
-        let mut touched: Vec<Key> = Vec::new();
+        let mut touched: std::collections::HashSet<Key> = std::collections::HashSet::new();
         for ev in batch.iter() {
             if !ev.op.is_data() {
                 // Two-way pipelines do not replicate DDL (both sides would apply it).
@@ -449,9 +411,7 @@ impl Inner {
                     st.version = Some(incoming);
                     st.dirty = true;
                     outcome.applied += 1;
-                    if !touched.contains(&k) {
-                        touched.push(k);
-                    }
+                    touched.insert(k);
                 }
                 Decision::Replay => written.skipped += 1,
                 Decision::Lost => {
@@ -497,15 +457,7 @@ impl Inner {
             }
             let Some(v) = &st.version else { continue };
             let rid = record_id(ns, id);
-            let mut rec = RawDocumentBuf::new();
-            rec.append(bson::raw::cstr!("_id"), rid.clone());
-            rec.append(bson::raw::cstr!("v"), bson::DateTime::from_millis(v.t));
-            rec.append(bson::raw::cstr!("o"), v.origin.as_str());
-            match &st.doc {
-                Some(d) => rec.append(bson::raw::cstr!("h"), doc_hash(d)),
-                None => rec.append(bson::raw::cstr!("h"), RawBson::Null),
-            }
-            rec.append(bson::raw::cstr!("at"), bson::DateTime::now());
+            let rec = record_doc(rid.clone(), v, st.doc.as_ref());
             let filter = doc! { "_id": Bson::Document(Document::try_from(rid.as_ref()).map_err(|e| Error::Internal(e.to_string()))?) };
             self.versions
                 .replace_one(filter, rec)
@@ -515,6 +467,76 @@ impl Inner {
                 .map_err(mongo("writing a version record"))?;
         }
         Ok((written, outcome))
+    }
+
+    /// The target documents of `ids` in `ns`, in the transaction (only their `_id` when
+    /// `ids_only`).
+    async fn read_docs(
+        &self,
+        s: &mut ClientSession,
+        ns: &str,
+        ids: &[RawBson],
+        ids_only: bool,
+    ) -> Result<HashMap<Key, RawDocumentBuf>> {
+        let ctx = "reading target documents";
+        let n = Namespace::parse(ns);
+        let coll = self
+            .client
+            .database(&n.db)
+            .collection::<RawDocumentBuf>(n.coll_name());
+        let mut find = coll.find(doc! { "_id": { "$in": raw_array(ids) } });
+        if ids_only {
+            find = find.projection(doc! { "_id": 1 });
+        }
+        let mut cursor = find.session(&mut *s).await.map_err(mongo(ctx))?;
+        let mut out = HashMap::new();
+        while cursor.advance(&mut *s).await.map_err(mongo(ctx))? {
+            let d = cursor.deserialize_current().map_err(mongo(ctx))?;
+            if let Ok(Some(id)) = d.get("_id") {
+                out.insert(id_key(ns, id), d.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// The version records of `ids` in `ns`, in the transaction.
+    async fn read_records(
+        &self,
+        s: &mut ClientSession,
+        ns: &str,
+        ids: &[RawBson],
+    ) -> Result<HashMap<Key, Record>> {
+        let ctx = "reading version records";
+        let rids: Vec<RawBson> = ids
+            .iter()
+            .map(|id| RawBson::Document(record_id(ns, id.as_raw_bson_ref())))
+            .collect();
+        let mut cursor = self
+            .versions
+            .find(doc! { "_id": { "$in": raw_array(&rids) } })
+            .session(&mut *s)
+            .await
+            .map_err(mongo(ctx))?;
+        let mut out = HashMap::new();
+        while cursor.advance(&mut *s).await.map_err(mongo(ctx))? {
+            let r = cursor.current();
+            let (Ok(rid), Ok(v), Ok(o)) =
+                (r.get_document("_id"), r.get_datetime("v"), r.get_str("o"))
+            else {
+                continue;
+            };
+            let Ok(Some(id)) = rid.get("id") else {
+                continue;
+            };
+            out.insert(
+                id_key(ns, id),
+                Record {
+                    version: Version::new(v.timestamp_millis(), o),
+                    hash: r.get_i64("h").ok(),
+                },
+            );
+        }
+        Ok(out)
     }
 
     /// The newest `wallTime` of a local change (not strait's) to each of `keys` since `floor_ms`,
@@ -656,45 +678,13 @@ impl Inner {
                     .iter()
                     .filter_map(|d| d.get("_id").ok().flatten().map(RawBson::from))
                     .collect();
-                let mut present = std::collections::HashSet::new();
-                let mut cursor = coll
-                    .find(doc! { "_id": { "$in": raw_array(&ids) } })
-                    .projection(doc! { "_id": 1 })
-                    .session(&mut *s)
-                    .await
-                    .map_err(mongo("reading target documents"))?;
-                while cursor
-                    .advance(&mut *s)
-                    .await
-                    .map_err(mongo("reading target documents"))?
-                {
-                    if let Ok(Some(id)) = cursor.current().get("_id") {
-                        present.insert(id_key(&nss, id));
-                    }
-                }
-                let rids: Vec<RawBson> = ids
-                    .iter()
-                    .map(|id| RawBson::Document(record_id(&nss, id.as_raw_bson_ref())))
+                // Present, or deleted since strait copied it (its record is there).
+                let mut present: std::collections::HashSet<Key> = inner
+                    .read_docs(s, &nss, &ids, true)
+                    .await?
+                    .into_keys()
                     .collect();
-                let mut cursor = inner
-                    .versions
-                    .find(doc! { "_id": { "$in": raw_array(&rids) } })
-                    .session(&mut *s)
-                    .await
-                    .map_err(mongo("reading version records"))?;
-                while cursor
-                    .advance(&mut *s)
-                    .await
-                    .map_err(mongo("reading version records"))?
-                {
-                    if let Ok(Some(id)) = cursor
-                        .current()
-                        .get_document("_id")
-                        .map(|r| r.get("id").ok().flatten())
-                    {
-                        present.insert(id_key(&nss, id));
-                    }
-                }
+                present.extend(inner.read_records(s, &nss, &ids).await?.into_keys());
                 // A document the target lacks may have been written and deleted there since
                 // the copy began: its users' change is newer than the copied state, and the
                 // other direction carries it over; copying would bring the document back.
@@ -732,13 +722,8 @@ impl Inner {
                     if present.contains(&id_key(&nss, id)) {
                         continue;
                     }
-                    let mut rec = RawDocumentBuf::new();
-                    rec.append(bson::raw::cstr!("_id"), record_id(&nss, id));
-                    rec.append(bson::raw::cstr!("v"), bson::DateTime::from_millis(0));
-                    rec.append(bson::raw::cstr!("o"), inner.incoming.as_str());
-                    rec.append(bson::raw::cstr!("h"), doc_hash(d));
-                    rec.append(bson::raw::cstr!("at"), bson::DateTime::now());
-                    recs.push(rec);
+                    let copied = Version::new(0, &inner.incoming);
+                    recs.push(record_doc(record_id(&nss, id), &copied, Some(d)));
                     new_docs.push(d.clone());
                 }
                 let n = new_docs.len() as u64;
