@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Throughput benchmarks on local servers.
-#   BENCH_ONLY=sync|kafka runs one of them (default: both, sync first).
+#   BENCH_ONLY=sync|kafka|two_way runs one of them (default: all three, in that order).
 #   sync sizes: BENCH_DOCS, BENCH_OPS, BENCH_RSS_DOCS (see benches/sync.rs);
-#   kafka sizes: BENCH_KAFKA_DOCS, BENCH_KAFKA_OPS (see benches/kafka.rs).
+#   kafka sizes: BENCH_KAFKA_DOCS, BENCH_KAFKA_OPS (see benches/kafka.rs);
+#   two_way sizes: BENCH_TW_OPS, BENCH_WRITERS (see benches/two_way.rs).
 #   BENCH_SERVER=rs|py picks SecantusDB's Rust server (default; built once, ~8 min) or its
 #   Python server (the one the tests use).
 set -euo pipefail
@@ -15,7 +16,7 @@ esac
 export STRAIT_SECANTUSD
 export STRAIT_TANSU="${STRAIT_TANSU:-${STRAIT_CACHE:-$HOME/.cache/strait}/tansu/bin/tansu}"
 case "${BENCH_ONLY:-}" in
-  "") cargo bench --bench sync; cargo bench --bench kafka ;;
-  sync|kafka) cargo bench --bench "$BENCH_ONLY" ;;
-  *) echo "BENCH_ONLY must be sync or kafka" >&2; exit 2 ;;
+  "") cargo bench --bench sync; cargo bench --bench kafka; cargo bench --bench two_way ;;
+  sync|kafka|two_way) cargo bench --bench "$BENCH_ONLY" ;;
+  *) echo "BENCH_ONLY must be sync, kafka or two_way" >&2; exit 2 ;;
 esac

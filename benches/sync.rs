@@ -33,9 +33,11 @@
 
 #[path = "support/secantus.rs"]
 mod secantus;
+#[path = "support/harness.rs"]
+mod harness;
 
-use std::io::{Read, Write};
-use std::process::{Child, Command, Stdio};
+use harness::*;
+
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,74 +47,6 @@ use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::Client;
 
 const LOAD_RETRIES: u32 = 10;
-
-fn env_u64(k: &str, d: u64) -> u64 {
-    std::env::var(k)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(d)
-}
-
-fn env_opt(k: &str) -> Option<String> {
-    std::env::var(k).ok().filter(|v| !v.is_empty())
-}
-
-/// A server process, its port and (Rust server) its data directory, removed after it stops.
-struct Server(Child, u16, #[allow(dead_code)] Option<tempfile::TempDir>);
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_server(port: u16, name: &str) -> Server {
-    let cache = env_opt("BENCH_CACHE").unwrap_or_else(|| "6G".into());
-    let log = |suffix: &str| match env_opt("BENCH_LOG_DIR") {
-        Some(dir) => {
-            std::fs::create_dir_all(&dir).unwrap();
-            let f = std::fs::File::create(format!("{dir}/{name}-{port}.{suffix}")).unwrap();
-            Stdio::from(f)
-        }
-        None => Stdio::null(),
-    };
-    let (mut cmd, dir) = secantus::secantus_command(port, &cache);
-    let child = cmd.stdout(log("out")).stderr(log("err")).spawn().unwrap();
-    println!(
-        "server {name}: pid {} port {port} cache {cache}",
-        child.id()
-    );
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Server(child, port, dir)
-}
-
-/// The harness's own clients: SecantusDB drops connections left idle for minutes (a `drop`
-/// on the source after the full-sync runs failed with a broken pipe), so idle pooled
-/// connections are discarded after 20 s.
-/// The harness's own clients: more connections for the parallel writers, and idle ones
-/// recycled (the server drops connections idle for minutes).
-fn harness_uri(port: u16) -> String {
-    format!("{}&maxPoolSize=64&maxIdleTimeMS=20000", uri(port))
-}
-
-/// Drops a database, once more after a network error.
-async fn drop_db(c: &Client, db: &str) {
-    if let Err(e) = c.database(db).drop().await {
-        eprintln!("  drop {db}: {}; retrying", short(&e));
-        c.database(db).drop().await.unwrap();
-    }
-}
-
-fn uri(port: u16) -> String {
-    format!("mongodb://127.0.0.1:{port}/?directConnection=true")
-}
-
-/// A ~1 KB document.
-fn doc_1k(i: i64) -> Document {
-    doc! { "_id": i, "n": i, "s": "x".repeat(900), "sub": { "a": i, "b": [1, 2, 3] }, "t": bson::DateTime::now() }
-}
 
 /// The server error code of a failed write or command, if there is one. For `insert_many`, the
 /// first write error whose code is not 11000 (duplicate key), else 11000.
@@ -214,38 +148,9 @@ async fn load(client: &Client, db: &str, n: i64, like_strait: bool) -> (Duration
     (t.elapsed(), retries)
 }
 
-fn strait_bin() -> String {
-    env_opt("STRAIT_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_strait").to_string())
-}
 
-fn strait(cfg: &std::path::Path) -> Child {
-    Command::new(strait_bin())
-        .args(["run", "-c"])
-        .arg(cfg)
-        .env("STRAIT_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap()
-}
 
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The `[full_sync]` table of the bench's pipelines.
 fn full_sync_table() -> String {
@@ -289,13 +194,13 @@ fn config(
 /// Runs a full-sync pipeline to completion; returns (elapsed, peak RSS in KB).
 fn run_full(cfg: &std::path::Path) -> (Duration, u64) {
     let t = Instant::now();
-    let mut child = strait(cfg);
+    let mut child = strait(cfg, "sync");
     let pid = child.id();
     let mut peak = 0;
     let trace = env_opt("BENCH_RSS_TRACE").is_some();
     let mut traced = Instant::now();
     loop {
-        let rss = rss_kb(pid);
+        let rss = peak_rss_kb(pid);
         peak = peak.max(rss);
         if trace && traced.elapsed() >= Duration::from_secs(5) {
             traced = Instant::now();
@@ -313,18 +218,6 @@ fn run_full(cfg: &std::path::Path) -> (Duration, u64) {
     }
 }
 
-/// `lag_seconds` from strait's `GET /status`, if the API answers.
-fn api_lag(port: u16) -> Option<f64> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET /status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    let json = &body[body.find("\r\n\r\n")? + 4..];
-    let v: serde_json::Value = serde_json::from_str(json).ok()?;
-    v.get("lag_seconds")?.as_f64()
-}
 
 /// One incremental writer: cycles of six single-document writes on a fresh key of its own range
 /// (insert, `$set`, `$inc` of the writer's counter document, `$push`, replace, delete), each a
@@ -389,12 +282,12 @@ async fn main() {
     );
     // Free ports: a leftover server on a fixed port would be reused with stale data.
     let (src, dst) = (
-        start_server(free_port(), "source"),
-        start_server(free_port(), "target"),
+        start_mongo("source"),
+        start_mongo("target"),
     );
     let (s, d) = (
-        Client::with_uri_str(harness_uri(src.1)).await.unwrap(),
-        Client::with_uri_str(harness_uri(dst.1)).await.unwrap(),
+        Client::with_uri_str(harness_uri(src.port)).await.unwrap(),
+        Client::with_uri_str(harness_uri(dst.port)).await.unwrap(),
     );
 
     // 1. Full sync vs raw insert_many of the same documents into the same target.
@@ -411,7 +304,7 @@ async fn main() {
             let (raw2, raw2_retries) = load(&d, "raw", docs, true).await;
             drop_db(&d, "raw").await;
             let (copy, peak) =
-                run_full(&config(dir.path(), src.1, dst.1, "full", "full", run, None));
+                run_full(&config(dir.path(), src.port, dst.port, "full", "full", run, None));
             let copied = d
                 .database("full")
                 .collection::<Document>("docs")
@@ -444,14 +337,14 @@ async fn main() {
         let api = free_port();
         let cfg = config(
             dir.path(),
-            src.1,
-            dst.1,
+            src.port,
+            dst.port,
             "full+incremental",
             "inc",
             1,
             Some(api),
         );
-        let mut child = strait(&cfg);
+        let mut child = strait(&cfg, "sync");
         let pid = child.id();
         let target = d.database("inc").collection::<Document>("docs");
         while target.count_documents(doc! {}).await.unwrap() < 1 + writers {
@@ -478,7 +371,7 @@ async fn main() {
                     None => break,
                 },
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {
-                    if let Some(l) = tokio::task::spawn_blocking(move || api_lag(api)).await.unwrap() {
+                    if let Some(l) = tokio::task::spawn_blocking(move || api_status(api).and_then(|v| v.get("lag_seconds")?.as_f64())).await.unwrap() {
                         max_lag = max_lag.max(l);
                     }
                     if last.elapsed() > Duration::from_secs(30) {
@@ -497,7 +390,7 @@ async fn main() {
         let mut lag_below_1s: Option<Duration> = None;
         let caught_up = loop {
             if lag_below_1s.is_none() {
-                if let Some(l) = tokio::task::spawn_blocking(move || api_lag(api))
+                if let Some(l) = tokio::task::spawn_blocking(move || api_status(api).and_then(|v| v.get("lag_seconds")?.as_f64()))
                     .await
                     .unwrap()
                 {
@@ -534,7 +427,7 @@ async fn main() {
         let total = t.elapsed();
         // lag_seconds counts whole seconds of cluster time: it may reach < 1 s a little later.
         while lag_below_1s.is_none() && stop.elapsed() < caught_up + Duration::from_secs(10) {
-            if let Some(l) = tokio::task::spawn_blocking(move || api_lag(api))
+            if let Some(l) = tokio::task::spawn_blocking(move || api_status(api).and_then(|v| v.get("lag_seconds")?.as_f64()))
                 .await
                 .unwrap()
             {
@@ -544,8 +437,8 @@ async fn main() {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let peak = rss_kb(pid);
-        unsafe_sigterm(&mut child);
+        let peak = peak_rss_kb(pid);
+        sigterm(&mut child);
         println!("incremental: {ops} mixed single-document ops (insert, $set, $inc, $push, replace, delete) by {writers} concurrent writers in {:.1} s ({:.0} ops/s, the writers' limit); all applied within {:.1} s of the start ({:.0} ops/s, ratio {:.2}); catch-up after writer stop {:.2} s (goal < 2 s); strait lag_seconds < 1 s at {}; largest lag_seconds seen while writing {:.0} s; strait peak RSS {} MB",
             write.as_secs_f64(), ops as f64 / write.as_secs_f64(), total.as_secs_f64(), ops as f64 / total.as_secs_f64(),
             write.as_secs_f64() / total.as_secs_f64(), caught_up.as_secs_f64(),
@@ -562,7 +455,7 @@ async fn main() {
             "  loaded {rss_docs} docs into the source in {:.0} s ({retries} retried batches)",
             load_t.as_secs_f64()
         );
-        let (copy, peak) = run_full(&config(dir.path(), src.1, dst.1, "full", "rss", 1, None));
+        let (copy, peak) = run_full(&config(dir.path(), src.port, dst.port, "full", "rss", 1, None));
         let copied = d
             .database("rss")
             .collection::<Document>("docs")
@@ -578,9 +471,3 @@ async fn main() {
     }
 }
 
-fn unsafe_sigterm(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
-}

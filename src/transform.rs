@@ -25,15 +25,15 @@ pub struct Transforms {
 /// Drops the events of strait's own writes (loop prevention of two-way sync).
 #[derive(Clone)]
 pub(crate) struct EchoFilter {
-    /// The session ids strait writes to the source cluster with.
-    pub(crate) sessions: std::sync::Arc<crate::two_way::sessions::SessionRegistry>,
+    /// Recognises strait's writes to the source cluster.
+    pub(crate) echoes: std::sync::Arc<crate::two_way::echo::Echoes>,
     /// Counts what it drops.
     pub(crate) telemetry: std::sync::Arc<crate::telemetry::Telemetry>,
 }
 
 impl std::fmt::Debug for EchoFilter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "EchoFilter({} sessions)", self.sessions.len())
+        write!(f, "EchoFilter({:?})", self.echoes)
     }
 }
 
@@ -61,7 +61,7 @@ impl Transforms {
     /// Filters and renames one event in place.
     pub fn apply(&self, ev: &mut ChangeEvent) -> Verdict {
         if let Some(f) = &self.echoes {
-            if f.sessions.wrote(&ev.raw) {
+            if f.echoes.is_echo(&ev.raw) {
                 f.telemetry
                     .two_way
                     .echoes

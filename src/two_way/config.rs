@@ -38,6 +38,39 @@ pub struct TwoWayConfig {
     /// before the incoming change.
     #[serde(default = "default_max_clock_skew", with = "humantime_serde")]
     pub max_clock_skew: Duration,
+    /// How strait recognises its own writes in a change stream, so they are not shipped
+    /// back: `"sessions"` (the session ids of its transactions; needs change events that
+    /// carry `lsid`, as MongoDB's do) or `"origin_field"` (a field it stamps on every
+    /// document it writes, for Amazon DocumentDB and Cosmos DB for MongoDB).
+    #[serde(default)]
+    pub loop_prevention: LoopPrevention,
+    /// The field `loop_prevention = "origin_field"` stamps with the name of the cluster a
+    /// change came from. Applications write their own cluster's name there (or nothing),
+    /// never the other's.
+    #[serde(default = "default_origin_field")]
+    pub origin_field: String,
+    /// A top-level document field that holds each document's version (a date, or
+    /// milliseconds since the epoch as a number), such as `last_update_timestamp`, written by
+    /// the applications. When set, a changed document's version is this field's value
+    /// instead of the change's `wallTime` (deletes, and documents without the field, still
+    /// use `wallTime`). Unset: `wallTime`.
+    #[serde(default)]
+    pub version_field: Option<String>,
+}
+
+/// How strait recognises its own writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoopPrevention {
+    /// By the `lsid` of the transactions strait writes with.
+    #[default]
+    Sessions,
+    /// By a field stamped on each document strait writes.
+    OriginField,
+}
+
+fn default_origin_field() -> String {
+    "last_updater_region".to_string()
 }
 
 fn default_names() -> [String; 2] {
@@ -86,6 +119,21 @@ impl TwoWayConfig {
                     .map_err(|e| InvalidSetting::new(key, format!("{p:?}: {e}")))?;
             }
         }
+        let f = &self.origin_field;
+        if f.is_empty() || f.contains('.') || f.starts_with('$') || f.contains('\0') || f == "_id" {
+            return Err(InvalidSetting::new(
+                "origin_field",
+                format!("{f:?} is not a top-level field name (no '.', no leading '$', not _id)"),
+            ));
+        }
+        if let Some(f) = &self.version_field {
+            if f.is_empty() || f.contains('.') || f.starts_with('$') || f.contains('\0') || f == "_id" {
+                return Err(InvalidSetting::new(
+                    "version_field",
+                    format!("{f:?} is not a top-level field name (no '.', no leading '$', not _id)"),
+                ));
+            }
+        }
         if self.max_clock_skew > Duration::from_secs(600) {
             return Err(InvalidSetting::new("max_clock_skew", "at most 10m"));
         }
@@ -123,5 +171,22 @@ mod tests {
             "only_forward"
         );
         assert!(toml::from_str::<TwoWayConfig>("bogus = 1").is_err());
+        assert_eq!(c.loop_prevention, LoopPrevention::Sessions);
+        assert_eq!(c.origin_field, "last_updater_region");
+        let o = cfg(r#"loop_prevention = "origin_field""#);
+        assert_eq!(o.loop_prevention, LoopPrevention::OriginField);
+        assert_eq!(
+            cfg(r#"origin_field = "a.b""#).validate().unwrap_err().key,
+            "origin_field"
+        );
+        assert!(toml::from_str::<TwoWayConfig>(r#"loop_prevention = "gid""#).is_err());
+        assert_eq!(c.version_field, None);
+        assert_eq!(
+            cfg(r#"version_field = "$v""#).validate().unwrap_err().key,
+            "version_field"
+        );
+        assert!(cfg(r#"version_field = "last_update_timestamp""#)
+            .validate()
+            .is_ok());
     }
 }

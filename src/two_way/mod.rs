@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod conflicts;
+pub(crate) mod echo;
 pub(crate) mod sessions;
 pub(crate) mod sink;
 pub(crate) mod version;
@@ -35,6 +36,8 @@ use crate::engine::Engine;
 use crate::error::{Error, Result, Role};
 use crate::telemetry::Telemetry;
 use crate::transform::{EchoFilter, Transforms};
+use config::LoopPrevention;
+use echo::{Echoes, OriginEchoes};
 use sessions::SessionRegistry;
 use sink::{LwwSettings, LwwSink};
 
@@ -77,26 +80,39 @@ struct Cluster {
     reader: Client,
     writer: Client,
     sessions: Arc<SessionRegistry>,
+    /// Recognises strait's writes in this cluster's change log.
+    echoes: Arc<Echoes>,
 }
 
 /// Connects to a cluster and checks that loop prevention works there: transactions run, and
-/// their change events carry `lsid`.
-async fn open_cluster(name: &str, ep: &MongoEndpoint, meta_db: &str) -> Result<Cluster> {
+/// (for `sessions`) their change events carry `lsid`.
+async fn open_cluster(
+    name: &str,
+    other: &str,
+    ep: &MongoEndpoint,
+    meta_db: &str,
+    t: &config::TwoWayConfig,
+) -> Result<Cluster> {
     let (reader, writer) = tokio::join!(connect(ep, Role::Source), connect(ep, Role::Sink));
     let (reader, writer) = (reader?, writer?);
-    probe(name, &writer, meta_db).await?;
+    probe(name, &writer, meta_db, t.loop_prevention).await?;
     let sessions = Arc::new(SessionRegistry::load(&writer, meta_db).await?);
     sessions.end_abandoned(&writer).await;
+    let echoes = Arc::new(match t.loop_prevention {
+        LoopPrevention::Sessions => Echoes::Sessions(sessions.clone()),
+        LoopPrevention::OriginField => Echoes::Origin(OriginEchoes::new(&t.origin_field, other)),
+    });
     Ok(Cluster {
         name: name.to_string(),
         reader,
         writer,
         sessions,
+        echoes,
     })
 }
 
 /// Writes one document in a transaction to `<meta>.probe` and reads its change event back.
-async fn probe(name: &str, client: &Client, meta_db: &str) -> Result<()> {
+async fn probe(name: &str, client: &Client, meta_db: &str, how: LoopPrevention) -> Result<()> {
     let coll = client
         .database(meta_db)
         .collection::<bson::Document>("probe");
@@ -134,9 +150,14 @@ async fn probe(name: &str, client: &Client, meta_db: &str) -> Result<()> {
         .map_err(|e| Error::mongo(Role::Sink, ctx.clone(), e))?;
     let _ = coll.delete_one(doc! { "_id": id }).await;
     match ev {
-        Some(ev) if ev.get_document("lsid").is_ok() => Ok(()),
-        _ => Err(Error::User(format!(
-            "cluster {name}: change events of transactions carry no lsid, so strait cannot tell its own writes from users' and the two directions would loop; two-way sync needs a server that reports lsid (MongoDB 4.0+; not Amazon DocumentDB or Cosmos DB for MongoDB)"
+        Some(ev) if how == LoopPrevention::OriginField || ev.get_document("lsid").is_ok() => {
+            Ok(())
+        }
+        Some(_) => Err(Error::User(format!(
+            "cluster {name}: change events of transactions carry no lsid, so strait cannot tell its own writes from users' and the two directions would loop; set [two_way] loop_prevention = \"origin_field\" (as Amazon DocumentDB and Cosmos DB for MongoDB need)"
+        ))),
+        None => Err(Error::User(format!(
+            "cluster {name}: the change stream ended before showing a write"
         ))),
     }
 }
@@ -155,8 +176,8 @@ pub(crate) async fn run(
         cfg.mongo_sink().expect("validated"),
     );
     let (ca, cb) = tokio::join!(
-        open_cluster(&t.names[0], a, &meta),
-        open_cluster(&t.names[1], b, &meta)
+        open_cluster(&t.names[0], &t.names[1], a, &meta, t),
+        open_cluster(&t.names[1], &t.names[0], b, &meta, t)
     );
     let clusters = [Arc::new(ca?), Arc::new(cb?)];
     let dirs = directions(cfg);
@@ -165,7 +186,7 @@ pub(crate) async fn run(
         let (src, dst) = (&clusters[i], &clusters[1 - i]);
         let mut transforms = Transforms::from_config(dcfg);
         transforms.echoes = Some(EchoFilter {
-            sessions: src.sessions.clone(),
+            echoes: src.echoes.clone(),
             telemetry: telemetry[i].clone(),
         });
         let transforms = Arc::new(transforms);
@@ -173,6 +194,7 @@ pub(crate) async fn run(
         let sink = Arc::new(LwwSink::new(
             dst.writer.clone(),
             dst.sessions.clone(),
+            dst.echoes.clone(),
             LwwSettings {
                 target: crate::connectors::mongo::config::redact_uri(
                     &dcfg.mongo_sink().expect("validated").uri,
@@ -184,11 +206,21 @@ pub(crate) async fn run(
                 skew: t.max_clock_skew,
                 lanes: dcfg.apply.lanes,
                 batch_docs: dcfg.apply.batch_docs,
+                origin_field: (t.loop_prevention == LoopPrevention::OriginField)
+                    .then(|| t.origin_field.clone()),
+                version_field: t.version_field.clone(),
             },
             telemetry[i].clone(),
             cancel.clone(),
         ));
         let store = checkpoint_store(dcfg, &dst.writer).await?;
+        if let Echoes::Origin(o) = &*src.echoes {
+            // A reader resuming inside one of strait's transactions must know it is one: the
+            // rest of its deletes carry nothing else that says so.
+            if let Some(at) = store.load(&dcfg.id).await?.and_then(|c| c.cluster_time) {
+                echo::recall(&src.writer, &meta, at, o).await?;
+            }
+        }
         let pipeline = MongoPipeline {
             engine: Engine {
                 cfg: dcfg.clone(),

@@ -24,6 +24,7 @@ use mongodb::{Client, ClientSession, Collection};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::echo::{stamp, Echoes};
 use super::sessions::SessionRegistry;
 use super::version::{decide, Decision, Version};
 use crate::backoff::Backoff;
@@ -41,6 +42,12 @@ struct Inner {
     target: String,
     client: Client,
     registry: Arc<SessionRegistry>,
+    /// Recognises strait's writes in the target's change log.
+    echoes: Arc<Echoes>,
+    /// With `loop_prevention = "origin_field"`: the field stamped on what strait writes.
+    origin_field: Option<String>,
+    /// `version_field`: where documents carry their own versions.
+    version_field: Option<String>,
     meta_db: String,
     versions: Collection<RawDocumentBuf>,
     conflicts: Collection<RawDocumentBuf>,
@@ -62,6 +69,38 @@ struct Inner {
     copy_since: std::sync::atomic::AtomicI64,
     /// Per collection being copied: the documents its users changed since the copy began.
     copy_scans: tokio::sync::Mutex<HashMap<String, CopyScan>>,
+    /// What has been read of the target's change log, for the apply.
+    local_log: tokio::sync::Mutex<LocalLog>,
+}
+
+/// Above this many documents, [`LocalLog`] forgets local changes older than a minute before
+/// the current batch.
+const LOCAL_LOG_KEYS: usize = 200_000;
+
+/// What the sink has read of its target's change log: users' (not strait's) changes.
+#[derive(Default)]
+struct LocalLog {
+    /// Where the next read starts (the last fence); `None` before the first.
+    next: Option<bson::Timestamp>,
+    /// The log has been read from here (ms).
+    from_ms: i64,
+    /// Per document, the newest `wallTime` of a local change read.
+    latest: HashMap<Key, i64>,
+    /// Just before the last read's fence was written: transactions that had read the target
+    /// by then see no local change that read missed.
+    fenced_at: Option<Instant>,
+}
+
+/// How far below a batch's floor the local log is read when it must be read from there.
+const BACKWARD_MARGIN_MS: i64 = 10_000;
+
+impl LocalLog {
+    fn merge(&mut self, found: HashMap<Key, i64>) {
+        for (k, t) in found {
+            let e = self.latest.entry(k).or_insert(t);
+            *e = (*e).max(t);
+        }
+    }
 }
 
 /// What the copy knows of a collection's local changes.
@@ -91,6 +130,10 @@ pub(crate) struct LwwSettings {
     pub(crate) lanes: usize,
     /// Events per transaction.
     pub(crate) batch_docs: usize,
+    /// The field stamped with `incoming` on every document written (`origin_field` mode).
+    pub(crate) origin_field: Option<String>,
+    /// The document field that holds versions (`version_field`); `None`: `wallTime`.
+    pub(crate) version_field: Option<String>,
 }
 
 /// A document key: namespace and the `_id` as `{_id: v}` bytes.
@@ -105,6 +148,8 @@ struct State {
     version: Option<Version>,
     /// The record on the target no longer matches (or there is none): write it.
     dirty: bool,
+    /// The target had the document when the transaction read it.
+    existed: bool,
 }
 
 /// A version record as stored.
@@ -119,6 +164,7 @@ impl LwwSink {
     pub(crate) fn new(
         client: Client,
         registry: Arc<SessionRegistry>,
+        echoes: Arc<Echoes>,
         s: LwwSettings,
         telemetry: Arc<Telemetry>,
         cancel: CancellationToken,
@@ -133,6 +179,9 @@ impl LwwSink {
                 meta_db: s.meta_db,
                 client,
                 registry,
+                echoes,
+                origin_field: s.origin_field,
+                version_field: s.version_field,
                 incoming: s.incoming,
                 local: s.local,
                 first: s.first,
@@ -144,6 +193,7 @@ impl LwwSink {
                 sessions: Mutex::new(Vec::new()),
                 copy_since: std::sync::atomic::AtomicI64::new(0),
                 copy_scans: tokio::sync::Mutex::new(HashMap::new()),
+                local_log: tokio::sync::Mutex::new(LocalLog::default()),
             }),
         }
     }
@@ -201,8 +251,27 @@ fn event_id(ev: &ChangeEvent) -> Option<RawBsonRef<'_>> {
     ev.document_key.as_ref()?.get("_id").ok().flatten()
 }
 
-/// The version of an incoming change: its `wallTime` (or cluster time) and origin.
-fn event_version(ev: &ChangeEvent, origin: &str) -> Version {
+/// A document's own version in `field` (`version_field`): a date, or milliseconds as a number.
+fn field_version(doc: &bson::RawDocument, field: &str) -> Option<i64> {
+    match doc.get(field).ok().flatten()? {
+        RawBsonRef::DateTime(d) => Some(d.timestamp_millis()),
+        RawBsonRef::Int64(n) => Some(n),
+        RawBsonRef::Int32(n) => Some(n as i64),
+        RawBsonRef::Double(f) if f.is_finite() => Some(f as i64),
+        _ => None,
+    }
+}
+
+/// The version of an incoming change and origin: the document's `version_field` where it is
+/// set and the document has it, else the change's `wallTime` (or cluster time).
+fn event_version(ev: &ChangeEvent, origin: &str, version_field: Option<&str>) -> Version {
+    let own = match (version_field, &ev.full_document) {
+        (Some(f), Some(d)) if ev.op != OpType::Delete => field_version(d, f),
+        _ => None,
+    };
+    if let Some(t) = own {
+        return Version::new(t, origin);
+    }
     let t = match ev.raw.get("wallTime") {
         Ok(Some(RawBsonRef::DateTime(d))) => d.timestamp_millis(),
         _ => ev
@@ -250,12 +319,14 @@ impl Inner {
     }
 
     /// Ends an attempt: commits when `work` succeeded, else aborts. `Some` when done, `None`
-    /// to try again (a write conflict with a local write, an outage), `Err` to give up.
+    /// to try again (a write conflict with a local write, an outage: after a backoff unless
+    /// `split` says the caller retries the batch in smaller parts first), `Err` to give up.
     async fn finish<T>(
         &self,
         mut s: ClientSession,
         work: Result<T>,
         retry: &mut Retry,
+        split: bool,
     ) -> Result<Option<T>> {
         let r = match work {
             Ok(v) => commit(&mut s).await.map(|()| v),
@@ -280,23 +351,43 @@ impl Inner {
                     )));
                 }
                 // A write conflict is a local write racing this batch: decide again.
-                debug!(error = %e, "{}: transaction failed; retrying.", retry.what);
-                retry.backoff.wait(None).await;
+                debug!(error = %e, split, "{}: transaction failed; retrying.", retry.what);
+                if !(split && is_write_conflict(&e)) {
+                    retry.backoff.wait(None).await;
+                }
+                retry.failed = Some(is_write_conflict(&e));
                 Ok(None)
             }
             Err(e) => Err(e),
         }
     }
 
+    /// Applies a batch in transactions: all of it in one, and where that meets a write
+    /// conflict (users writing some of its documents right now) in halves, down to single
+    /// events, so that a few busy documents do not hold back the rest. Each part is decided
+    /// afresh; the parts run in the batch's order, so each document's changes stay in order.
     async fn write_batch(&self, batch: &[Arc<ChangeEvent>]) -> Result<Written> {
         let mut retry = Retry::new("applying a batch");
-        let (written, outcome) = loop {
+        let mut written = Written::default();
+        let mut outcome = Outcome::default();
+        let mut parts = std::collections::VecDeque::from([batch]);
+        while let Some(part) = parts.pop_front() {
+            let split = part.len() > 1;
             let mut s = self.begin().await?;
-            let work = self.try_batch(&mut s, batch).await;
-            if let Some(v) = self.finish(s, work, &mut retry).await? {
-                break v;
+            let work = self.try_batch(&mut s, part).await;
+            match self.finish(s, work, &mut retry, split).await? {
+                Some((w, o)) => {
+                    written.skipped += w.skipped;
+                    outcome.add(o);
+                }
+                None if split && retry.failed == Some(true) => {
+                    let (a, b) = part.split_at(part.len() / 2);
+                    parts.push_front(b);
+                    parts.push_front(a);
+                }
+                None => parts.push_front(part),
             }
-        };
+        }
         let t = &self.telemetry.two_way;
         use std::sync::atomic::Ordering::Relaxed;
         t.applied.fetch_add(outcome.applied, Relaxed);
@@ -333,11 +424,14 @@ impl Inner {
                         doc: Some(d),
                         version: None,
                         dirty: false,
+                        existed: true,
                     },
                 );
             }
             records.extend(self.read_records(s, ns, list).await?);
         }
+        // The transaction has read the target: local changes it saw are in the log before now.
+        let snapshot = Instant::now();
         // Which documents' versions are known from their records; search the change log for
         // the others.
         let mut unknown: BTreeMap<Key, i64> = BTreeMap::new();
@@ -348,15 +442,29 @@ impl Inner {
                 doc: None,
                 version: None,
                 dirty: false,
+                existed: false,
             });
             let hash = st.doc.as_ref().map(doc_hash);
+            let own = match (&self.version_field, &st.doc) {
+                (Some(f), Some(d)) => field_version(d, f),
+                _ => None,
+            };
             match records.get(&k) {
                 Some(r) if r.hash == hash => st.version = Some(r.version.clone()),
+                // The document says when it last changed: no need to search for that.
+                _ if own.is_some() => {
+                    let local = Version::new(own.expect("matched"), &self.local);
+                    st.version = Some(match records.get(&k) {
+                        Some(r) if r.version.beats(&local, &self.first) => r.version.clone(),
+                        _ => local,
+                    });
+                    st.dirty = true;
+                }
                 // Even an insert of a document the target lacks is searched for: the target
                 // may have deleted it locally after the insert happened (found by the crash
                 // test: an old insert replayed after a newer local delete brought it back).
                 _ => {
-                    let t = event_version(ev, &self.incoming).t;
+                    let t = event_version(ev, &self.incoming, self.version_field.as_deref()).t;
                     let e = unknown.entry(k).or_insert(t);
                     *e = (*e).min(t);
                 }
@@ -366,7 +474,7 @@ impl Inner {
             outcome.searches += 1;
             let floor =
                 unknown.values().min().copied().unwrap_or_default() - self.skew.as_millis() as i64;
-            let local = self.local_versions(floor, unknown.keys()).await?;
+            let local = self.local_versions(floor, snapshot, unknown.keys()).await?;
             for k in unknown.keys() {
                 let st = state.get_mut(k).expect("inserted above");
                 let from_record = records.get(k).map(|r| r.version.clone());
@@ -392,11 +500,14 @@ impl Inner {
             };
             let ns = ev.ns.to_string();
             let k = id_key(&ns, id);
-            let incoming = event_version(ev, &self.incoming);
+            let incoming = event_version(ev, &self.incoming, self.version_field.as_deref());
             let new_doc = match ev.op {
                 OpType::Delete => None,
                 _ => match &ev.full_document {
-                    Some(d) => Some(d.clone()),
+                    Some(d) => Some(match &self.origin_field {
+                        Some(f) => stamp(d, f, &self.incoming),
+                        None => d.clone(),
+                    }),
                     // The document was gone when the source looked it up: its delete follows.
                     None => {
                         written.skipped += 1;
@@ -405,7 +516,12 @@ impl Inner {
                 },
             };
             let st = state.get_mut(&k).expect("every event has a state");
-            match decide(&incoming, st.version.as_ref(), &self.first) {
+            match decide(
+                &incoming,
+                st.version.as_ref(),
+                &self.first,
+                self.version_field.is_none(),
+            ) {
                 Decision::Apply => {
                     st.doc = new_doc;
                     st.version = Some(incoming);
@@ -447,12 +563,25 @@ impl Inner {
                             .await
                             .map_err(mongo("writing a document"))?;
                     }
-                    None => {
+                    None if st.existed => {
+                        if let Some(f) = &self.origin_field {
+                            // The stamp marks this transaction as strait's for the reader,
+                            // which cannot tell whose delete it is from the delete alone.
+                            let mut marker = RawDocumentBuf::new();
+                            marker.append(bson::raw::cstr!("_id"), RawBson::from(id));
+                            let marker = stamp(&marker, f, &self.incoming);
+                            coll.replace_one(filter.clone(), marker)
+                                .session(&mut *s)
+                                .await
+                                .map_err(mongo("stamping a document to delete"))?;
+                        }
                         coll.delete_one(filter)
                             .session(&mut *s)
                             .await
                             .map_err(mongo("deleting a document"))?;
                     }
+                    // Absent already: deleting it would change nothing.
+                    None => {}
                 }
             }
             let Some(v) = &st.version else { continue };
@@ -540,47 +669,87 @@ impl Inner {
     }
 
     /// The newest `wallTime` of a local change (not strait's) to each of `keys` since `floor_ms`,
-    /// read from the target's change log up to a fence written now.
+    /// read from the target's change log up to a fence written after `snapshot` (when the
+    /// batch's transaction had read the target).
+    ///
+    /// The log is read once and then only from where the last read ended (the last fence),
+    /// into [`LocalLog`]: searching it from `floor_ms` for every batch cost the whole lag per
+    /// batch during a catch-up. A read whose fence was written after `snapshot` (another
+    /// lane's, done while this one waited for the lock) already covers every local change the
+    /// transaction saw, so lanes share reads. A floor older than what was read extends the
+    /// read backwards, only over what is missing.
     async fn local_versions<'k>(
         &self,
         floor_ms: i64,
+        snapshot: Instant,
         keys: impl Iterator<Item = &'k Key>,
     ) -> Result<HashMap<Key, i64>> {
-        let mut by_ns: BTreeMap<&str, Vec<Bson>> = BTreeMap::new();
-        for (ns, key) in keys {
-            let key = bson::RawDocument::from_bytes(key).expect("built above");
-            let id = key.get("_id").ok().flatten().expect("built above");
-            by_ns.entry(ns.as_str()).or_default().push(
-                Bson::try_from(RawBson::from(id)).map_err(|e| Error::Internal(e.to_string()))?,
-            );
-        }
-        let or: Vec<Document> = by_ns
-            .iter()
-            .map(|(ns, ids)| {
-                let n = Namespace::parse(ns);
-                doc! { "ns.db": n.db.as_str(), "ns.coll": n.coll_name(), "documentKey._id": { "$in": ids.clone() } }
-            })
-            .collect();
-        let start = bson::Timestamp {
-            time: (floor_ms.max(1000) / 1000) as u32,
+        let mut log = self.local_log.lock().await;
+        let user = || vec![doc! { "ns.db": { "$ne": self.meta_db.as_str() } }];
+        let ts = |ms: i64| bson::Timestamp {
+            time: (ms.max(1000) / 1000) as u32,
             increment: 0,
         };
-        Ok(self.search_log(or, start).await?.0)
+        match log.next {
+            None => {
+                // Some margin below the first floor: the lanes' floors differ a little.
+                let from = floor_ms - BACKWARD_MARGIN_MS;
+                let fenced = Instant::now();
+                let (found, next) = self.search_log(user(), ts(from), None).await?;
+                log.merge(found);
+                log.from_ms = from;
+                log.next = Some(next);
+                log.fenced_at = Some(fenced);
+            }
+            Some(next) => {
+                if floor_ms < log.from_ms {
+                    let from = floor_ms - BACKWARD_MARGIN_MS;
+                    let until = ts(log.from_ms);
+                    let (found, _) = self.search_log(user(), ts(from), Some(until)).await?;
+                    log.merge(found);
+                    log.from_ms = from;
+                }
+                if log.fenced_at.is_none_or(|f| f < snapshot) {
+                    let fenced = Instant::now();
+                    let (found, next) = self.search_log(user(), next, None).await?;
+                    log.merge(found);
+                    log.next = Some(next);
+                    log.fenced_at = Some(fenced);
+                }
+            }
+        }
+        // Forget changes too old to matter to any batch for a while (a batch with an older
+        // floor reads that part of the log again).
+        if log.latest.len() > LOCAL_LOG_KEYS {
+            let keep_from = floor_ms - 60_000;
+            log.latest.retain(|_, t| *t >= keep_from);
+            log.from_ms = log.from_ms.max(keep_from);
+        }
+        Ok(keys
+            .filter_map(|k| {
+                log.latest
+                    .get(k)
+                    .filter(|t| **t >= floor_ms)
+                    .map(|t| (k.clone(), *t))
+            })
+            .collect())
     }
 
-    /// Reads the target's change log from `start` up to a fence written now, keeping the
-    /// events `or` matches that are not strait's: the newest `wallTime` per document, and the
-    /// cluster time of the fence (where a next search can start).
+    /// Reads the target's change log from `start` up to a fence written now (or only up to
+    /// cluster time `until`), keeping the events `or` matches that are not strait's: the
+    /// newest `wallTime` per document, and the cluster time of the fence (where a next search
+    /// can start).
     async fn search_log(
         &self,
         mut or: Vec<Document>,
         start: bson::Timestamp,
+        until: Option<bson::Timestamp>,
     ) -> Result<(HashMap<Key, i64>, bson::Timestamp)> {
         let fence_id = bson::oid::ObjectId::new();
         or.push(doc! { "ns.db": self.meta_db.as_str(), "ns.coll": "fence", "documentKey._id": fence_id });
         let client = self.client.clone();
         let fence = self.fence.clone();
-        let registry = self.registry.clone();
+        let echoes = self.echoes.clone();
         let meta_db = self.meta_db.clone();
         // Spawned: the stream and its getMores run to completion.
         tokio::spawn(async move {
@@ -615,11 +784,18 @@ impl Inner {
                 let ns = ev.get_document("ns").ok();
                 let db = ns.and_then(|n| n.get_str("db").ok()).unwrap_or("");
                 let coll = ns.and_then(|n| n.get_str("coll").ok()).unwrap_or("");
+                let at = ev.get_timestamp("clusterTime").ok();
                 if db == meta_db && coll == "fence" {
-                    fence_time = ev.get_timestamp("clusterTime").ok();
+                    fence_time = at;
                     break;
                 }
-                if registry.wrote(&ev) {
+                if let (Some(u), Some(at)) = (until, at) {
+                    if at >= u {
+                        fence_time = None;
+                        break;
+                    }
+                }
+                if echoes.is_echo(&ev) {
                     continue;
                 }
                 let Some(id) = ev
@@ -654,7 +830,7 @@ impl Inner {
         loop {
             let mut s = self.begin().await?;
             let work = self.try_copy(&mut s, ns, docs).await;
-            if let Some(n) = self.finish(s, work, &mut retry).await? {
+            if let Some(n) = self.finish(s, work, &mut retry, false).await? {
                 return Ok(n);
             }
         }
@@ -708,7 +884,7 @@ impl Inner {
                         }
                     });
                     let or = vec![doc! { "ns.db": ns.db.as_str(), "ns.coll": ns.coll_name() }];
-                    let (changed, next) = inner.search_log(or, start).await?;
+                    let (changed, next) = inner.search_log(or, start, None).await?;
                     scan.keys.extend(changed.into_keys());
                     scan.next = Some(next);
                     present.extend(absent.into_iter().filter(|k| scan.keys.contains(k)));
@@ -723,8 +899,12 @@ impl Inner {
                         continue;
                     }
                     let copied = Version::new(0, &inner.incoming);
-                    recs.push(record_doc(record_id(&nss, id), &copied, Some(d)));
-                    new_docs.push(d.clone());
+                    let d = match &inner.origin_field {
+                        Some(f) => stamp(d, f, &inner.incoming),
+                        None => d.clone(),
+                    };
+                    recs.push(record_doc(record_id(&nss, id), &copied, Some(&d)));
+                    new_docs.push(d);
                 }
                 let n = new_docs.len() as u64;
                 if !new_docs.is_empty() {
@@ -784,6 +964,8 @@ struct Retry {
     what: &'static str,
     started: Instant,
     backoff: Backoff,
+    /// The last failed attempt: whether it was a write conflict.
+    failed: Option<bool>,
 }
 
 impl Retry {
@@ -792,6 +974,7 @@ impl Retry {
             what,
             started: Instant::now(),
             backoff: Backoff::new(Duration::from_millis(20), Duration::from_secs(2)),
+            failed: None,
         }
     }
 }
@@ -803,6 +986,28 @@ struct Outcome {
     stale: u64,
     conflicts: u64,
     searches: u64,
+}
+
+impl Outcome {
+    fn add(&mut self, o: Outcome) {
+        self.applied += o.applied;
+        self.stale += o.stale;
+        self.conflicts += o.conflicts;
+        self.searches += o.searches;
+    }
+}
+
+/// A transaction that met a concurrent write to one of its documents (`WriteConflict`, 112).
+fn is_write_conflict(e: &Error) -> bool {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    let Error::Mongo { source, .. } = e else {
+        return false;
+    };
+    match source.kind.as_ref() {
+        ErrorKind::Command(c) => c.code == 112,
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == 112,
+        _ => false,
+    }
 }
 
 /// The conflict record of an incoming change that lost.

@@ -39,13 +39,22 @@ pub(crate) enum Decision {
 }
 
 /// Decides an incoming change against the target document's version (`None`: unknown to
-/// strait and not changed recently, or absent).
-pub(crate) fn decide(incoming: &Version, current: Option<&Version>, first: &str) -> Decision {
+/// strait and not changed recently, or absent). `rising`: one cluster's versions rise in its
+/// change log's order (`wallTime`), so an older one from the same cluster is a replay; with
+/// versions the applications write (`version_field`) they need not, and a change from the
+/// same cluster as the current version is always applied (replays come in order and end
+/// where the first pass ended).
+pub(crate) fn decide(
+    incoming: &Version,
+    current: Option<&Version>,
+    first: &str,
+    rising: bool,
+) -> Decision {
     match current {
         None => Decision::Apply,
         // One cluster's changes arrive in its order: equal times are consecutive changes.
         Some(c) if c.origin == incoming.origin => {
-            if incoming.t >= c.t {
+            if incoming.t >= c.t || !rising {
                 Decision::Apply
             } else {
                 Decision::Replay
@@ -64,14 +73,17 @@ mod tests {
     fn later_wins_and_the_first_cluster_wins_ties() {
         let a = |t| Version::new(t, "a");
         let b = |t| Version::new(t, "b");
-        assert_eq!(decide(&a(5), None, "a"), Decision::Apply);
-        assert_eq!(decide(&a(5), Some(&b(4)), "a"), Decision::Apply);
-        assert_eq!(decide(&a(5), Some(&b(6)), "a"), Decision::Lost);
-        assert_eq!(decide(&a(5), Some(&b(5)), "a"), Decision::Apply);
-        assert_eq!(decide(&b(5), Some(&a(5)), "a"), Decision::Lost);
+        assert_eq!(decide(&a(5), None, "a", true), Decision::Apply);
+        assert_eq!(decide(&a(5), Some(&b(4)), "a", true), Decision::Apply);
+        assert_eq!(decide(&a(5), Some(&b(6)), "a", true), Decision::Lost);
+        assert_eq!(decide(&a(5), Some(&b(5)), "a", true), Decision::Apply);
+        assert_eq!(decide(&b(5), Some(&a(5)), "a", true), Decision::Lost);
         // Same origin: in order, ties included; older means a replay.
-        assert_eq!(decide(&a(5), Some(&a(5)), "a"), Decision::Apply);
-        assert_eq!(decide(&a(4), Some(&a(5)), "a"), Decision::Replay);
+        assert_eq!(decide(&a(5), Some(&a(5)), "a", true), Decision::Apply);
+        assert_eq!(decide(&a(4), Some(&a(5)), "a", true), Decision::Replay);
         assert!(b(6).beats(&a(5), "a") && !a(5).beats(&b(6), "a"));
+        // Versions written by applications need not rise: the same cluster's change applies.
+        assert_eq!(decide(&a(4), Some(&a(5)), "a", false), Decision::Apply);
+        assert_eq!(decide(&a(5), Some(&b(6)), "a", false), Decision::Lost);
     }
 }

@@ -7,15 +7,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::api::{free_port, http};
-use crate::common::workload::{insert_varied, run_mixed_ops};
+use crate::common::workload::{insert_varied, run_mixed_as, varied_doc};
 use crate::common::*;
 use bson::{doc, Document};
 use futures::TryStreamExt;
 use rand::{Rng, SeedableRng};
 
 fn two_way_config(a: &Server, b: &Server, port: u16, extra: &str) -> String {
+    two_way_config_with(a, b, port, extra, "")
+}
+
+/// [`two_way_config`] with more keys in `[two_way]`.
+fn two_way_config_with(a: &Server, b: &Server, port: u16, extra: &str, two_way: &str) -> String {
     format!(
-        "id = \"tw\"\nmode = \"full+incremental\"\n{extra}\n[source]\nuri = \"{}\"\n[sink]\nuri = \"{}\"\n[two_way]\nnames = [\"east\", \"west\"]\ncopy_from = \"east\"\n[checkpoint]\ninterval = \"200ms\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n",
+        "id = \"tw\"\nmode = \"full+incremental\"\n{extra}\n[source]\nuri = \"{}\"\n[sink]\nuri = \"{}\"\n[two_way]\nnames = [\"east\", \"west\"]\ncopy_from = \"east\"\n{two_way}\n[checkpoint]\ninterval = \"200ms\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n",
         a.uri(),
         b.uri()
     )
@@ -104,9 +109,13 @@ async fn wait_both_identical(
                     story.push_str(&format!("{name} record: {rec:?}\n"));
                 }
             }
+            // The whole log, for a look afterwards.
+            let kept = std::env::temp_dir().join(format!("strait-two-way-{c}-differs.log"));
+            let _ = std::fs::write(&kept, st.log_text());
             panic!(
-                "tw.{c} differs ({} differences): {:?}{story}\nlog tail:\n{}",
+                "tw.{c} differs ({} differences; strait's log kept in {}): {:?}{story}\nlog tail:\n{}",
                 d.len(),
+                kept.display(),
                 &d[..d.len().min(5)],
                 st.log_text()
                     .lines()
@@ -124,12 +133,43 @@ async fn wait_both_identical(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn both_sides_write_the_same_documents_through_kills_and_end_identical() {
+    crash_loop(false).await;
+}
+
+/// The same workload with `loop_prevention = "origin_field"`: the applications stamp their
+/// cluster's name on every write (as they must in that mode), strait on every write it makes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn origin_field_loop_prevention_through_kills_ends_identical() {
+    crash_loop(true).await;
+}
+
+const ORIGIN: &str = "last_updater_region";
+
+async fn crash_loop(origin_mode: bool) {
     let (sa, sb) = (Server::start(), Server::start());
     let (a, b) = (sa.client().await, sb.client().await);
-    insert_varied(&a.database("tw").collection::<Document>("items"), 4000).await;
+    let items = a.database("tw").collection::<Document>("items");
+    if origin_mode {
+        for start in (0..4000).step_by(1000) {
+            items
+                .insert_many((start..start + 1000).map(|i| {
+                    let mut d = varied_doc(i);
+                    d.insert(ORIGIN, "east");
+                    d
+                }))
+                .await
+                .unwrap();
+        }
+    } else {
+        insert_varied(&items, 4000).await;
+    }
+    let mut first = doc! { "_id": -1_i64 };
+    if origin_mode {
+        first.insert(ORIGIN, "east");
+    }
     a.database("tw")
         .collection::<Document>("items_tx")
-        .insert_one(doc! { "_id": -1_i64 })
+        .insert_one(first)
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -137,11 +177,16 @@ async fn both_sides_write_the_same_documents_through_kills_and_end_identical() {
     let cfg = write_config(
         dir.path(),
         "tw.toml",
-        &two_way_config(
+        &two_way_config_with(
             &sa,
             &sb,
             port,
             "[full_sync]\nchunk_docs = 500\nbatch_docs = 100\n",
+            if origin_mode {
+                "loop_prevention = \"origin_field\""
+            } else {
+                ""
+            },
         ),
     );
     let log = dir.path().join("log");
@@ -155,7 +200,8 @@ async fn both_sides_write_the_same_documents_through_kills_and_end_identical() {
         writers.push(tokio::spawn(async move {
             // Give the copy a head start on the empty side.
             tokio::time::sleep(Duration::from_millis(300 * i as u64)).await;
-            run_mixed_ops(
+            let name = ["east", "west"][i];
+            run_mixed_as(
                 &c,
                 "tw",
                 "items",
@@ -165,6 +211,7 @@ async fn both_sides_write_the_same_documents_through_kills_and_end_identical() {
                 Some(stop),
                 Some(done),
                 true,
+                origin_mode.then_some((ORIGIN, name)),
             )
             .await
         }));
@@ -280,7 +327,7 @@ async fn both_sides_write_the_same_documents_through_kills_and_end_identical() {
         assert!(inc.contains_key("doc") && cur.contains_key("doc"), "{c}");
     }
     eprintln!(
-        "two-way crash loop: {kills} kills ({copy_kills} in the copy), writes east {} west {}, converged {:.1} s after the restart, conflicts east {} west {}, final run applied {:?}",
+        "two-way crash loop (origin field: {origin_mode}): {kills} kills ({copy_kills} in the copy), writes east {} west {}, converged {:.1} s after the restart, conflicts east {} west {}, final run applied {:?}",
         writes[0], writes[1], converged.as_secs_f64(), ca.len(), cb.len(), after
     );
     drop(st);
@@ -421,5 +468,89 @@ async fn concurrent_changes_resolve_to_the_later_one_on_both_sides() {
         3,
         "{out}"
     );
+    drop(st);
+}
+
+/// `version_field`: the documents' own versions decide, not the order the writes happened in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_document_version_field_decides_conflicts() {
+    let (sa, sb) = (Server::start(), Server::start());
+    let (a, b) = (sa.client().await, sb.client().await);
+    let (ia, ib) = (
+        a.database("tw").collection::<Document>("items"),
+        b.database("tw").collection::<Document>("items"),
+    );
+    ia.insert_many((0..3_i64).map(|i| doc! { "_id": i, "v": 0_i32, "ts": 0_i64 }))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = write_config(
+        dir.path(),
+        "tw.toml",
+        &two_way_config_with(&sa, &sb, port, "", "version_field = \"ts\""),
+    );
+    let log = dir.path().join("log");
+    let mut st = Strait::spawn(&cfg, &log);
+    wait_both_identical(&a, &b, &["items"], &st, Duration::from_secs(60)).await;
+    assert_eq!(st.sigterm().code(), Some(0), "{}", st.log_text());
+
+    // While strait is down, each pair written east first, west 20 ms later.
+    let date = |y: i32| bson::DateTime::builder().year(y).month(1).day(1).build().unwrap();
+    // 0: east's field (a number) is later: east wins although west wrote last.
+    ia.update_one(doc! { "_id": 0 }, doc! { "$set": { "v": 1, "ts": 2_000_i64 } })
+        .await
+        .unwrap();
+    // 1: a date; west's is later.
+    ia.update_one(doc! { "_id": 1 }, doc! { "$set": { "v": 1, "ts": date(2029) } })
+        .await
+        .unwrap();
+    // 2: east replaces the document without the field: its change's wallTime is its version,
+    // far later than west's field.
+    ia.replace_one(doc! { "_id": 2 }, doc! { "v": 1 })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    ib.update_one(doc! { "_id": 0 }, doc! { "$set": { "v": 2, "ts": 1_000_i64 } })
+        .await
+        .unwrap();
+    ib.update_one(doc! { "_id": 1 }, doc! { "$set": { "v": 2, "ts": date(2030) } })
+        .await
+        .unwrap();
+    ib.update_one(doc! { "_id": 2 }, doc! { "$set": { "v": 2, "ts": 3_000_i64 } })
+        .await
+        .unwrap();
+
+    let st = Strait::spawn(&cfg, &log);
+    wait_both_identical(&a, &b, &["items"], &st, Duration::from_secs(60)).await;
+    let docs: Vec<Document> = ia
+        .find(doc! {})
+        .sort(doc! { "_id": 1 })
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        docs,
+        vec![
+            doc! { "_id": 0_i64, "v": 1, "ts": 2_000_i64 },
+            doc! { "_id": 1_i64, "v": 2, "ts": date(2030) },
+            doc! { "_id": 2_i64, "v": 1 },
+        ],
+        "{}",
+        st.log_text()
+    );
+    // West's changes of 0 and 2 lost on east; east's of 1 lost on west.
+    let ids = |v: &[Document]| {
+        let mut k: Vec<i64> = v
+            .iter()
+            .map(|c| c.get_document("documentKey").unwrap().get_i64("_id").unwrap())
+            .collect();
+        k.sort();
+        k
+    };
+    assert_eq!(ids(&conflicts(&a).await), vec![0, 2]);
+    assert_eq!(ids(&conflicts(&b).await), vec![1]);
     drop(st);
 }

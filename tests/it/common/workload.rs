@@ -74,6 +74,48 @@ pub async fn run_mixed_ops(
     done: Option<Arc<AtomicU64>>,
     multi_operator: bool,
 ) -> u64 {
+    run_mixed_as(client, db, coll, keys, n, seed, stop, done, multi_operator, None).await
+}
+
+/// `update` with `$set: {field: name}` added (`origin` = `(field, name)`), as applications
+/// of a two-way pair in `origin_field` mode write.
+fn with_origin(mut update: Document, origin: Option<(&str, &str)>) -> Document {
+    if let Some((field, name)) = origin {
+        match update.get_document_mut("$set") {
+            Ok(set) => {
+                set.insert(field, name);
+            }
+            Err(_) => {
+                update.insert("$set", doc! { field: name });
+            }
+        }
+    }
+    update
+}
+
+/// A whole document with `field: name` appended.
+fn doc_with_origin(mut d: Document, origin: Option<(&str, &str)>) -> Document {
+    if let Some((field, name)) = origin {
+        d.insert(field, name);
+    }
+    d
+}
+
+/// [`run_mixed_ops`], with every write also setting `origin.0` to `origin.1`.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_mixed_as(
+    client: &Client,
+    db: &str,
+    coll: &str,
+    keys: i64,
+    n: u64,
+    seed: u64,
+    stop: Option<Arc<AtomicBool>>,
+    done: Option<Arc<AtomicU64>>,
+    multi_operator: bool,
+    origin: Option<(&str, &str)>,
+) -> u64 {
+    let o = origin;
     let c = client.database(db).collection::<Document>(coll);
     let tx_coll = client
         .database(db)
@@ -87,34 +129,34 @@ pub async fn run_mixed_ops(
         let id: i64 = rng.random_range(0..keys);
         let f = doc! { "_id": id };
         let r = match rng.random_range(0..13) {
-            0 => c.insert_one(varied_doc(id)).await.map(|_| ()),
-            1 => c.update_one(f, doc! { "$set": { "nested.a.b": rng.random_range(0..1000_i64), "nested.new.deep": "v" } }).await.map(|_| ()),
-            2 => c.update_one(f, doc! { "$unset": { "nested.a.c": "", "flag": "" } }).await.map(|_| ()),
-            3 => c.update_one(f, doc! { "$inc": { "counter": 1_i32 } }).await.map(|_| ()),
-            4 => c.update_one(f, doc! { "$push": { "arr": rng.random_range(0..100_i32) } }).await.map(|_| ()),
-            5 => c.update_one(f, doc! { "$pull": { "arr": { "$lt": 3 } } }).await.map(|_| ()),
-            6 => c.update_one(f, doc! { "$pop": { "arr": 1 } }).await.map(|_| ()),
+            0 => c.insert_one(doc_with_origin(varied_doc(id), o)).await.map(|_| ()),
+            1 => c.update_one(f, with_origin(doc! { "$set": { "nested.a.b": rng.random_range(0..1000_i64), "nested.new.deep": "v" } }, o)).await.map(|_| ()),
+            2 => c.update_one(f, with_origin(doc! { "$unset": { "nested.a.c": "", "flag": "" } }, o)).await.map(|_| ()),
+            3 => c.update_one(f, with_origin(doc! { "$inc": { "counter": 1_i32 } }, o)).await.map(|_| ()),
+            4 => c.update_one(f, with_origin(doc! { "$push": { "arr": rng.random_range(0..100_i32) } }, o)).await.map(|_| ()),
+            5 => c.update_one(f, with_origin(doc! { "$pull": { "arr": { "$lt": 3 } } }, o)).await.map(|_| ()),
+            6 => c.update_one(f, with_origin(doc! { "$pop": { "arr": 1 } }, o)).await.map(|_| ()),
             7 => c
-                .replace_one(f, doc! { "_id": id, "replaced": true, "v": rng.random_range(0..1000_i32), "z": { "y": 1_i64 } })
+                .replace_one(f, doc_with_origin(doc! { "_id": id, "replaced": true, "v": rng.random_range(0..1000_i32), "z": { "y": 1_i64 } }, o))
                 .upsert(true)
                 .await
                 .map(|_| ()),
             8 => c.delete_one(f).await.map(|_| ()),
-            9 if multi_operator => c.update_one(f, doc! { "$set": { "arr.1": "second", "tags": ["blue"] }, "$currentDate": { "touched": true } }).await.map(|_| ()),
-            10 if multi_operator => c.update_one(f, doc! { "$rename": { "name": "title" }, "$mul": { "dbl": 2.0 } }).await.map(|_| ()),
-            11 if multi_operator => c.update_one(f, doc! { "$addToSet": { "tags": "red" }, "$max": { "i32": 500_i32 } }).await.map(|_| ()),
-            9 => c.update_one(f, doc! { "$set": { "arr.1": "second", "tags": ["blue"] } }).await.map(|_| ()),
-            10 => c.update_one(f, doc! { "$rename": { "name": "title" } }).await.map(|_| ()),
-            11 => c.update_one(f, doc! { "$addToSet": { "tags": "red" } }).await.map(|_| ()),
+            9 if multi_operator => c.update_one(f, with_origin(doc! { "$set": { "arr.1": "second", "tags": ["blue"] }, "$currentDate": { "touched": true } }, o)).await.map(|_| ()),
+            10 if multi_operator => c.update_one(f, with_origin(doc! { "$rename": { "name": "title" }, "$mul": { "dbl": 2.0 } }, o)).await.map(|_| ()),
+            11 if multi_operator => c.update_one(f, with_origin(doc! { "$addToSet": { "tags": "red" }, "$max": { "i32": 500_i32 } }, o)).await.map(|_| ()),
+            9 => c.update_one(f, with_origin(doc! { "$set": { "arr.1": "second", "tags": ["blue"] } }, o)).await.map(|_| ()),
+            10 => c.update_one(f, with_origin(doc! { "$rename": { "name": "title" } }, o)).await.map(|_| ()),
+            11 => c.update_one(f, with_origin(doc! { "$addToSet": { "tags": "red" } }, o)).await.map(|_| ()),
             _ => {
                 let mut s = client.start_session().await.unwrap();
                 s.start_transaction().await.unwrap();
                 let a = tx_coll
-                    .update_one(doc! { "_id": id }, doc! { "$inc": { "n": 1_i64 }, "$set": { "last": count as i64 } })
+                    .update_one(doc! { "_id": id }, with_origin(doc! { "$inc": { "n": 1_i64 }, "$set": { "last": count as i64 } }, o))
                     .upsert(true)
                     .session(&mut s)
                     .await;
-                let b = c.update_one(f, doc! { "$set": { "tx": count as i64 } }).session(&mut s).await;
+                let b = c.update_one(f, with_origin(doc! { "$set": { "tx": count as i64 } }, o)).session(&mut s).await;
                 match (a, b) {
                     (Ok(_), Ok(_)) => s.commit_transaction().await,
                     (Err(e), _) | (_, Err(e)) => {

@@ -1,0 +1,282 @@
+//! What the benchmarks share: settings from the environment, the servers and strait as child
+//! processes, their CPU and memory, strait's HTTP API, and the MongoDB clients and documents
+//! of the harness.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bson::{doc, Document};
+use mongodb::Client;
+
+use crate::secantus;
+
+pub fn env_u64(k: &str, d: u64) -> u64 {
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
+}
+
+pub fn env_opt(k: &str) -> Option<String> {
+    std::env::var(k).ok().filter(|v| !v.is_empty())
+}
+
+pub fn env_str(k: &str, d: &str) -> String {
+    env_opt(k).unwrap_or_else(|| d.to_string())
+}
+// ---------------------------------------------------------------------------------------------
+// Processes: servers, broker, strait; CPU and memory accounting.
+
+pub struct Proc {
+    pub child: Child,
+    pub port: u16,
+    /// The Rust SecantusDB server's data directory, removed after the process stops.
+    _dir: Option<tempfile::TempDir>,
+}
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn log_to(name: &str, port: u16, suffix: &str) -> Stdio {
+    match env_opt("BENCH_LOG_DIR") {
+        Some(dir) => {
+            std::fs::create_dir_all(&dir).unwrap();
+            Stdio::from(std::fs::File::create(format!("{dir}/{name}-{port}.{suffix}")).unwrap())
+        }
+        None => Stdio::null(),
+    }
+}
+
+pub fn wait_listening(child: &mut Child, port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(s) = child.try_wait().unwrap() {
+            panic!("{what} exited with {s}");
+        }
+        assert!(Instant::now() < deadline, "{what} did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn start_mongo(name: &str) -> Proc {
+    let cache = env_str("BENCH_CACHE", "6G");
+    let port = free_port();
+    let (mut cmd, dir) = secantus::secantus_command(port, &cache);
+    let mut child = cmd
+        .stdout(log_to(name, port, "out"))
+        .stderr(log_to(name, port, "err"))
+        .spawn()
+        .unwrap();
+    println!(
+        "server {name}: pid {} port {port} cache {cache}",
+        child.id()
+    );
+    wait_listening(&mut child, port, name);
+    Proc {
+        child,
+        port,
+        _dir: dir,
+    }
+}
+
+pub fn start_tansu() -> Proc {
+    let bin = env_opt("STRAIT_TANSU").unwrap_or_else(|| {
+        format!(
+            "{}/.cache/strait/tansu/bin/tansu",
+            std::env::var("HOME").unwrap_or_default()
+        )
+    });
+    assert!(
+        std::path::Path::new(&bin).exists(),
+        "tansu not installed at {bin}; run dev/install-servers.sh"
+    );
+    let port = free_port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let mut cmd = Command::new(&bin);
+    cmd.arg("broker")
+        .args(["--listener-url", &url, "--advertised-listener-url", &url])
+        .args([
+            "--storage-engine",
+            "memory://tansu/",
+            "--cluster-id",
+            "bench",
+        ]);
+    // Tansu reads these from the environment too.
+    for var in [
+        "CLUSTER_ID",
+        "LISTENER_URL",
+        "ADVERTISED_LISTENER_URL",
+        "STORAGE_ENGINE",
+        "SCHEMA_REGISTRY",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "RUST_LOG",
+    ] {
+        cmd.env_remove(var);
+    }
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(log_to("tansu", port, "out"))
+        .stderr(log_to("tansu", port, "err"))
+        .spawn()
+        .unwrap();
+    println!("broker tansu: pid {} port {port}", child.id());
+    wait_listening(&mut child, port, "tansu");
+    Proc {
+        child,
+        port,
+        _dir: None,
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn strait_bin() -> String {
+    env_opt("STRAIT_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_strait").to_string())
+}
+
+pub fn strait(cfg: &std::path::Path, name: &str) -> Child {
+    let err = match env_opt("BENCH_LOG_DIR") {
+        Some(dir) => {
+            Stdio::from(std::fs::File::create(format!("{dir}/strait-{name}.log")).unwrap())
+        }
+        None => Stdio::inherit(),
+    };
+    Command::new(strait_bin())
+        .args(["run", "-c"])
+        .arg(cfg)
+        .env("STRAIT_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(err)
+        .spawn()
+        .unwrap()
+}
+
+pub fn sigterm(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
+
+/// Peak RSS (VmHWM) in KB.
+pub fn peak_rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// User + system CPU time of a process, in clock ticks.
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // Fields after the command name (which may hold spaces): state is field 3, utime 14.
+    let rest = &s[s.rfind(')').map_or(0, |i| i + 2)..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    n(11) + n(12)
+}
+
+/// CPU use of named processes over one phase.
+pub struct CpuPhase {
+    start: Instant,
+    procs: Vec<(&'static str, u32, u64)>,
+}
+
+impl CpuPhase {
+    pub fn start(procs: &[(&'static str, u32)]) -> Self {
+        Self {
+            start: Instant::now(),
+            procs: procs.iter().map(|&(n, p)| (n, p, cpu_ticks(p))).collect(),
+        }
+    }
+
+    /// "strait 95%, source 60%, ..." (% of one core).
+    pub fn report(&self) -> String {
+        let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let secs = self.start.elapsed().as_secs_f64().max(1e-3);
+        self.procs
+            .iter()
+            .map(|&(n, p, t0)| {
+                let pct = (cpu_ticks(p).saturating_sub(t0)) as f64 / tck / secs * 100.0;
+                format!("{n} {pct:.0}%")
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// strait's `GET /status` as JSON, if the API answers.
+pub fn api_status(port: u16) -> Option<serde_json::Value> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    serde_json::from_str(&body[body.find("\r\n\r\n")? + 4..]).ok()
+}
+
+pub async fn status(port: u16) -> Option<serde_json::Value> {
+    tokio::task::spawn_blocking(move || api_status(port))
+        .await
+        .unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// MongoDB.
+
+pub fn uri(port: u16) -> String {
+    format!("mongodb://127.0.0.1:{port}/?directConnection=true")
+}
+
+/// The harness's own clients: more connections for the writers, idle ones recycled (the
+/// server drops connections idle for minutes).
+pub fn harness_uri(port: u16) -> String {
+    format!("{}&maxPoolSize=64&maxIdleTimeMS=20000", uri(port))
+}
+
+/// A ~1 KB document (the one benches/sync.rs uses).
+pub fn doc_1k(i: i64) -> Document {
+    doc! { "_id": i, "n": i, "s": "x".repeat(900), "sub": { "a": i, "b": [1, 2, 3] }, "t": bson::DateTime::now() }
+}
+
+
+/// Drops a database, once more after a network error.
+pub async fn drop_db(c: &Client, db: &str) {
+    if let Err(e) = c.database(db).drop().await {
+        eprintln!("  drop {db}: {e}; retrying");
+        c.database(db).drop().await.unwrap();
+    }
+}
+
+/// Sends a request to strait's HTTP API; returns the status code and body.
+pub fn api_request(port: u16, method: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let code = resp.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, resp[resp.find("\r\n\r\n")? + 4..].to_string()))
+}
