@@ -52,10 +52,10 @@
 //! - STRAIT_SECANTUSD (set by benches/run.sh), STRAIT_TANSU (default
 //!   ~/.cache/strait/tansu/bin/tansu).
 
-#[path = "support/secantus.rs"]
-mod secantus;
 #[path = "support/harness.rs"]
 mod harness;
+#[path = "support/secantus.rs"]
+mod secantus;
 
 use harness::*;
 
@@ -167,7 +167,6 @@ async fn upsert_load(client: &Client, db: &str, n: i64) -> Duration {
     }
     t.elapsed()
 }
-
 
 /// One streaming writer: alternately inserts a new ~1 KB document of its own key range and
 /// `$set`s a field of it, each a separate write (one change event each).

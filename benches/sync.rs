@@ -31,10 +31,10 @@
 //! duplicate-key errors of the retried batch (documents the failed attempt did insert) ignored.
 //! Retries are counted and printed.
 
-#[path = "support/secantus.rs"]
-mod secantus;
 #[path = "support/harness.rs"]
 mod harness;
+#[path = "support/secantus.rs"]
+mod secantus;
 
 use harness::*;
 
@@ -148,10 +148,6 @@ async fn load(client: &Client, db: &str, n: i64, like_strait: bool) -> (Duration
     (t.elapsed(), retries)
 }
 
-
-
-
-
 /// The `[full_sync]` table of the bench's pipelines.
 fn full_sync_table() -> String {
     let mut t = format!(
@@ -218,55 +214,6 @@ fn run_full(cfg: &std::path::Path) -> (Duration, u64) {
     }
 }
 
-
-/// One incremental writer: cycles of six single-document writes on a fresh key of its own range
-/// (insert, `$set`, `$inc` of the writer's counter document, `$push`, replace, delete), each a
-/// separate write and so one change event. Returns the number of `$inc`s done.
-async fn writer(
-    coll: mongodb::Collection<Document>,
-    w: i64,
-    ops: u64,
-    done: Arc<AtomicU64>,
-) -> i64 {
-    let base = (w + 1) * 100_000_000;
-    let counter = -(w + 1);
-    let mut incs = 0;
-    for i in 0..ops {
-        let key = base + (i / 6) as i64;
-        let r = match i % 6 {
-            0 => coll.insert_one(doc_1k(key)).await.map(|_| ()),
-            1 => coll
-                .update_one(
-                    doc! { "_id": key },
-                    doc! { "$set": { "n": i as i64, "s2": "set" } },
-                )
-                .await
-                .map(|_| ()),
-            2 => {
-                incs += 1;
-                coll.update_one(doc! { "_id": counter }, doc! { "$inc": { "n": 1 } })
-                    .await
-                    .map(|_| ())
-            }
-            3 => coll
-                .update_one(doc! { "_id": key }, doc! { "$push": { "sub.b": i as i64 } })
-                .await
-                .map(|_| ()),
-            4 => {
-                let mut d = doc_1k(key);
-                d.insert("replaced", true);
-                coll.replace_one(doc! { "_id": key }, d).await.map(|_| ())
-            }
-            _ => coll.delete_one(doc! { "_id": key }).await.map(|_| ()),
-        };
-        if let Err(e) = r {
-            panic!("writer {w}, op {i}: {e}");
-        }
-        done.fetch_add(1, Relaxed);
-    }
-    incs
-}
-
 #[tokio::main]
 async fn main() {
     let docs = env_u64("BENCH_DOCS", 200_000) as i64;
@@ -281,10 +228,7 @@ async fn main() {
         full_sync_table().replace('\n', " ")
     );
     // Free ports: a leftover server on a fixed port would be reused with stale data.
-    let (src, dst) = (
-        start_mongo("source"),
-        start_mongo("target"),
-    );
+    let (src, dst) = (start_mongo("source"), start_mongo("target"));
     let (s, d) = (
         Client::with_uri_str(harness_uri(src.port)).await.unwrap(),
         Client::with_uri_str(harness_uri(dst.port)).await.unwrap(),
@@ -303,8 +247,15 @@ async fn main() {
             drop_db(&d, "raw").await;
             let (raw2, raw2_retries) = load(&d, "raw", docs, true).await;
             drop_db(&d, "raw").await;
-            let (copy, peak) =
-                run_full(&config(dir.path(), src.port, dst.port, "full", "full", run, None));
+            let (copy, peak) = run_full(&config(
+                dir.path(),
+                src.port,
+                dst.port,
+                "full",
+                "full",
+                run,
+                None,
+            ));
             let copied = d
                 .database("full")
                 .collection::<Document>("docs")
@@ -358,7 +309,16 @@ async fn main() {
         let per = ops / writers;
         for w in 0..writers {
             let n = per + u64::from(w < ops % writers);
-            tasks.spawn(writer(coll.clone(), w as i64, n, done.clone()));
+            let w = w as i64;
+            tasks.spawn(mixed_writer(
+                coll.clone(),
+                format!("writer {w}"),
+                (w + 1) * 100_000_000,
+                -(w + 1),
+                None,
+                n,
+                done.clone(),
+            ));
         }
         // Progress and the largest lag seen, every 5 s.
         let mut max_lag: f64 = 0.0;
@@ -390,9 +350,11 @@ async fn main() {
         let mut lag_below_1s: Option<Duration> = None;
         let caught_up = loop {
             if lag_below_1s.is_none() {
-                if let Some(l) = tokio::task::spawn_blocking(move || api_status(api).and_then(|v| v.get("lag_seconds")?.as_f64()))
-                    .await
-                    .unwrap()
+                if let Some(l) = tokio::task::spawn_blocking(move || {
+                    api_status(api).and_then(|v| v.get("lag_seconds")?.as_f64())
+                })
+                .await
+                .unwrap()
                 {
                     if l < 1.0 {
                         lag_below_1s = Some(stop.elapsed());
@@ -427,9 +389,11 @@ async fn main() {
         let total = t.elapsed();
         // lag_seconds counts whole seconds of cluster time: it may reach < 1 s a little later.
         while lag_below_1s.is_none() && stop.elapsed() < caught_up + Duration::from_secs(10) {
-            if let Some(l) = tokio::task::spawn_blocking(move || api_status(api).and_then(|v| v.get("lag_seconds")?.as_f64()))
-                .await
-                .unwrap()
+            if let Some(l) = tokio::task::spawn_blocking(move || {
+                api_status(api).and_then(|v| v.get("lag_seconds")?.as_f64())
+            })
+            .await
+            .unwrap()
             {
                 if l < 1.0 {
                     lag_below_1s = Some(stop.elapsed());
@@ -455,7 +419,15 @@ async fn main() {
             "  loaded {rss_docs} docs into the source in {:.0} s ({retries} retried batches)",
             load_t.as_secs_f64()
         );
-        let (copy, peak) = run_full(&config(dir.path(), src.port, dst.port, "full", "rss", 1, None));
+        let (copy, peak) = run_full(&config(
+            dir.path(),
+            src.port,
+            dst.port,
+            "full",
+            "rss",
+            1,
+            None,
+        ));
         let copied = d
             .database("rss")
             .collection::<Document>("docs")
@@ -470,4 +442,3 @@ async fn main() {
             copy.as_secs_f64(), rss_docs as f64 / copy.as_secs_f64(), peak / 1024);
     }
 }
-

@@ -17,12 +17,12 @@
 //! Knobs: BENCH_TW_OPS (30000) ops per side per phase; BENCH_WRITERS (4) writers per side;
 //! BENCH_CACHE, BENCH_LOG_DIR, STRAIT_BIN as in benches/sync.rs.
 
-#[path = "support/secantus.rs"]
-mod secantus;
 #[path = "support/harness.rs"]
 mod harness;
+#[path = "support/secantus.rs"]
+mod secantus;
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,60 +35,10 @@ use harness::*;
 const DB: &str = "tw";
 const SIDES: [&str; 2] = ["east", "west"];
 
-/// One writer of `side`: cycles of six single-document writes on a fresh key of its own range
-/// (insert, `$set`, `$inc` of the writer's counter document, `$push`, replace, delete), each
-/// its own change event. Every document carries `side`, so each direction's part is countable.
-async fn writer(
-    coll: Collection<Document>,
-    side: &'static str,
-    w: i64,
-    phase: i64,
-    ops: u64,
-    done: Arc<AtomicU64>,
-) {
-    let base = (w + 1) * 100_000_000 + phase * 10_000_000;
-    let counter = -(w + 1);
-    let d = |key: i64| {
-        let mut d = doc_1k(key);
-        d.insert("side", side);
-        d
-    };
-    for i in 0..ops {
-        let key = base + (i / 6) as i64;
-        let r = match i % 6 {
-            0 => coll.insert_one(d(key)).await.map(|_| ()),
-            1 => coll
-                .update_one(
-                    doc! { "_id": key },
-                    doc! { "$set": { "n": i as i64, "s2": "set" } },
-                )
-                .await
-                .map(|_| ()),
-            2 => coll
-                .update_one(doc! { "_id": counter }, doc! { "$inc": { "n": 1 } })
-                .await
-                .map(|_| ()),
-            3 => coll
-                .update_one(doc! { "_id": key }, doc! { "$push": { "sub.b": i as i64 } })
-                .await
-                .map(|_| ()),
-            4 => {
-                let mut r = d(key);
-                r.insert("replaced", true);
-                coll.replace_one(doc! { "_id": key }, r).await.map(|_| ())
-            }
-            _ => coll.delete_one(doc! { "_id": key }).await.map(|_| ()),
-        };
-        if let Err(e) = r {
-            panic!("{side} writer {w}, op {i}: {e}");
-        }
-        done.fetch_add(1, Relaxed);
-    }
-}
-
-/// The writers of one side; east's counters are -1..=-writers, west's the next ones.
+/// The writers of one side ([`mixed_writer`]s whose documents carry `side`, so each
+/// direction's part is countable); east's counters are -1..=-writers, west's the next ones.
 fn spawn_writers(
-    tasks: &mut tokio::task::JoinSet<()>,
+    tasks: &mut tokio::task::JoinSet<i64>,
     coll: &Collection<Document>,
     side_ix: usize,
     writers: u64,
@@ -100,11 +50,13 @@ fn spawn_writers(
     for w in 0..writers {
         let n = per + u64::from(w < ops % writers);
         let id = (side_ix as u64 * writers + w) as i64;
-        tasks.spawn(writer(
+        let side = SIDES[side_ix];
+        tasks.spawn(mixed_writer(
             coll.clone(),
-            SIDES[side_ix],
-            id,
-            phase,
+            format!("{side} writer {id}"),
+            (id + 1) * 100_000_000 + phase * 10_000_000,
+            -(id + 1),
+            Some(("side", side)),
             n,
             done.clone(),
         ));
@@ -196,7 +148,14 @@ async fn wait_state(port: u16, state: &str) {
     }
 }
 
-fn config(dir: &std::path::Path, name: &str, east: u16, west: u16, api: u16, two_way: bool) -> std::path::PathBuf {
+fn config(
+    dir: &std::path::Path,
+    name: &str,
+    east: u16,
+    west: u16,
+    api: u16,
+    two_way: bool,
+) -> std::path::PathBuf {
     let p = dir.join(format!("{name}.toml"));
     let mut text = format!(
         "id = \"{name}\"\nmode = \"incremental\"\n[source]\nuri = \"{}\"\n[sink]\nuri = \"{}\"\n[scope]\ninclude = [\"{DB}.*\"]\n[api]\nlisten = \"127.0.0.1:{api}\"\n",
@@ -230,14 +189,23 @@ async fn main() {
     let ops = env_u64("BENCH_TW_OPS", 30_000);
     let writers = env_u64("BENCH_WRITERS", 4).max(1);
     let dir = tempfile::tempdir().unwrap();
-    println!("strait: {}; {ops} ops per side per phase, {writers} writers per side", strait_bin());
+    println!(
+        "strait: {}; {ops} ops per side per phase, {writers} writers per side",
+        strait_bin()
+    );
     let servers = [start_mongo("east"), start_mongo("west")];
     let clients = [
-        Client::with_uri_str(harness_uri(servers[0].port)).await.unwrap(),
-        Client::with_uri_str(harness_uri(servers[1].port)).await.unwrap(),
+        Client::with_uri_str(harness_uri(servers[0].port))
+            .await
+            .unwrap(),
+        Client::with_uri_str(harness_uri(servers[1].port))
+            .await
+            .unwrap(),
     ];
-    let colls: Vec<Collection<Document>> =
-        clients.iter().map(|c| c.database(DB).collection("docs")).collect();
+    let colls: Vec<Collection<Document>> = clients
+        .iter()
+        .map(|c| c.database(DB).collection("docs"))
+        .collect();
     let (east, west) = (servers[0].port, servers[1].port);
 
     // 1. One-way: east's backlog applied to west.
@@ -246,7 +214,10 @@ async fn main() {
             counters(c, 0, writers).await;
         }
         let api = free_port();
-        let mut child = strait(&config(dir.path(), "one-way", east, west, api, false), "one-way");
+        let mut child = strait(
+            &config(dir.path(), "one-way", east, west, api, false),
+            "one-way",
+        );
         wait_state(api, "streaming").await;
         post(api, "/pause");
         let done = Arc::new(AtomicU64::new(0));
@@ -255,7 +226,11 @@ async fn main() {
         spawn_writers(&mut tasks, &colls[0], 0, writers, 1, ops, done.clone());
         while tasks.join_next().await.is_some() {}
         let write = t.elapsed();
-        let cpu = CpuPhase::start(&[("strait", child.id()), ("east", servers[0].child.id()), ("west", servers[1].child.id())]);
+        let cpu = CpuPhase::start(&[
+            ("strait", child.id()),
+            ("east", servers[0].child.id()),
+            ("west", servers[1].child.id()),
+        ]);
         let t = Instant::now();
         post(api, "/resume");
         let applied = until_applied(&colls[0], &colls[1], "east", 1, t).await;
@@ -282,7 +257,10 @@ async fn main() {
             counters(c, i, writers).await;
         }
     }
-    let mut child = strait(&config(dir.path(), "two-way", east, west, api, true), "two-way");
+    let mut child = strait(
+        &config(dir.path(), "two-way", east, west, api, true),
+        "two-way",
+    );
     let pid = child.id();
     wait_state(api, "streaming").await;
     {
@@ -294,7 +272,11 @@ async fn main() {
         spawn_writers(&mut tasks, &colls[1], 1, writers, 2, ops, done.clone());
         while tasks.join_next().await.is_some() {}
         let write = t.elapsed();
-        let cpu = CpuPhase::start(&[("strait", pid), ("east", servers[0].child.id()), ("west", servers[1].child.id())]);
+        let cpu = CpuPhase::start(&[
+            ("strait", pid),
+            ("east", servers[0].child.id()),
+            ("west", servers[1].child.id()),
+        ]);
         let t = Instant::now();
         post(api, "/resume");
         let (to_west, to_east) = tokio::join!(
@@ -360,11 +342,17 @@ async fn main() {
     println!("strait peak RSS {} MB", peak_rss_kb(pid) / 1024);
     sigterm(&mut child);
 
-    let raw: Vec<Collection<RawDocumentBuf>> =
-        clients.iter().map(|c| c.database(DB).collection("docs")).collect();
+    let raw: Vec<Collection<RawDocumentBuf>> = clients
+        .iter()
+        .map(|c| c.database(DB).collection("docs"))
+        .collect();
     let (a, b) = (dump(&raw[0]).await, dump(&raw[1]).await);
     assert_eq!(a.len(), b.len(), "documents on east and west");
-    let differ = a.iter().zip(&b).filter(|(x, y)| x.as_bytes() != y.as_bytes()).count();
+    let differ = a
+        .iter()
+        .zip(&b)
+        .filter(|(x, y)| x.as_bytes() != y.as_bytes())
+        .count();
     assert_eq!(differ, 0, "documents that differ between east and west");
     println!("east and west byte-identical: {} documents", a.len());
 }

@@ -5,10 +5,12 @@
 
 use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bson::{doc, Document};
-use mongodb::Client;
+use mongodb::{Client, Collection};
 
 use crate::secantus;
 
@@ -257,7 +259,6 @@ pub fn doc_1k(i: i64) -> Document {
     doc! { "_id": i, "n": i, "s": "x".repeat(900), "sub": { "a": i, "b": [1, 2, 3] }, "t": bson::DateTime::now() }
 }
 
-
 /// Drops a database, once more after a network error.
 pub async fn drop_db(c: &Client, db: &str) {
     if let Err(e) = c.database(db).drop().await {
@@ -279,4 +280,62 @@ pub fn api_request(port: u16, method: &str, path: &str) -> Option<(u16, String)>
     s.read_to_string(&mut resp).ok()?;
     let code = resp.split_whitespace().nth(1)?.parse().ok()?;
     Some((code, resp[resp.find("\r\n\r\n")? + 4..].to_string()))
+}
+
+/// The benches' incremental writer: cycles of six single-document writes on a fresh key from
+/// `base` up (insert, `$set`, `$inc` of the counter document `counter`, `$push`, replace,
+/// delete), each a separate write and so one change event. Whole documents it writes carry
+/// `tag` (`(field, value)`) when given. `name` labels its failures. Returns the number of
+/// `$inc`s done.
+pub async fn mixed_writer(
+    coll: Collection<Document>,
+    name: String,
+    base: i64,
+    counter: i64,
+    tag: Option<(&'static str, &'static str)>,
+    ops: u64,
+    done: Arc<AtomicU64>,
+) -> i64 {
+    let whole = |key: i64| {
+        let mut d = doc_1k(key);
+        if let Some((f, v)) = tag {
+            d.insert(f, v);
+        }
+        d
+    };
+    let mut incs = 0;
+    for i in 0..ops {
+        let key = base + (i / 6) as i64;
+        let r = match i % 6 {
+            0 => coll.insert_one(whole(key)).await.map(|_| ()),
+            1 => coll
+                .update_one(
+                    doc! { "_id": key },
+                    doc! { "$set": { "n": i as i64, "s2": "set" } },
+                )
+                .await
+                .map(|_| ()),
+            2 => {
+                incs += 1;
+                coll.update_one(doc! { "_id": counter }, doc! { "$inc": { "n": 1 } })
+                    .await
+                    .map(|_| ())
+            }
+            3 => coll
+                .update_one(doc! { "_id": key }, doc! { "$push": { "sub.b": i as i64 } })
+                .await
+                .map(|_| ()),
+            4 => {
+                let mut d = whole(key);
+                d.insert("replaced", true);
+                coll.replace_one(doc! { "_id": key }, d).await.map(|_| ())
+            }
+            _ => coll.delete_one(doc! { "_id": key }).await.map(|_| ()),
+        };
+        if let Err(e) = r {
+            panic!("{name}, op {i}: {e}");
+        }
+        done.fetch_add(1, Relaxed);
+    }
+    incs
 }

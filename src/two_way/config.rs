@@ -119,26 +119,26 @@ impl TwoWayConfig {
                     .map_err(|e| InvalidSetting::new(key, format!("{p:?}: {e}")))?;
             }
         }
-        let f = &self.origin_field;
-        if f.is_empty() || f.contains('.') || f.starts_with('$') || f.contains('\0') || f == "_id" {
-            return Err(InvalidSetting::new(
-                "origin_field",
-                format!("{f:?} is not a top-level field name (no '.', no leading '$', not _id)"),
-            ));
-        }
+        top_level_field("origin_field", &self.origin_field)?;
         if let Some(f) = &self.version_field {
-            if f.is_empty() || f.contains('.') || f.starts_with('$') || f.contains('\0') || f == "_id" {
-                return Err(InvalidSetting::new(
-                    "version_field",
-                    format!("{f:?} is not a top-level field name (no '.', no leading '$', not _id)"),
-                ));
-            }
+            top_level_field("version_field", f)?;
         }
         if self.max_clock_skew > Duration::from_secs(600) {
             return Err(InvalidSetting::new("max_clock_skew", "at most 10m"));
         }
         Ok(())
     }
+}
+
+/// Checks that `key`'s value names a top-level document field strait may read and write.
+fn top_level_field(key: &'static str, f: &str) -> Result<(), InvalidSetting> {
+    if f.is_empty() || f.contains('.') || f.starts_with('$') || f.contains('\0') || f == "_id" {
+        return Err(InvalidSetting::new(
+            key,
+            format!("{f:?} is not a top-level field name (no '.', no leading '$', not _id)"),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -143,7 +143,9 @@ pub(crate) async fn recall(
         .map_err(err)?
         .with_type::<bson::RawDocumentBuf>();
     // A later event to stop at, should nothing else happen after `at`.
-    let fence = client.database(meta_db).collection::<bson::Document>("fence");
+    let fence = client
+        .database(meta_db)
+        .collection::<bson::Document>("fence");
     let id = bson::oid::ObjectId::new();
     fence
         .insert_one(bson::doc! { "_id": id })
@@ -195,7 +197,8 @@ mod tests {
     use bson::rawdoc;
 
     fn ev(op: &str, t: u32, doc: Option<bson::RawDocumentBuf>) -> bson::RawDocumentBuf {
-        let mut e = rawdoc! { "operationType": op, "clusterTime": Timestamp { time: t, increment: 1 } };
+        let mut e =
+            rawdoc! { "operationType": op, "clusterTime": Timestamp { time: t, increment: 1 } };
         if let Some(d) = doc {
             e.append(cstr("fullDocument"), d);
         }
@@ -206,12 +209,24 @@ mod tests {
     fn origin_stamps_mark_writes_and_their_transactions_deletes() {
         let o = Echoes::Origin(OriginEchoes::new("region", "east"));
         // A user's insert (own name or none) and update are not strait's.
-        assert!(!o.is_echo(&ev("insert", 1, Some(rawdoc! { "_id": 1, "region": "west" }))));
+        assert!(!o.is_echo(&ev(
+            "insert",
+            1,
+            Some(rawdoc! { "_id": 1, "region": "west" })
+        )));
         assert!(!o.is_echo(&ev("insert", 2, Some(rawdoc! { "_id": 2 }))));
-        assert!(!o.is_echo(&ev("update", 3, Some(rawdoc! { "_id": 2, "region": "east" }))));
+        assert!(!o.is_echo(&ev(
+            "update",
+            3,
+            Some(rawdoc! { "_id": 2, "region": "east" })
+        )));
         // A user's delete is not; strait's stamp and the delete of its transaction are.
         assert!(!o.is_echo(&ev("delete", 4, None)));
-        assert!(o.is_echo(&ev("replace", 5, Some(rawdoc! { "_id": 1, "region": "east" }))));
+        assert!(o.is_echo(&ev(
+            "replace",
+            5,
+            Some(rawdoc! { "_id": 1, "region": "east" })
+        )));
         assert!(o.is_echo(&ev("delete", 5, None)));
         assert!(!o.is_echo(&ev("delete", 6, None)));
     }
@@ -219,8 +234,14 @@ mod tests {
     #[test]
     fn stamp_sets_in_place_or_appends() {
         let d = rawdoc! { "_id": 1, "region": "west", "x": 2 };
-        assert_eq!(stamp(&d, "region", "east"), rawdoc! { "_id": 1, "region": "east", "x": 2 });
+        assert_eq!(
+            stamp(&d, "region", "east"),
+            rawdoc! { "_id": 1, "region": "east", "x": 2 }
+        );
         let d = rawdoc! { "_id": 1, "x": 2 };
-        assert_eq!(stamp(&d, "region", "east"), rawdoc! { "_id": 1, "x": 2, "region": "east" });
+        assert_eq!(
+            stamp(&d, "region", "east"),
+            rawdoc! { "_id": 1, "x": 2, "region": "east" }
+        );
     }
 }

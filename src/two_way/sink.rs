@@ -352,10 +352,10 @@ impl Inner {
                 }
                 // A write conflict is a local write racing this batch: decide again.
                 debug!(error = %e, split, "{}: transaction failed; retrying.", retry.what);
-                if !(split && is_write_conflict(&e)) {
+                retry.conflicted = is_write_conflict(&e);
+                if !(split && retry.conflicted) {
                     retry.backoff.wait(None).await;
                 }
-                retry.failed = Some(is_write_conflict(&e));
                 Ok(None)
             }
             Err(e) => Err(e),
@@ -380,7 +380,7 @@ impl Inner {
                     written.skipped += w.skipped;
                     outcome.add(o);
                 }
-                None if split && retry.failed == Some(true) => {
+                None if split && retry.conflicted => {
                     let (a, b) = part.split_at(part.len() / 2);
                     parts.push_front(b);
                     parts.push_front(a);
@@ -690,33 +690,23 @@ impl Inner {
             time: (ms.max(1000) / 1000) as u32,
             increment: 0,
         };
-        match log.next {
-            None => {
-                // Some margin below the first floor: the lanes' floors differ a little.
-                let from = floor_ms - BACKWARD_MARGIN_MS;
-                let fenced = Instant::now();
-                let (found, next) = self.search_log(user(), ts(from), None).await?;
-                log.merge(found);
-                log.from_ms = from;
-                log.next = Some(next);
-                log.fenced_at = Some(fenced);
-            }
-            Some(next) => {
-                if floor_ms < log.from_ms {
-                    let from = floor_ms - BACKWARD_MARGIN_MS;
-                    let until = ts(log.from_ms);
-                    let (found, _) = self.search_log(user(), ts(from), Some(until)).await?;
-                    log.merge(found);
-                    log.from_ms = from;
-                }
-                if log.fenced_at.is_none_or(|f| f < snapshot) {
-                    let fenced = Instant::now();
-                    let (found, next) = self.search_log(user(), next, None).await?;
-                    log.merge(found);
-                    log.next = Some(next);
-                    log.fenced_at = Some(fenced);
-                }
-            }
+        if log.next.is_none() {
+            // Some margin below the first floor: the lanes' floors differ a little.
+            log.from_ms = floor_ms - BACKWARD_MARGIN_MS;
+        } else if floor_ms < log.from_ms {
+            let from = floor_ms - BACKWARD_MARGIN_MS;
+            let until = ts(log.from_ms);
+            let (found, _) = self.search_log(user(), ts(from), Some(until)).await?;
+            log.merge(found);
+            log.from_ms = from;
+        }
+        if log.fenced_at.is_none_or(|f| f < snapshot) {
+            let start = log.next.unwrap_or_else(|| ts(log.from_ms));
+            let fenced = Instant::now();
+            let (found, next) = self.search_log(user(), start, None).await?;
+            log.merge(found);
+            log.next = Some(next);
+            log.fenced_at = Some(fenced);
         }
         // Forget changes too old to matter to any batch for a while (a batch with an older
         // floor reads that part of the log again).
@@ -964,8 +954,8 @@ struct Retry {
     what: &'static str,
     started: Instant,
     backoff: Backoff,
-    /// The last failed attempt: whether it was a write conflict.
-    failed: Option<bool>,
+    /// Whether the last failed attempt met a write conflict.
+    conflicted: bool,
 }
 
 impl Retry {
@@ -974,7 +964,7 @@ impl Retry {
             what,
             started: Instant::now(),
             backoff: Backoff::new(Duration::from_millis(20), Duration::from_secs(2)),
-            failed: None,
+            conflicted: false,
         }
     }
 }

@@ -58,6 +58,39 @@ async fn conflicts(c: &mongodb::Client) -> Vec<Document> {
         .unwrap()
 }
 
+/// Every document of `c`, by `_id`.
+async fn sorted_docs(c: &mongodb::Collection<Document>) -> Vec<Document> {
+    c.find(doc! {})
+        .sort(doc! { "_id": 1 })
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap()
+}
+
+/// The conflict records' document keys and incoming operations, sorted.
+fn conflict_keys(v: &[Document]) -> Vec<(i64, String)> {
+    let mut k: Vec<(i64, String)> = v
+        .iter()
+        .map(|c| {
+            (
+                c.get_document("documentKey")
+                    .unwrap()
+                    .get_i64("_id")
+                    .unwrap(),
+                c.get_document("incoming")
+                    .unwrap()
+                    .get_str("op")
+                    .unwrap()
+                    .to_string(),
+            )
+        })
+        .collect();
+    k.sort();
+    k
+}
+
 async fn wait_both_identical(
     a: &mongodb::Client,
     b: &mongodb::Client,
@@ -382,14 +415,7 @@ async fn concurrent_changes_resolve_to_the_later_one_on_both_sides() {
 
     let st = Strait::spawn(&cfg, &log);
     wait_both_identical(&a, &b, &["items"], &st, Duration::from_secs(60)).await;
-    let docs: Vec<Document> = ia
-        .find(doc! {})
-        .sort(doc! { "_id": 1 })
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
+    let docs = sorted_docs(&ia).await;
     assert_eq!(
         docs,
         vec![
@@ -403,29 +429,13 @@ async fn concurrent_changes_resolve_to_the_later_one_on_both_sides() {
     // The losers, each on the cluster where it lost: east's changes of 0, 2 and 3 lost on
     // west, west's update of 1 lost on east.
     let (ca, cb) = (conflicts(&a).await, conflicts(&b).await);
-    let keys = |v: &[Document]| {
-        let mut k: Vec<(i64, String)> = v
-            .iter()
-            .map(|c| {
-                (
-                    c.get_document("documentKey")
-                        .unwrap()
-                        .get_i64("_id")
-                        .unwrap(),
-                    c.get_document("incoming")
-                        .unwrap()
-                        .get_str("op")
-                        .unwrap()
-                        .to_string(),
-                )
-            })
-            .collect();
-        k.sort();
-        k
-    };
-    assert_eq!(keys(&ca), vec![(1, "update".to_string())], "east: {ca:?}");
     assert_eq!(
-        keys(&cb),
+        conflict_keys(&ca),
+        vec![(1, "update".to_string())],
+        "east: {ca:?}"
+    );
+    assert_eq!(
+        conflict_keys(&cb),
         vec![
             (0, "update".to_string()),
             (2, "update".to_string()),
@@ -496,41 +506,56 @@ async fn a_document_version_field_decides_conflicts() {
     assert_eq!(st.sigterm().code(), Some(0), "{}", st.log_text());
 
     // While strait is down, each pair written east first, west 20 ms later.
-    let date = |y: i32| bson::DateTime::builder().year(y).month(1).day(1).build().unwrap();
+    let date = |y: i32| {
+        bson::DateTime::builder()
+            .year(y)
+            .month(1)
+            .day(1)
+            .build()
+            .unwrap()
+    };
     // 0: east's field (a number) is later: east wins although west wrote last.
-    ia.update_one(doc! { "_id": 0 }, doc! { "$set": { "v": 1, "ts": 2_000_i64 } })
-        .await
-        .unwrap();
+    ia.update_one(
+        doc! { "_id": 0 },
+        doc! { "$set": { "v": 1, "ts": 2_000_i64 } },
+    )
+    .await
+    .unwrap();
     // 1: a date; west's is later.
-    ia.update_one(doc! { "_id": 1 }, doc! { "$set": { "v": 1, "ts": date(2029) } })
-        .await
-        .unwrap();
+    ia.update_one(
+        doc! { "_id": 1 },
+        doc! { "$set": { "v": 1, "ts": date(2029) } },
+    )
+    .await
+    .unwrap();
     // 2: east replaces the document without the field: its change's wallTime is its version,
     // far later than west's field.
     ia.replace_one(doc! { "_id": 2 }, doc! { "v": 1 })
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
-    ib.update_one(doc! { "_id": 0 }, doc! { "$set": { "v": 2, "ts": 1_000_i64 } })
-        .await
-        .unwrap();
-    ib.update_one(doc! { "_id": 1 }, doc! { "$set": { "v": 2, "ts": date(2030) } })
-        .await
-        .unwrap();
-    ib.update_one(doc! { "_id": 2 }, doc! { "$set": { "v": 2, "ts": 3_000_i64 } })
-        .await
-        .unwrap();
+    ib.update_one(
+        doc! { "_id": 0 },
+        doc! { "$set": { "v": 2, "ts": 1_000_i64 } },
+    )
+    .await
+    .unwrap();
+    ib.update_one(
+        doc! { "_id": 1 },
+        doc! { "$set": { "v": 2, "ts": date(2030) } },
+    )
+    .await
+    .unwrap();
+    ib.update_one(
+        doc! { "_id": 2 },
+        doc! { "$set": { "v": 2, "ts": 3_000_i64 } },
+    )
+    .await
+    .unwrap();
 
     let st = Strait::spawn(&cfg, &log);
     wait_both_identical(&a, &b, &["items"], &st, Duration::from_secs(60)).await;
-    let docs: Vec<Document> = ia
-        .find(doc! {})
-        .sort(doc! { "_id": 1 })
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
+    let docs = sorted_docs(&ia).await;
     assert_eq!(
         docs,
         vec![
@@ -542,15 +567,11 @@ async fn a_document_version_field_decides_conflicts() {
         st.log_text()
     );
     // West's changes of 0 and 2 lost on east; east's of 1 lost on west.
-    let ids = |v: &[Document]| {
-        let mut k: Vec<i64> = v
-            .iter()
-            .map(|c| c.get_document("documentKey").unwrap().get_i64("_id").unwrap())
-            .collect();
-        k.sort();
-        k
-    };
-    assert_eq!(ids(&conflicts(&a).await), vec![0, 2]);
-    assert_eq!(ids(&conflicts(&b).await), vec![1]);
+    let update = |id: i64| (id, "update".to_string());
+    assert_eq!(
+        conflict_keys(&conflicts(&a).await),
+        vec![update(0), update(2)]
+    );
+    assert_eq!(conflict_keys(&conflicts(&b).await), vec![update(1)]);
     drop(st);
 }

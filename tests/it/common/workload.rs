@@ -74,7 +74,19 @@ pub async fn run_mixed_ops(
     done: Option<Arc<AtomicU64>>,
     multi_operator: bool,
 ) -> u64 {
-    run_mixed_as(client, db, coll, keys, n, seed, stop, done, multi_operator, None).await
+    run_mixed_as(
+        client,
+        db,
+        coll,
+        keys,
+        n,
+        seed,
+        stop,
+        done,
+        multi_operator,
+        None,
+    )
+    .await
 }
 
 /// `update` with `$set: {field: name}` added (`origin` = `(field, name)`), as applications
