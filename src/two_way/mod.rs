@@ -17,6 +17,7 @@ pub(crate) mod echo;
 pub(crate) mod sessions;
 pub(crate) mod sink;
 pub(crate) mod version;
+mod writes;
 
 use std::sync::Arc;
 

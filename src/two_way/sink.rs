@@ -2,7 +2,7 @@
 //!
 //! Each batch is one transaction on a registered session (so the other direction recognises
 //! and drops it, see [`super::sessions`]). In it the sink reads the target documents and their
-//! version records (`<meta>.versions`, `{_id: {ns, id}, v, o, h}`: the version strait last
+//! version records (`<meta>.versions`, `{_id, ns, id, v, o, h}`: the version strait last
 //! wrote or decided, its origin, and a hash of the document it left), decides per event, and
 //! writes the winners, their records and the losers' conflict records, all or nothing.
 //!
@@ -27,6 +27,7 @@ use tracing::{debug, warn};
 use super::echo::{stamp, Echoes};
 use super::sessions::SessionRegistry;
 use super::version::{decide, Decision, Version};
+use super::writes::Writes;
 use crate::backoff::Backoff;
 use crate::connectors::{BatchPolicy, Ordering, Sink, Written};
 use crate::core::{ChangeEvent, Namespace, OpType};
@@ -50,7 +51,6 @@ struct Inner {
     version_field: Option<String>,
     meta_db: String,
     versions: Collection<RawDocumentBuf>,
-    conflicts: Collection<RawDocumentBuf>,
     fence: Collection<Document>,
     /// Name of the cluster the events come from.
     incoming: String,
@@ -73,6 +73,11 @@ struct Inner {
     local_log: tokio::sync::Mutex<LocalLog>,
 }
 
+/// Strait's collection of version records, in its database on the target.
+const VERSIONS: &str = "versions";
+/// Strait's conflict log, in its database on the target.
+const CONFLICTS: &str = "conflicts";
+
 /// Above this many documents, [`LocalLog`] forgets local changes older than a minute before
 /// the current batch.
 const LOCAL_LOG_KEYS: usize = 200_000;
@@ -80,8 +85,8 @@ const LOCAL_LOG_KEYS: usize = 200_000;
 /// What the sink has read of its target's change log: users' (not strait's) changes.
 #[derive(Default)]
 struct LocalLog {
-    /// Where the next read starts (the last fence); `None` before the first.
-    next: Option<bson::Timestamp>,
+    /// Where the next read starts (after the last fence); `None` before the first.
+    next: Option<LogStart>,
     /// The log has been read from here (ms).
     from_ms: i64,
     /// Per document, the newest `wallTime` of a local change read.
@@ -89,6 +94,16 @@ struct LocalLog {
     /// Just before the last read's fence was written: transactions that had read the target
     /// by then see no local change that read missed.
     fenced_at: Option<Instant>,
+}
+
+/// Where a read of the target's change log starts.
+#[derive(Debug, Clone)]
+enum LogStart {
+    /// At a cluster time. Finding it can cost the server a scan of its log (SecantusDB reads
+    /// its whole oplog under its storage lock), so only a first read starts there.
+    At(bson::Timestamp),
+    /// Right after a fence read before: found directly.
+    After(mongodb::change_stream::event::ResumeToken),
 }
 
 /// How far below a batch's floor the local log is read when it must be read from there.
@@ -106,8 +121,8 @@ impl LocalLog {
 /// What the copy knows of a collection's local changes.
 #[derive(Default)]
 struct CopyScan {
-    /// Where the next search starts (the last fence).
-    next: Option<bson::Timestamp>,
+    /// Where the next search starts (after the last fence).
+    next: Option<LogStart>,
     /// Documents changed by users since the copy began.
     keys: std::collections::HashSet<Key>,
 }
@@ -173,8 +188,7 @@ impl LwwSink {
         Self {
             inner: Arc::new(Inner {
                 target: s.target,
-                versions: meta.collection("versions"),
-                conflicts: meta.collection("conflicts"),
+                versions: meta.collection(VERSIONS),
                 fence: meta.collection("fence"),
                 meta_db: s.meta_db,
                 client,
@@ -226,9 +240,16 @@ fn id_key(ns: &str, id: RawBsonRef<'_>) -> Key {
 
 /// A version record: the document's version and the hash of the document strait left
 /// (`null`: absent, a tombstone).
-fn record_doc(rid: RawDocumentBuf, v: &Version, doc: Option<&RawDocumentBuf>) -> RawDocumentBuf {
+fn record_doc(
+    ns: &str,
+    id: RawBsonRef<'_>,
+    v: &Version,
+    doc: Option<&RawDocumentBuf>,
+) -> RawDocumentBuf {
     let mut rec = RawDocumentBuf::new();
-    rec.append(bson::raw::cstr!("_id"), rid);
+    rec.append(bson::raw::cstr!("_id"), record_id(ns, id));
+    rec.append(bson::raw::cstr!("ns"), ns);
+    rec.append(bson::raw::cstr!("id"), RawBson::from(id));
     rec.append(bson::raw::cstr!("v"), bson::DateTime::from_millis(v.t));
     rec.append(bson::raw::cstr!("o"), v.origin.as_str());
     match doc {
@@ -239,11 +260,19 @@ fn record_doc(rid: RawDocumentBuf, v: &Version, doc: Option<&RawDocumentBuf>) ->
     rec
 }
 
-fn record_id(ns: &str, id: RawBsonRef<'_>) -> RawDocumentBuf {
-    let mut d = RawDocumentBuf::new();
-    d.append(bson::raw::cstr!("ns"), ns);
-    d.append(bson::raw::cstr!("id"), RawBson::from(id));
-    d
+/// The `_id` of a version record: the namespace and the document's `_id` as bytes. Not a
+/// document `{ns, id}`: SecantusDB finds a document-valued `_id` by scanning the collection,
+/// which made every write of a record cost the size of the whole collection (found by the
+/// crash test, whose batches slowed to minutes as the records grew).
+fn record_id(ns: &str, id: RawBsonRef<'_>) -> RawBson {
+    let (ns, key) = id_key(ns, id);
+    let mut bytes = ns.into_bytes();
+    bytes.push(0);
+    bytes.extend_from_slice(&key);
+    RawBson::Binary(bson::Binary {
+        subtype: bson::spec::BinarySubtype::Generic,
+        bytes,
+    })
 }
 
 /// The `_id` of an event's document.
@@ -404,6 +433,7 @@ impl Inner {
     ) -> Result<(Written, Outcome)> {
         let mut written = Written::default();
         let mut outcome = Outcome::default();
+        let began = Instant::now();
         // The documents of the batch, by namespace.
         let mut ids: BTreeMap<String, Vec<RawBson>> = BTreeMap::new();
         let mut seen = std::collections::HashSet::new();
@@ -470,6 +500,7 @@ impl Inner {
                 }
             }
         }
+        let read = began.elapsed();
         if !unknown.is_empty() {
             outcome.searches += 1;
             let floor =
@@ -488,6 +519,7 @@ impl Inner {
         }
         // Decide in order; the last state of each document is written.
         let mut touched: std::collections::HashSet<Key> = std::collections::HashSet::new();
+        let mut lost = Vec::new();
         for ev in batch.iter() {
             if !ev.op.is_data() {
                 // Two-way pipelines do not replicate DDL (both sides would apply it).
@@ -532,69 +564,55 @@ impl Inner {
                 Decision::Replay => written.skipped += 1,
                 Decision::Lost => {
                     let current = st.version.clone().expect("lost to a version");
-                    let conflict = conflict_record(ev, &ns, id, &incoming, st, &current);
-                    self.conflicts
-                        .insert_one(conflict)
-                        .session(&mut *s)
-                        .await
-                        .map_err(mongo("recording a conflict"))?;
+                    lost.push(conflict_record(ev, &ns, id, &incoming, st, &current));
                     outcome.stale += 1;
                     outcome.conflicts += 1;
                     written.skipped += 1;
                 }
             }
         }
+        let searched = began.elapsed();
+        let mut writes = Writes::default();
         for (k, st) in state.iter().filter(|(_, st)| st.dirty) {
             let (ns, key) = k;
             let key = bson::RawDocument::from_bytes(key).expect("built above");
-            let id = key.get("_id").ok().flatten().expect("built above");
+            let id = RawBson::from(key.get("_id").ok().flatten().expect("built above"));
             let n = Namespace::parse(ns);
             if touched.contains(k) {
-                let coll = self
-                    .client
-                    .database(&n.db)
-                    .collection::<RawDocumentBuf>(n.coll_name());
-                let filter = doc! { "_id": Bson::try_from(RawBson::from(id)).map_err(|e| Error::Internal(e.to_string()))? };
                 match &st.doc {
-                    Some(d) => {
-                        coll.replace_one(filter, d)
-                            .upsert(true)
-                            .session(&mut *s)
-                            .await
-                            .map_err(mongo("writing a document"))?;
-                    }
+                    Some(d) => writes.replace(&n.db, n.coll_name(), id.clone(), d.clone(), true),
                     None if st.existed => {
                         if let Some(f) = &self.origin_field {
                             // The stamp marks this transaction as strait's for the reader,
                             // which cannot tell whose delete it is from the delete alone.
                             let mut marker = RawDocumentBuf::new();
-                            marker.append(bson::raw::cstr!("_id"), RawBson::from(id));
+                            marker.append(bson::raw::cstr!("_id"), id.clone());
                             let marker = stamp(&marker, f, &self.incoming);
-                            coll.replace_one(filter.clone(), marker)
-                                .session(&mut *s)
-                                .await
-                                .map_err(mongo("stamping a document to delete"))?;
+                            writes.replace(&n.db, n.coll_name(), id.clone(), marker, false);
                         }
-                        coll.delete_one(filter)
-                            .session(&mut *s)
-                            .await
-                            .map_err(mongo("deleting a document"))?;
+                        writes.delete(&n.db, n.coll_name(), id.clone());
                     }
                     // Absent already: deleting it would change nothing.
                     None => {}
                 }
             }
             let Some(v) = &st.version else { continue };
-            let rid = record_id(ns, id);
-            let rec = record_doc(rid.clone(), v, st.doc.as_ref());
-            let filter = doc! { "_id": Bson::Document(Document::try_from(rid.as_ref()).map_err(|e| Error::Internal(e.to_string()))?) };
-            self.versions
-                .replace_one(filter, rec)
-                .upsert(true)
-                .session(&mut *s)
-                .await
-                .map_err(mongo("writing a version record"))?;
+            let rec = record_doc(ns, id.as_raw_bson_ref(), v, st.doc.as_ref());
+            let rid = record_id(ns, id.as_raw_bson_ref());
+            writes.replace(&self.meta_db, VERSIONS, rid, rec, true);
         }
+        for c in lost {
+            writes.insert(&self.meta_db, CONFLICTS, c);
+        }
+        writes.send(&self.client, s).await?;
+        debug!(
+            events = batch.len(),
+            unknown = unknown.len(),
+            read_ms = read.as_millis() as u64,
+            search_ms = (searched - read).as_millis() as u64,
+            write_ms = (began.elapsed() - searched).as_millis() as u64,
+            "Batch decided and written."
+        );
         Ok((written, outcome))
     }
 
@@ -638,7 +656,7 @@ impl Inner {
         let ctx = "reading version records";
         let rids: Vec<RawBson> = ids
             .iter()
-            .map(|id| RawBson::Document(record_id(ns, id.as_raw_bson_ref())))
+            .map(|id| record_id(ns, id.as_raw_bson_ref()))
             .collect();
         let mut cursor = self
             .versions
@@ -649,12 +667,8 @@ impl Inner {
         let mut out = HashMap::new();
         while cursor.advance(&mut *s).await.map_err(mongo(ctx))? {
             let r = cursor.current();
-            let (Ok(rid), Ok(v), Ok(o)) =
-                (r.get_document("_id"), r.get_datetime("v"), r.get_str("o"))
+            let (Ok(Some(id)), Ok(v), Ok(o)) = (r.get("id"), r.get_datetime("v"), r.get_str("o"))
             else {
-                continue;
-            };
-            let Ok(Some(id)) = rid.get("id") else {
                 continue;
             };
             out.insert(
@@ -696,16 +710,21 @@ impl Inner {
         } else if floor_ms < log.from_ms {
             let from = floor_ms - BACKWARD_MARGIN_MS;
             let until = ts(log.from_ms);
-            let (found, _) = self.search_log(user(), ts(from), Some(until)).await?;
+            let (found, _) = self
+                .search_log(user(), LogStart::At(ts(from)), Some(until))
+                .await?;
             log.merge(found);
             log.from_ms = from;
         }
         if log.fenced_at.is_none_or(|f| f < snapshot) {
-            let start = log.next.unwrap_or_else(|| ts(log.from_ms));
+            let start = log
+                .next
+                .clone()
+                .unwrap_or_else(|| LogStart::At(ts(log.from_ms)));
             let fenced = Instant::now();
             let (found, next) = self.search_log(user(), start, None).await?;
             log.merge(found);
-            log.next = Some(next);
+            log.next = next.or(log.next.take());
             log.fenced_at = Some(fenced);
         }
         // Forget changes too old to matter to any batch for a while (a batch with an older
@@ -727,14 +746,14 @@ impl Inner {
 
     /// Reads the target's change log from `start` up to a fence written now (or only up to
     /// cluster time `until`), keeping the events `or` matches that are not strait's: the
-    /// newest `wallTime` per document, and the cluster time of the fence (where a next search
-    /// can start).
+    /// newest `wallTime` per document, and where a next search can start (after the fence;
+    /// `None` when it stopped at `until`).
     async fn search_log(
         &self,
         mut or: Vec<Document>,
-        start: bson::Timestamp,
+        start: LogStart,
         until: Option<bson::Timestamp>,
-    ) -> Result<(HashMap<Key, i64>, bson::Timestamp)> {
+    ) -> Result<(HashMap<Key, i64>, Option<LogStart>)> {
         let fence_id = bson::oid::ObjectId::new();
         or.push(doc! { "ns.db": self.meta_db.as_str(), "ns.coll": "fence", "documentKey._id": fence_id });
         let client = self.client.clone();
@@ -744,11 +763,15 @@ impl Inner {
         // Spawned: the stream and its getMores run to completion.
         tokio::spawn(async move {
             let ctx = "reading the target's change log";
-            let mut stream = client
+            let watch = client
                 .watch()
                 .pipeline([doc! { "$match": { "$or": or } }])
-                .start_at_operation_time(start)
-                .max_await_time(Duration::from_millis(100))
+                .max_await_time(Duration::from_millis(100));
+            let watch = match start {
+                LogStart::At(t) => watch.start_at_operation_time(t),
+                LogStart::After(token) => watch.resume_after(token),
+            };
+            let mut stream = watch
                 .await
                 .map_err(mongo(ctx))?
                 .with_type::<RawDocumentBuf>();
@@ -757,7 +780,7 @@ impl Inner {
                 .await
                 .map_err(mongo("writing a fence"))?;
             let mut out: HashMap<Key, i64> = HashMap::new();
-            let fence_time: Option<bson::Timestamp>;
+            let next: Option<LogStart>;
             let deadline = Instant::now() + Duration::from_secs(60);
             loop {
                 if Instant::now() > deadline {
@@ -776,12 +799,12 @@ impl Inner {
                 let coll = ns.and_then(|n| n.get_str("coll").ok()).unwrap_or("");
                 let at = ev.get_timestamp("clusterTime").ok();
                 if db == meta_db && coll == "fence" {
-                    fence_time = at;
+                    next = stream.resume_token().map(LogStart::After);
                     break;
                 }
                 if let (Some(u), Some(at)) = (until, at) {
                     if at >= u {
-                        fence_time = None;
+                        next = None;
                         break;
                     }
                 }
@@ -806,7 +829,7 @@ impl Inner {
                 *e = (*e).max(t);
             }
             let _ = fence.delete_one(doc! { "_id": fence_id }).await;
-            Ok((out, fence_time.unwrap_or(start)))
+            Ok((out, next))
         })
         .await
         .map_err(|e| Error::Internal(format!("change-log search failed: {e}")))?
@@ -865,18 +888,18 @@ impl Inner {
                     // (searching from the copy's start for every batch grew with the log).
                     let mut scans = inner.copy_scans.lock().await;
                     let scan = scans.entry(nss.clone()).or_default();
-                    let start = scan.next.unwrap_or_else(|| {
+                    let start = scan.next.clone().unwrap_or_else(|| {
                         let since = inner.copy_since.load(std::sync::atomic::Ordering::Relaxed)
                             - inner.skew.as_millis() as i64;
-                        bson::Timestamp {
+                        LogStart::At(bson::Timestamp {
                             time: (since.max(1000) / 1000) as u32,
                             increment: 0,
-                        }
+                        })
                     });
                     let or = vec![doc! { "ns.db": ns.db.as_str(), "ns.coll": ns.coll_name() }];
                     let (changed, next) = inner.search_log(or, start, None).await?;
                     scan.keys.extend(changed.into_keys());
-                    scan.next = Some(next);
+                    scan.next = next.or(scan.next.take());
                     present.extend(absent.into_iter().filter(|k| scan.keys.contains(k)));
                 }
                 let mut new_docs = Vec::new();
@@ -893,7 +916,7 @@ impl Inner {
                         Some(f) => stamp(d, f, &inner.incoming),
                         None => d.clone(),
                     };
-                    recs.push(record_doc(record_id(&nss, id), &copied, Some(&d)));
+                    recs.push(record_doc(&nss, id, &copied, Some(&d)));
                     new_docs.push(d);
                 }
                 let n = new_docs.len() as u64;
@@ -988,7 +1011,7 @@ impl Outcome {
 }
 
 /// A transaction that met a concurrent write to one of its documents (`WriteConflict`, 112).
-fn is_write_conflict(e: &Error) -> bool {
+pub(super) fn is_write_conflict(e: &Error) -> bool {
     use mongodb::error::{ErrorKind, WriteFailure};
     let Error::Mongo { source, .. } = e else {
         return false;

@@ -120,7 +120,7 @@ async fn wait_both_identical(
                     let rec: Vec<Document> = cl
                         .database("strait")
                         .collection::<Document>("versions")
-                        .find(doc! { "_id.id": k })
+                        .find(doc! { "id": k })
                         .await
                         .unwrap()
                         .try_collect()
@@ -309,7 +309,7 @@ async fn crash_loop(origin_mode: bool) {
         &b,
         &["items", "items_tx"],
         &st,
-        Duration::from_secs(420),
+        Duration::from_secs(120),
     )
     .await;
     let converged = started.elapsed();
