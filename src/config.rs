@@ -1037,12 +1037,6 @@ impl PipelineConfig {
                 "a delayed copy cannot take writes of its own: not with two_way".into(),
             ));
         }
-        if self.checkpoint.lease {
-            return Err(invalid(
-                "checkpoint.lease",
-                "not yet supported with two_way (run one process per pair)".into(),
-            ));
-        }
         if self.checkpoint.store == CheckpointStoreKind::Mongodb && self.checkpoint.uri.is_some() {
             return Err(invalid(
                 "checkpoint.uri",

@@ -135,19 +135,39 @@ impl Supervisor {
     async fn run_pipeline(&self, reporter: &mut Option<Companion>) -> Result<()> {
         let cfg = &self.cfg;
         if let Some(backward) = &self.backward {
-            let [f, b] = crate::two_way::directions(cfg);
-            let forward = Self::reporter(self.telemetry.clone());
-            let back = Self::reporter(backward.clone());
-            let result = crate::two_way::run(
-                cfg,
-                [self.telemetry.clone(), backward.clone()],
-                self.control.clone(),
-                self.cancel.clone(),
-            )
-            .await;
-            info!(forward = %f.id, backward = %b.id, "Two-way sync stopped.");
-            forward.stop().await;
-            back.stop().await;
+            // The lease of a two-way pipeline lives on its first cluster.
+            let lease = match (&cfg.source, cfg.checkpoint.lease) {
+                (SourceEndpoint::Mongodb(m), true) => {
+                    let client = connect(m, Role::Source).await?;
+                    Some(Lease::new(
+                        &client.database(&cfg.checkpoint.database),
+                        &cfg.id,
+                        holder_id(),
+                        cfg.checkpoint.lease_ttl,
+                    ))
+                }
+                _ => None,
+            };
+            let (cancel, control) = (self.cancel.clone(), self.control.clone());
+            let telemetry = [self.telemetry.clone(), backward.clone()];
+            let result = self
+                .under_lease(lease, &[&self.telemetry, backward], || {
+                    let [f, b] = crate::two_way::directions(cfg);
+                    let reporters = [
+                        Self::reporter(telemetry[0].clone()),
+                        Self::reporter(telemetry[1].clone()),
+                    ];
+                    async move {
+                        let result =
+                            crate::two_way::run(cfg, telemetry.clone(), control, cancel).await;
+                        info!(forward = %f.id, backward = %b.id, "Two-way sync stopped.");
+                        for r in reporters {
+                            r.stop().await;
+                        }
+                        result
+                    }
+                })
+                .await;
             self.telemetry.set_state(PipelineState::Stopped);
             backward.set_state(PipelineState::Stopped);
             return result;
@@ -208,16 +228,35 @@ impl Supervisor {
         }
     }
 
-    /// Runs a MongoDB-source pipeline, holding the lease when there is one: a standby waits
-    /// for it, and losing it stops applying.
+    /// Runs a MongoDB-source pipeline, holding the lease when there is one.
     async fn run_leased(
         &self,
         pipeline: Arc<MongoPipeline>,
         lease: Option<Lease>,
         reporter: &mut Option<Companion>,
     ) -> Result<()> {
+        self.under_lease(lease, &[&self.telemetry], || {
+            *reporter = Some(self.start_reporter());
+            async move { pipeline.run().await }
+        })
+        .await
+    }
+
+    /// Runs what `start` starts while holding the lease, when there is one: a standby (its
+    /// `telemetry` says so) waits for the lease first, and losing it stops the run.
+    async fn under_lease<F>(
+        &self,
+        lease: Option<Lease>,
+        telemetry: &[&Arc<Telemetry>],
+        start: impl FnOnce() -> F,
+    ) -> Result<()>
+    where
+        F: std::future::Future<Output = Result<()>>,
+    {
         if let Some(l) = &lease {
-            self.telemetry.set_state(PipelineState::Standby);
+            for t in telemetry {
+                t.set_state(PipelineState::Standby);
+            }
             if !l.acquire(&self.cancel).await? {
                 info!("Stopped while standing by.");
                 return Ok(());
@@ -234,8 +273,7 @@ impl Supervisor {
                 cancel.cancel();
             })
         };
-        *reporter = Some(self.start_reporter());
-        let result = pipeline.run().await;
+        let result = start().await;
         lease_stop.cancel();
         on_lost.abort();
         if let Some(k) = keeper {

@@ -465,6 +465,9 @@ impl Inner {
         // Which documents' versions are known from their records; search the change log for
         // the others.
         let mut unknown: BTreeMap<Key, i64> = BTreeMap::new();
+        // Documents whose record matches them: the record's version holds unless the change
+        // log shows a later local change that left the same bytes.
+        let mut matched: std::collections::HashSet<Key> = std::collections::HashSet::new();
         for ev in batch.iter().filter(|e| e.op.is_data()) {
             let Some(id) = event_id(ev) else { continue };
             let k = id_key(&ev.ns.to_string(), id);
@@ -480,7 +483,17 @@ impl Inner {
                 _ => None,
             };
             match records.get(&k) {
-                Some(r) if r.hash == hash => st.version = Some(r.version.clone()),
+                // A matching hash is not proof that nothing happened locally: an insert
+                // then a delete leaves a tombstone's "absent", a change undone leaves the old
+                // bytes (found by the failover test: a local re-insert and delete after
+                // strait's delete let an older incoming insert bring the document back).
+                Some(r) if r.hash == hash => {
+                    st.version = Some(r.version.clone());
+                    matched.insert(k.clone());
+                    let t = event_version(ev, &self.incoming, self.version_field.as_deref()).t;
+                    let e = unknown.entry(k).or_insert(t);
+                    *e = (*e).min(t);
+                }
                 // The document says when it last changed: no need to search for that.
                 _ if own.is_some() => {
                     let local = Version::new(own.expect("matched"), &self.local);
@@ -510,11 +523,19 @@ impl Inner {
                 let st = state.get_mut(k).expect("inserted above");
                 let from_record = records.get(k).map(|r| r.version.clone());
                 let from_log = local.get(k).map(|t| Version::new(*t, &self.local));
-                st.version = match (from_record, from_log) {
-                    (Some(a), Some(b)) => Some(if b.beats(&a, &self.first) { b } else { a }),
-                    (a, b) => a.or(b),
+                let later_locally = match (&from_record, &from_log) {
+                    (Some(a), Some(b)) => b.beats(a, &self.first),
+                    (None, Some(_)) => true,
+                    _ => false,
                 };
-                st.dirty = true;
+                if later_locally || !matched.contains(k) {
+                    st.version = if later_locally {
+                        from_log
+                    } else {
+                        from_record.or(from_log)
+                    };
+                    st.dirty = true;
+                }
             }
         }
         // Decide in order; the last state of each document is written.
