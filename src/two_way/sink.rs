@@ -743,7 +743,19 @@ impl Inner {
                 .clone()
                 .unwrap_or_else(|| LogStart::At(ts(log.from_ms)));
             let fenced = Instant::now();
-            let (found, next) = self.search_log(user(), start, None).await?;
+            let resuming = matches!(start, LogStart::After(_));
+            let (found, next) = match self.search_log(user(), start, None).await {
+                // The last fence is gone from the log (idle for longer than the server keeps
+                // it, or a server that cannot resume there): read again from below the floor.
+                Err(e) if resuming && !e.is_retryable() => {
+                    warn!(error = %e, "Cannot resume reading the target's change log after the last fence; reading it from the batch's floor.");
+                    log.latest.clear();
+                    log.from_ms = floor_ms - BACKWARD_MARGIN_MS;
+                    self.search_log(user(), LogStart::At(ts(log.from_ms)), None)
+                        .await?
+                }
+                r => r?,
+            };
             log.merge(found);
             log.next = next.or(log.next.take());
             log.fenced_at = Some(fenced);
@@ -776,7 +788,13 @@ impl Inner {
         until: Option<bson::Timestamp>,
     ) -> Result<(HashMap<Key, i64>, Option<LogStart>)> {
         let fence_id = bson::oid::ObjectId::new();
-        or.push(doc! { "ns.db": self.meta_db.as_str(), "ns.coll": "fence", "documentKey._id": fence_id });
+        // Every fence insert, not only this one: the next read resumes after this fence, and
+        // a server may look for the resume token's event among what the pipeline lets through
+        // (secantusd-rs does: "the resume token was not found" when only each read's own
+        // fence matched).
+        or.push(
+            doc! { "ns.db": self.meta_db.as_str(), "ns.coll": "fence", "operationType": "insert" },
+        );
         let client = self.client.clone();
         let fence = self.fence.clone();
         let echoes = self.echoes.clone();
@@ -820,8 +838,16 @@ impl Inner {
                 let coll = ns.and_then(|n| n.get_str("coll").ok()).unwrap_or("");
                 let at = ev.get_timestamp("clusterTime").ok();
                 if db == meta_db && coll == "fence" {
-                    next = stream.resume_token().map(LogStart::After);
-                    break;
+                    let ours = ev
+                        .get_document("documentKey")
+                        .ok()
+                        .and_then(|k| k.get_object_id("_id").ok())
+                        == Some(fence_id);
+                    if ours {
+                        next = stream.resume_token().map(LogStart::After);
+                        break;
+                    }
+                    continue;
                 }
                 if let (Some(u), Some(at)) = (until, at) {
                     if at >= u {
@@ -909,16 +935,23 @@ impl Inner {
                     // (searching from the copy's start for every batch grew with the log).
                     let mut scans = inner.copy_scans.lock().await;
                     let scan = scans.entry(nss.clone()).or_default();
-                    let start = scan.next.clone().unwrap_or_else(|| {
-                        let since = inner.copy_since.load(std::sync::atomic::Ordering::Relaxed)
-                            - inner.skew.as_millis() as i64;
-                        LogStart::At(bson::Timestamp {
-                            time: (since.max(1000) / 1000) as u32,
-                            increment: 0,
-                        })
+                    let since = inner.copy_since.load(std::sync::atomic::Ordering::Relaxed)
+                        - inner.skew.as_millis() as i64;
+                    let from_copy = LogStart::At(bson::Timestamp {
+                        time: (since.max(1000) / 1000) as u32,
+                        increment: 0,
                     });
+                    let start = scan.next.clone().unwrap_or_else(|| from_copy.clone());
                     let or = vec![doc! { "ns.db": ns.db.as_str(), "ns.coll": ns.coll_name() }];
-                    let (changed, next) = inner.search_log(or, start, None).await?;
+                    let resuming = matches!(start, LogStart::After(_));
+                    let (changed, next) = match inner.search_log(or.clone(), start, None).await {
+                        // As in `local_versions`: the last fence cannot be resumed after.
+                        Err(e) if resuming && !e.is_retryable() => {
+                            warn!(error = %e, "Cannot resume reading the target's change log after the last fence; reading it from the copy's start.");
+                            inner.search_log(or, from_copy, None).await?
+                        }
+                        r => r?,
+                    };
                     scan.keys.extend(changed.into_keys());
                     scan.next = next.or(scan.next.take());
                     present.extend(absent.into_iter().filter(|k| scan.keys.contains(k)));
