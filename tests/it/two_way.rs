@@ -62,17 +62,6 @@ async fn conflicts(c: &mongodb::Client) -> Vec<Document> {
         .unwrap()
 }
 
-/// Every document of `c`, by `_id`.
-async fn sorted_docs(c: &mongodb::Collection<Document>) -> Vec<Document> {
-    c.find(doc! {})
-        .sort(doc! { "_id": 1 })
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap()
-}
-
 /// The conflict records' document keys and incoming operations, sorted.
 fn conflict_keys(v: &[Document]) -> Vec<(i64, String)> {
     let mut k: Vec<(i64, String)> = v
@@ -421,7 +410,7 @@ async fn concurrent_changes_resolve_to_the_later_one_on_both_sides() {
 
     let st = Strait::spawn(&cfg, &log);
     wait_both_identical(&a, &b, &["items"], &st, Duration::from_secs(60)).await;
-    let docs = sorted_docs(&ia).await;
+    let docs = by_id(&ia).await;
     assert_eq!(
         docs,
         vec![
@@ -561,7 +550,7 @@ async fn a_document_version_field_decides_conflicts() {
 
     let st = Strait::spawn(&cfg, &log);
     wait_both_identical(&a, &b, &["items"], &st, Duration::from_secs(60)).await;
-    let docs = sorted_docs(&ia).await;
+    let docs = by_id(&ia).await;
     assert_eq!(
         docs,
         vec![
@@ -719,7 +708,7 @@ async fn a_local_insert_and_delete_after_strait_deleted_still_wins() {
     wait_both_identical(&a, &b, &["items"], &st, Duration::from_secs(60)).await;
     // East's delete is the last change: gone on both sides, and west's insert lost on east.
     assert_eq!(
-        sorted_docs(&ia).await,
+        by_id(&ia).await,
         vec![doc! { "_id": 1_i64, "v": 0 }],
         "{}",
         st.log_text()

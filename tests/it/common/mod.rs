@@ -279,7 +279,14 @@ pub fn strait_cmd(args: &[&str], timeout: Duration) -> (i32, String, String) {
 
 /// Every document of a collection, raw, sorted by `_id`.
 pub async fn raw_docs(client: &Client, db: &str, coll: &str) -> Vec<RawDocumentBuf> {
-    let c = client.database(db).collection::<RawDocumentBuf>(coll);
+    by_id(&client.database(db).collection::<RawDocumentBuf>(coll)).await
+}
+
+/// Every document of `c`, sorted by `_id`.
+pub async fn by_id<T>(c: &mongodb::Collection<T>) -> Vec<T>
+where
+    T: serde::de::DeserializeOwned + Send + Sync + Unpin,
+{
     c.find(doc! {})
         .sort(doc! { "_id": 1 })
         .await
