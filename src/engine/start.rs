@@ -154,9 +154,11 @@ impl MongoPipeline {
                     None
                 };
                 let plan = full_sync::plan(p, start_token).await?;
-                info!(collections = plan.collections.len(), "Full sync planned.");
+                let collections = plan.collections.len();
                 p.checkpoint.state.lock().await.full_sync = Some(plan);
                 p.save_checkpoint().await?;
+                // Logged once durable: a crash before this line plans again, after it resumes.
+                info!(collections, "Full sync planned.");
                 continue;
             } else if cfg.mode.streams() {
                 let start = match cfg.stream.start_at {
