@@ -259,6 +259,7 @@ async fn status(State(api): State<Api>) -> Json<Status> {
             "conflicts": w.conflicts.load(Relaxed),
             "searches": w.searches.load(Relaxed),
             "echoes_dropped": w.echoes.load(Relaxed),
+            "conflicts_published": w.conflicts_published.load(Relaxed),
         });
         s.directions.push(d);
     }

@@ -1085,6 +1085,9 @@ impl PipelineConfig {
                 ExtraSinkConfig::Kafka(k) => k.redact(),
             }
         }
+        if let Some(t) = &mut c.two_way {
+            t.redact();
+        }
         if let Some(api) = &mut c.api {
             api.token = api.token.as_ref().map(|_| "***".to_string());
         }

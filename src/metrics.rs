@@ -222,6 +222,11 @@ impl Collector for PipelineCollector {
                 "Two-way: events read that were strait's own writes (not shipped back).",
                 t.two_way.echoes.load(Relaxed),
             ),
+            (
+                "strait_two_way_conflicts_published",
+                "Two-way: conflict records of the cluster this direction writes into, published to the conflict topic.",
+                t.two_way.conflicts_published.load(Relaxed),
+            ),
         ] {
             counters(&mut e, name, help, &one(v))?;
         }

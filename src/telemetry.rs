@@ -101,6 +101,9 @@ pub struct TwoWayCounters {
     pub searches: AtomicU64,
     /// Events read that were strait's own writes (not shipped back).
     pub echoes: AtomicU64,
+    /// Conflict records of the cluster this direction writes into, published to
+    /// `[two_way.conflict_topic]`.
+    pub conflicts_published: AtomicU64,
 }
 
 /// What one sink wrote.

@@ -1,9 +1,12 @@
 //! The `[two_way]` table: two MongoDB clusters kept in sync in both directions.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::JsonFlavour;
+use crate::connectors::kafka::config::KafkaSecurity;
 use crate::connectors::InvalidSetting;
 use crate::core::pattern::NamespacePattern;
 
@@ -56,6 +59,43 @@ pub struct TwoWayConfig {
     /// use `wallTime`). Unset: `wallTime`.
     #[serde(default)]
     pub version_field: Option<String>,
+    /// A Kafka topic that also receives every conflict record (`[two_way.conflict_topic]`),
+    /// for alerting or audit outside the clusters. `strait.conflicts` stays the record.
+    #[serde(default)]
+    pub conflict_topic: Option<ConflictTopicConfig>,
+}
+
+/// `[two_way.conflict_topic]`: the conflict records of both clusters, published to one
+/// Kafka topic at least once (a record's `_id` tells a repeat after a crash apart), keyed by
+/// namespace and document key so one document's conflicts stay in order.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConflictTopicConfig {
+    /// Bootstrap brokers, `"host:port,host:port"`.
+    pub brokers: String,
+    /// The topic. Default `"<pipeline id>.conflicts"`.
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// Extended JSON of the record values: `"canonical"` (default, every BSON type kept) or
+    /// `"relaxed"` (plain numbers and dates).
+    #[serde(default)]
+    pub json: JsonFlavour,
+    /// Authentication and TLS, as for a Kafka sink.
+    #[serde(default)]
+    pub security: KafkaSecurity,
+    /// Any other librdkafka producer property. `enable.idempotence` and `acks` cannot be
+    /// weakened here.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+impl ConflictTopicConfig {
+    /// The topic of pipeline `pipeline`.
+    pub fn topic(&self, pipeline: &str) -> String {
+        self.topic
+            .clone()
+            .unwrap_or_else(|| format!("{pipeline}.conflicts"))
+    }
 }
 
 /// How strait recognises its own writes.
@@ -126,7 +166,34 @@ impl TwoWayConfig {
         if self.max_clock_skew > Duration::from_secs(600) {
             return Err(InvalidSetting::new("max_clock_skew", "at most 10m"));
         }
+        if let Some(k) = &self.conflict_topic {
+            if k.brokers.trim().is_empty() {
+                return Err(InvalidSetting::new(
+                    "conflict_topic.brokers",
+                    "must name at least one broker",
+                ));
+            }
+            if k.topic.as_deref().is_some_and(|t| t.trim().is_empty()) {
+                return Err(InvalidSetting::new(
+                    "conflict_topic.topic",
+                    "must not be empty",
+                ));
+            }
+            if k.json == JsonFlavour::Plain {
+                return Err(InvalidSetting::new(
+                    "conflict_topic.json",
+                    "\"canonical\" or \"relaxed\" (conflict records are Extended JSON)",
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// Replaces secrets by `***`, for printing.
+    pub(crate) fn redact(&mut self) {
+        if let Some(k) = &mut self.conflict_topic {
+            k.security = k.security.redacted();
+        }
     }
 }
 
@@ -188,5 +255,17 @@ mod tests {
         assert!(cfg(r#"version_field = "last_update_timestamp""#)
             .validate()
             .is_ok());
+        assert!(c.conflict_topic.is_none());
+        let k = cfg("[conflict_topic]\nbrokers = \"k:9092\"");
+        assert!(k.validate().is_ok());
+        assert_eq!(k.conflict_topic.unwrap().topic("p"), "p.conflicts");
+        assert_eq!(
+            cfg("[conflict_topic]\nbrokers = \"k:9092\"\njson = \"plain\"")
+                .validate()
+                .unwrap_err()
+                .key,
+            "conflict_topic.json"
+        );
+        assert!(toml::from_str::<TwoWayConfig>("[conflict_topic]\nbrokers = \"k\"\nlinger = 1").is_err());
     }
 }

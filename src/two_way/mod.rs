@@ -12,6 +12,7 @@
 //!   position taken on its cluster before the copy began.
 
 pub mod config;
+mod conflict_topic;
 pub mod conflicts;
 pub(crate) mod echo;
 pub(crate) mod sessions;
@@ -273,6 +274,25 @@ pub(crate) async fn run(
         // The copying direction writes into this cluster.
         pipelines[1 - i].1.set_copy_since(at);
     }
+    // The Kafka copy of each cluster's conflict log, positioned before anything is applied.
+    let relays_stop = cancel.child_token();
+    let mut relays = tokio::task::JoinSet::new();
+    if let Some(k) = &t.conflict_topic {
+        for (j, c) in clusters.iter().enumerate() {
+            // Direction 1 - j writes into cluster j and records the changes that lost there.
+            let relay = conflict_topic::ConflictRelay::open(
+                k,
+                &cfg.id,
+                &c.name,
+                &c.writer,
+                &meta,
+                telemetry[1 - j].clone(),
+            )
+            .await?;
+            let stream = relay.start().await?;
+            relays.spawn(relay.run(stream, relays_stop.clone()));
+        }
+    }
     info!(
         pipeline = %cfg.id,
         forward = %dirs[0].id,
@@ -308,6 +328,8 @@ pub(crate) async fn run(
             result = r;
         }
     }
+    relays_stop.cancel();
+    while relays.join_next().await.is_some() {}
     result
 }
 

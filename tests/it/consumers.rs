@@ -32,7 +32,7 @@ fn consumers_python() -> PathBuf {
 }
 
 /// Runs `tests/consumers/<script>` on `input`, returning what it wrote to its output file.
-fn run_consumer(script: &str, input: &Path, extra: &[&str]) -> String {
+pub(crate) fn run_consumer(script: &str, input: &Path, extra: &[&str]) -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let output = input.with_extension("out");
     let out = Command::new(consumers_python())
@@ -151,7 +151,7 @@ async fn read_topic(broker: &Broker, topic: &str) -> Vec<Record> {
 }
 
 /// One line per record value (a tombstone is an empty line).
-fn values_file(dir: &Path, name: &str, records: &[Record]) -> PathBuf {
+pub(crate) fn values_file(dir: &Path, name: &str, records: &[Record]) -> PathBuf {
     let p = dir.join(name);
     let text: String = records
         .iter()
@@ -162,7 +162,7 @@ fn values_file(dir: &Path, name: &str, records: &[Record]) -> PathBuf {
 }
 
 /// Canonical Extended JSON lines (what the pymongo consumers write) as raw documents.
-fn ext_json_docs(text: &str) -> Vec<RawDocumentBuf> {
+pub(crate) fn ext_json_docs(text: &str) -> Vec<RawDocumentBuf> {
     text.lines()
         .filter(|l| !l.is_empty())
         .map(|l| {
@@ -176,7 +176,7 @@ fn ext_json_docs(text: &str) -> Vec<RawDocumentBuf> {
 }
 
 /// The same documents, byte for byte (values, types and field order).
-fn assert_same_docs(what: &str, got: &[RawDocumentBuf], want: &[RawDocumentBuf]) {
+pub(crate) fn assert_same_docs(what: &str, got: &[RawDocumentBuf], want: &[RawDocumentBuf]) {
     let show = |v: &[RawDocumentBuf]| {
         v.iter()
             .map(|d| format!("{:?}", Document::try_from(d.as_ref()).unwrap()))

@@ -6,10 +6,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
 use crate::api::{free_port, http};
+use crate::common::kafka::{Broker, Record};
 use crate::common::workload::{insert_varied, run_mixed_as, varied_doc};
 use crate::common::*;
-use bson::{doc, Document};
+use bson::{doc, Bson, Document, RawDocumentBuf};
 use futures::TryStreamExt;
 use rand::{Rng, SeedableRng};
 
@@ -63,6 +66,74 @@ async fn conflicts(c: &mongodb::Client) -> Vec<Document> {
 }
 
 /// The conflict records' document keys and incoming operations, sorted.
+/// `[two_way.conflict_topic]` on `broker`.
+fn conflict_topic(broker: &Broker) -> String {
+    format!("[two_way.conflict_topic]\nbrokers = \"{}\"\n", broker.bootstrap())
+}
+
+/// Waits until topic `tw.conflicts` holds every conflict record of both clusters (repeats
+/// allowed: it is at least once), each byte-identical to the stored one, keyed by its
+/// namespace and document key, with the cluster where it lost in a header. Returns the
+/// records read.
+async fn assert_topic_has_every_conflict(
+    broker: &Broker,
+    a: &mongodb::Client,
+    b: &mongodb::Client,
+) -> Vec<Record> {
+    let mut want: BTreeMap<Vec<u8>, (&str, RawDocumentBuf)> = BTreeMap::new();
+    for (c, name) in [(a, "east"), (b, "west")] {
+        for d in raw_docs(c, "strait", "conflicts").await {
+            want.insert(d.get_binary("_id").unwrap().bytes.to_vec(), (name, d));
+        }
+    }
+    let started = Instant::now();
+    loop {
+        let recs = broker
+            .consume_all("tw.conflicts", want.len(), Duration::from_secs(10))
+            .await;
+        let mut got = BTreeMap::new();
+        for r in &recs {
+            let Bson::Document(d) = Bson::try_from(r.json()).unwrap() else {
+                panic!("not a document: {r:?}");
+            };
+            let raw = RawDocumentBuf::try_from(&d).unwrap();
+            got.insert(raw.get_binary("_id").unwrap().bytes.to_vec(), (r, raw));
+        }
+        let missing = want.keys().filter(|k| !got.contains_key(*k)).count();
+        if missing == 0 {
+            for (id, (cluster, stored)) in &want {
+                let (r, published) = &got[id];
+                assert_eq!(
+                    published.as_bytes(),
+                    stored.as_bytes(),
+                    "published {published:?} is not stored {stored:?}"
+                );
+                assert_eq!(
+                    r.header("strait.cluster"),
+                    Some(Some(cluster.as_bytes())),
+                    "{r:?}"
+                );
+                let key: serde_json::Value =
+                    serde_json::from_slice(r.key.as_deref().unwrap()).unwrap();
+                assert_eq!(key["ns"], stored.get_str("ns").unwrap(), "{key}");
+                let want_key = Bson::Document(
+                    stored.get_document("documentKey").unwrap().try_into().unwrap(),
+                )
+                .into_canonical_extjson();
+                assert_eq!(key["documentKey"], want_key, "{key}");
+            }
+            return recs;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{missing} of {} conflict records never reached the topic ({} records read)",
+            want.len(),
+            recs.len()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 fn conflict_keys(v: &[Document]) -> Vec<(i64, String)> {
     let mut k: Vec<(i64, String)> = v
         .iter()
@@ -200,6 +271,8 @@ async fn crash_loop(origin_mode: bool) {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
+    // The sessions run also publishes its conflicts to Kafka: at least once through the kills.
+    let broker = (!origin_mode).then(Broker::start);
     let cfg = write_config(
         dir.path(),
         "tw.toml",
@@ -208,10 +281,10 @@ async fn crash_loop(origin_mode: bool) {
             &sb,
             port,
             "[full_sync]\nchunk_docs = 500\nbatch_docs = 100\n",
-            if origin_mode {
-                "loop_prevention = \"origin_field\""
+            &if origin_mode {
+                "loop_prevention = \"origin_field\"".to_string()
             } else {
-                ""
+                conflict_topic(broker.as_ref().unwrap())
             },
         ),
     );
@@ -354,8 +427,12 @@ async fn crash_loop(origin_mode: bool) {
         );
         assert!(inc.contains_key("doc") && cur.contains_key("doc"), "{c}");
     }
+    let published = match &broker {
+        Some(k) => assert_topic_has_every_conflict(k, &a, &b).await.len(),
+        None => 0,
+    };
     eprintln!(
-        "two-way crash loop (origin field: {origin_mode}): {kills} kills ({copy_kills} in the copy), writes east {} west {}, converged {:.1} s after the restart, conflicts east {} west {}, final run applied {:?}",
+        "two-way crash loop (origin field: {origin_mode}): {kills} kills ({copy_kills} in the copy), writes east {} west {}, converged {:.1} s after the restart, conflicts east {} west {} ({published} records on the topic), final run applied {:?}",
         writes[0], writes[1], converged.as_secs_f64(), ca.len(), cb.len(), after
     );
     drop(st);
@@ -374,7 +451,12 @@ async fn concurrent_changes_resolve_to_the_later_one_on_both_sides() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let cfg = write_config(dir.path(), "tw.toml", &two_way_config(&sa, &sb, port, ""));
+    let broker = Broker::start();
+    let cfg = write_config(
+        dir.path(),
+        "tw.toml",
+        &two_way_config_with(&sa, &sb, port, "", &conflict_topic(&broker)),
+    );
     let log = dir.path().join("log");
     let mut st = Strait::spawn(&cfg, &log);
     wait_both_identical(&a, &b, &["items"], &st, Duration::from_secs(60)).await;
@@ -473,6 +555,25 @@ async fn concurrent_changes_resolve_to_the_later_one_on_both_sides() {
         3,
         "{out}"
     );
+
+    // The same records on the Kafka topic, read by pymongo's Extended JSON reader as they
+    // are stored.
+    let recs = assert_topic_has_every_conflict(&broker, &a, &b).await;
+    assert_eq!(recs.len(), 4, "{recs:?}");
+    let read = crate::consumers::run_consumer(
+        "ext_json_records.py",
+        &crate::consumers::values_file(dir.path(), "conflicts.jsonl", &recs),
+        &[],
+    );
+    let mut stored: Vec<RawDocumentBuf> = raw_docs(&a, "strait", "conflicts").await;
+    stored.extend(raw_docs(&b, "strait", "conflicts").await);
+    let by_key = |v: &mut Vec<RawDocumentBuf>| {
+        v.sort_by_key(|d| d.get_binary("_id").unwrap().bytes.to_vec())
+    };
+    let mut read = crate::consumers::ext_json_docs(&read);
+    by_key(&mut stored);
+    by_key(&mut read);
+    crate::consumers::assert_same_docs("conflict records via pymongo", &read, &stored);
     drop(st);
 }
 
