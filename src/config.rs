@@ -565,9 +565,10 @@ pub struct ApplyConfig {
     /// Parallel writers. Events of one document (or one namespace) always go to the same lane.
     #[serde(default = "default_lanes")]
     pub lanes: usize,
-    /// What picks the lane: `"document"` (hash of the document key; most parallel) or
-    /// `"namespace"` (keeps order across documents of a collection; use it for collections with
-    /// unique secondary indexes).
+    /// What picks the lane: `"document"` (hash of the document key; most parallel; with a
+    /// MongoDB source, writes colliding on unique indexes are repaired from the source) or
+    /// `"namespace"` (keeps order across documents of a collection; with a Kafka source, use
+    /// it for collections whose documents swap unique values).
     #[serde(default)]
     pub lane_by: LaneBy,
     /// Most writes sent in one command per lane.

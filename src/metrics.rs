@@ -198,6 +198,11 @@ impl Collector for PipelineCollector {
                 t.stream_restarts.load(Relaxed),
             ),
             (
+                "strait_unique_key_repairs",
+                "Writes that collided on a unique secondary index and were repaired from the source's current documents.",
+                t.unique_repairs.load(Relaxed),
+            ),
+            (
                 "strait_two_way_applied",
                 "Two-way: changes this direction wrote to the other cluster.",
                 t.two_way.applied.load(Relaxed),

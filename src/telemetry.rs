@@ -71,6 +71,9 @@ pub struct Telemetry {
     last_error: Mutex<Option<(String, Instant)>>,
     /// Times the change stream was reopened after an error or an invalidate.
     pub stream_restarts: AtomicU64,
+    /// Writes that collided on a unique secondary index and were repaired from the source's
+    /// current documents.
+    pub unique_repairs: AtomicU64,
     /// Writes per sink round trip.
     pub batch_size: Histogram,
     /// Seconds per sink round trip.
@@ -244,6 +247,7 @@ impl Default for Telemetry {
             errors: AtomicU64::new(0),
             last_error: Mutex::new(None),
             stream_restarts: AtomicU64::new(0),
+            unique_repairs: AtomicU64::new(0),
             archive: ArchiveCounters::default(),
             kafka: KafkaCounters::default(),
             sinks: Mutex::new(Vec::new()),

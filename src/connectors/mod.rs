@@ -222,6 +222,9 @@ pub(crate) struct OpenedSinks {
     pub(crate) sinks: Vec<Arc<dyn Sink>>,
     /// The client of a MongoDB `[sink]` (where checkpoints live by default).
     pub(crate) mongo: Option<mongodb::Client>,
+    /// The MongoDB `[sink]` (shared with `sinks`): given the source client when the source is
+    /// MongoDB, it repairs duplicate keys on unique indexes from the source's documents.
+    pub(crate) mongo_sink: Option<mongo::MongoSink>,
 }
 
 /// Opens every sink of a pipeline and checks each can be reached.
@@ -237,10 +240,12 @@ pub(crate) async fn open_sinks(
         .unwrap_or(std::time::Duration::from_secs(10));
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
     let mut client = None;
+    let mut lookup = None;
     match &cfg.sink {
         SinkEndpoint::Mongodb(m) => {
             let sink = mongo::MongoSink::open("sink", m, cfg, telemetry, cancel).await?;
             client = Some(sink.client().clone());
+            lookup = Some(sink.clone());
             sinks.push(Arc::new(sink));
         }
         SinkEndpoint::Kafka(k) => sinks.push(
@@ -268,5 +273,6 @@ pub(crate) async fn open_sinks(
     Ok(OpenedSinks {
         sinks,
         mongo: client,
+        mongo_sink: lookup,
     })
 }

@@ -73,9 +73,26 @@ pub async fn copy(p: &Arc<Pipeline>, fresh: bool) -> Result<bool> {
         }
         let target = p.engine.transforms.target_ns(&Namespace::parse(&plan.ns));
         let opts = options.get(&plan.ns).cloned().unwrap_or_default();
+        // Unique indexes come first: a copy that is not a point-in-time snapshot can hold two
+        // documents with one value (they swapped it meanwhile), and building the index after
+        // the copy would then fail. With the index there, such an insert collides and is
+        // repaired from the source's current documents; the other indexes are built after
+        // the copy, which is faster.
+        let unique = if p.engine.cfg.full_sync.indexes {
+            list_indexes(&p.source, &Namespace::parse(&plan.ns))
+                .await?
+                .into_iter()
+                .filter(|s| s.get_bool("unique").unwrap_or(false))
+                .collect()
+        } else {
+            Vec::new()
+        };
         for sink in copy_sinks(p) {
             sink.prepare_copy(&target, &opts, fresh && p.engine.cfg.full_sync.drop_target)
                 .await?;
+            if !unique.is_empty() {
+                sink.finish_copy(&target, &unique).await?;
+            }
         }
         with_plan(p, ci, |plan| plan.created = true).await;
     }

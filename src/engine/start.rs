@@ -24,6 +24,8 @@ pub(crate) struct MongoPipeline {
     pub(crate) engine: Engine,
     /// Source client.
     pub(crate) source: Client,
+    /// The MongoDB sink that repairs duplicate keys from the source, if any.
+    pub(crate) repairs: Option<crate::connectors::mongo::MongoSink>,
     /// The checkpoint and its store.
     pub(crate) checkpoint: Arc<Checkpointer>,
 }
@@ -122,6 +124,10 @@ impl MongoPipeline {
     pub(crate) async fn run(self: Arc<Self>) -> Result<()> {
         let p = &self;
         let cfg = p.engine.cfg.clone();
+        if let Some(sink) = &p.repairs {
+            // Under the lease (when there is one): only the holder writes.
+            sink.finish_interrupted_repairs().await?;
+        }
         let store = &p.checkpoint.store;
         let saved = store.load(&cfg.id).await?;
         if let Some(c) = &saved {

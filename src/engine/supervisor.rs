@@ -204,6 +204,9 @@ impl Supervisor {
                     open_sinks(cfg, &self.telemetry, &self.cancel)
                 );
                 let (source, opened) = (source?, opened?);
+                if let Some(sink) = &opened.mongo_sink {
+                    sink.repair_from(source.clone());
+                }
                 // Without a MongoDB sink, checkpoints live on the source (as MongoShake keeps
                 // them).
                 let store = checkpoint_store(cfg, opened.mongo.as_ref().unwrap_or(&source)).await?;
@@ -219,6 +222,7 @@ impl Supervisor {
                 };
                 let pipeline = Arc::new(MongoPipeline {
                     engine: engine(opened.sinks),
+                    repairs: opened.mongo_sink,
                     source,
                     checkpoint: Arc::new(Checkpointer::new(store, &cfg.id)),
                 });

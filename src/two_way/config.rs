@@ -266,6 +266,9 @@ mod tests {
                 .key,
             "conflict_topic.json"
         );
-        assert!(toml::from_str::<TwoWayConfig>("[conflict_topic]\nbrokers = \"k\"\nlinger = 1").is_err());
+        assert!(
+            toml::from_str::<TwoWayConfig>("[conflict_topic]\nbrokers = \"k\"\nlinger = 1")
+                .is_err()
+        );
     }
 }

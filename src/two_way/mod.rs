@@ -233,6 +233,7 @@ pub(crate) async fn run(
                 cancel: cancel.clone(),
             },
             source: src.reader.clone(),
+            repairs: None,
             checkpoint: Arc::new(Checkpointer::new(store, &dcfg.id)),
         };
         pipelines.push((Arc::new(pipeline), sink));

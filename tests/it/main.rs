@@ -15,3 +15,4 @@ mod history_lost;
 mod kafka;
 mod replication;
 mod two_way;
+mod unique;

@@ -68,7 +68,10 @@ async fn conflicts(c: &mongodb::Client) -> Vec<Document> {
 /// The conflict records' document keys and incoming operations, sorted.
 /// `[two_way.conflict_topic]` on `broker`.
 fn conflict_topic(broker: &Broker) -> String {
-    format!("[two_way.conflict_topic]\nbrokers = \"{}\"\n", broker.bootstrap())
+    format!(
+        "[two_way.conflict_topic]\nbrokers = \"{}\"\n",
+        broker.bootstrap()
+    )
 }
 
 /// Waits until topic `tw.conflicts` holds every conflict record of both clusters (repeats
@@ -117,7 +120,11 @@ async fn assert_topic_has_every_conflict(
                     serde_json::from_slice(r.key.as_deref().unwrap()).unwrap();
                 assert_eq!(key["ns"], stored.get_str("ns").unwrap(), "{key}");
                 let want_key = Bson::Document(
-                    stored.get_document("documentKey").unwrap().try_into().unwrap(),
+                    stored
+                        .get_document("documentKey")
+                        .unwrap()
+                        .try_into()
+                        .unwrap(),
                 )
                 .into_canonical_extjson();
                 assert_eq!(key["documentKey"], want_key, "{key}");

@@ -246,6 +246,10 @@ pub struct MongoSink {
     cancel: Option<tokio_util::sync::CancellationToken>,
     /// How it takes part in a pipeline.
     route: Route,
+    /// Where duplicate keys on unique indexes are repaired from.
+    lookup: SourceLookup,
+    /// Strait's database on the target (`checkpoint.database`).
+    meta_db: String,
 }
 
 /// What a pipeline's MongoDB sink receives and how it writes it.
@@ -276,7 +280,15 @@ impl MongoSink {
                 ordering: Ordering::ByKey { lanes: 1 },
                 batch_docs: 500,
             },
+            lookup: SourceLookup::default(),
+            meta_db: "strait".into(),
         }
+    }
+
+    /// Reads documents' current state from `source` to repair duplicate keys on unique
+    /// indexes (then [`Self::finish_interrupted_repairs`] before applying anything).
+    pub(crate) fn repair_from(&self, source: Client) {
+        self.lookup.set(source);
     }
 
     /// Connects to the pipeline's MongoDB sink `endpoint` (checked with a ping).
@@ -303,6 +315,7 @@ impl MongoSink {
             },
             batch_docs: cfg.apply.batch_docs,
         };
+        s.meta_db = cfg.checkpoint.database.clone();
         Ok(s)
     }
 
@@ -431,6 +444,16 @@ impl MongoSink {
                         }
                         // Inserts-if-absent are idempotent: the whole run is tried again.
                         InsertOutcome::Transient(why) => RunFailure::Transient(why),
+                        InsertOutcome::Collided(collided) => {
+                            match self.repair_all(&ns, &run[from..], collided).await {
+                                Ok(None) => {
+                                    counts.written += (run.len() - from) as u64;
+                                    return Ok(());
+                                }
+                                Ok(Some(why)) => RunFailure::Transient(why),
+                                Err(e) => return Err(e),
+                            }
+                        }
                         InsertOutcome::Rejected(code, message) => {
                             return Err(Error::Rejected {
                                 ns: ns.to_string(),
@@ -468,9 +491,32 @@ impl MongoSink {
                             from += 1;
                             continue;
                         } else if code == 11000 && !op.is_delete() {
-                            // A unique secondary index can collide while another lane has not
-                            // yet applied the change that frees the value: wait and retry.
-                            RunFailure::Transient(format!("duplicate key (another lane may be behind; use apply.lane_by = \"namespace\" for collections with unique indexes): {msg}"))
+                            // A unique secondary index collided: repaired from the source's
+                            // current documents where there is a source to read; otherwise
+                            // another lane may be behind, so wait and retry.
+                            let we = reply
+                                .get_array("writeErrors")
+                                .ok()
+                                .and_then(|e| e.first())
+                                .and_then(bson::Bson::as_document);
+                            // On `_id`: a concurrent upsert of the same document (a repair);
+                            // trying again finds it.
+                            let secondary = we.is_some_and(unique::on_secondary_index);
+                            let kv = we.and_then(unique::dup_key_value);
+                            let repaired = if secondary {
+                                self.repair_one(&ns, op, kv).await
+                            } else {
+                                Ok(false)
+                            };
+                            match repaired {
+                                Ok(true) => {
+                                    counts.written += 1;
+                                    from += 1;
+                                    continue;
+                                }
+                                Ok(false) => RunFailure::Transient(format!("duplicate key (another lane may be behind; use apply.lane_by = \"namespace\" for collections with unique indexes): {msg}")),
+                                Err(e) => return Err(e),
+                            }
                         } else {
                             return Err(Error::Rejected {
                                 ns: ns.to_string(),
@@ -544,6 +590,53 @@ impl MongoSink {
         })
     }
 
+    /// Repairs one write that collided on a unique index (see [`unique`]); false when it
+    /// cannot (no source to read, or it did not settle) and the write should be retried.
+    async fn repair_one(&self, ns: &Namespace, op: &WriteOp, kv: Option<Document>) -> Result<bool> {
+        if !self.can_repair() {
+            return Ok(false);
+        }
+        let id = match op {
+            WriteOp::Upsert { filter, .. } | WriteOp::Update { filter, .. } => filter.get("_id"),
+            WriteOp::InsertIfAbsent { doc, .. } => doc.get("_id"),
+            WriteOp::Delete { .. } => return Ok(false),
+        };
+        let Some(id) = id.ok().flatten().and_then(|v| bson::Bson::try_from(v).ok()) else {
+            return Ok(false);
+        };
+        match self.repair_duplicate(ns, id, kv).await {
+            Ok(true) => {
+                if let Some(t) = &self.telemetry {
+                    t.unique_repairs
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(true)
+            }
+            Ok(false) => Ok(false),
+            Err(e) if e.is_retryable() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// [`Self::repair_one`] for each insert of a run that collided; `Some(reason)` when one
+    /// must be retried.
+    async fn repair_all(
+        &self,
+        ns: &Namespace,
+        run: &[WriteOp],
+        collided: Vec<(usize, Option<Document>)>,
+    ) -> Result<Option<String>> {
+        for (i, kv) in collided {
+            let Some(op) = run.get(i) else { continue };
+            if !self.repair_one(ns, op, kv.clone()).await? {
+                return Ok(Some(format!(
+                    "duplicate key on a unique index inserting into {ns}: {kv:?}"
+                )));
+            }
+        }
+        Ok(None)
+    }
+
     /// The `update` or `delete` command for a run of writes to one namespace.
     fn command(&self, run: &[WriteOp]) -> Result<RawDocumentBuf> {
         let ns = run[0].ns();
@@ -596,6 +689,9 @@ enum RunFailure {
 enum InsertOutcome {
     /// Every document is on the target; `present` of them were there already.
     Done { present: usize },
+    /// These documents (index in the run, `keyValue`) collided on a unique secondary index;
+    /// the others are on the target.
+    Collided(Vec<(usize, Option<Document>)>),
     /// Worth trying the run again.
     Transient(String),
     /// Refused for good.
@@ -609,6 +705,7 @@ fn insert_failure(reply: &Document) -> InsertOutcome {
         .map(Vec::as_slice)
         .unwrap_or(&[]);
     let mut present = 0;
+    let mut collided = Vec::new();
     for e in errs.iter().filter_map(bson::Bson::as_document) {
         let code = match e.get("code") {
             Some(bson::Bson::Int32(c)) => *c,
@@ -616,7 +713,14 @@ fn insert_failure(reply: &Document) -> InsertOutcome {
             _ => -1,
         };
         let msg = e.get_str("errmsg").unwrap_or("").to_string();
-        if code == 11000 {
+        if code == 11000 && unique::on_secondary_index(e) {
+            let index = match e.get("index") {
+                Some(bson::Bson::Int32(i)) => *i as usize,
+                Some(bson::Bson::Int64(i)) => *i as usize,
+                _ => 0,
+            };
+            collided.push((index, unique::dup_key_value(e)));
+        } else if code == 11000 {
             present += 1;
         } else if TRANSIENT_CODES.contains(&code) {
             return InsertOutcome::Transient(format!("code {code}: {msg}"));
@@ -626,6 +730,9 @@ fn insert_failure(reply: &Document) -> InsertOutcome {
     }
     if let Ok(wce) = reply.get_document("writeConcernError") {
         return InsertOutcome::Transient(format!("write concern error: {wce}"));
+    }
+    if !collided.is_empty() {
+        return InsertOutcome::Collided(collided);
     }
     InsertOutcome::Done { present }
 }
@@ -690,6 +797,7 @@ impl Sink for MongoSink {
         let mut ops: Vec<WriteOp> = Vec::new();
         let mut ranges: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
         for (i, ev) in batch.iter().enumerate() {
+            self.lookup.note(&ev.ns, &ev.source_ns);
             if !ev.op.is_data() {
                 // DDL comes alone (the engine makes it a barrier); anything before it first.
                 self.write_ops(&ops, &ranges, &mut written).await?;
@@ -918,3 +1026,6 @@ mod tests {
 
 mod copy;
 mod ddl;
+mod unique;
+
+use unique::SourceLookup;

@@ -1,0 +1,252 @@
+//! Unique secondary indexes with parallel lanes: documents swap values of unique fields (one
+//! field, and a compound key through replaces), and deleted documents' values are taken by
+//! new ones, while strait is SIGKILLed and restarted on a backlog. Lanes apply documents out
+//! of the source's order and looked-up updates carry later states, so writes collide; strait
+//! repairs them from the source's current documents and the target ends byte-identical, with
+//! the same indexes, and no write ever fails for good.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bson::{doc, Document};
+use mongodb::options::IndexOptions;
+use mongodb::{Collection, IndexModel};
+use rand::{Rng, SeedableRng};
+
+use crate::api::{free_port, http};
+use crate::common::*;
+
+const DOCS: i64 = 300;
+
+fn user(i: i64) -> Document {
+    doc! {
+        "_id": i,
+        "email": format!("e{i}@example.com"),
+        "team": (i % 10) as i32,
+        "slot": (i / 10) as i32,
+        "n": 0_i32,
+        "profile": { "name": format!("user {i}"), "tags": ["a", "b"] },
+    }
+}
+
+async fn unique_index(c: &Collection<Document>, keys: Document, name: &str) {
+    c.create_index(
+        IndexModel::builder()
+            .keys(keys)
+            .options(
+                IndexOptions::builder()
+                    .unique(true)
+                    .name(name.to_string())
+                    .build(),
+            )
+            .build(),
+    )
+    .await
+    .unwrap();
+}
+
+/// Swaps, replace-swaps and value reuse until `stop`; returns the operations done.
+async fn writer(c: Collection<Document>, seed: u64, stop: Arc<AtomicBool>) -> u64 {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut live: Vec<i64> = (0..DOCS).collect();
+    let mut next_id = DOCS;
+    let mut ops = 0;
+    let mut k = 0_i64;
+    while !stop.load(Ordering::Relaxed) {
+        k += 1;
+        let ia = rng.random_range(0..live.len());
+        let mut ib = rng.random_range(0..live.len() - 1);
+        if ib >= ia {
+            ib += 1;
+        }
+        let (a, b) = (live[ia], live[ib]);
+        let (Some(da), Some(db)) = (
+            c.find_one(doc! { "_id": a }).await.unwrap(),
+            c.find_one(doc! { "_id": b }).await.unwrap(),
+        ) else {
+            continue;
+        };
+        match k % 4 {
+            // Swap emails through a temporary value, as an application must.
+            0 | 1 => {
+                let (ea, eb) = (da.get_str("email").unwrap(), db.get_str("email").unwrap());
+                c.update_one(
+                    doc! { "_id": a },
+                    doc! { "$set": { "email": format!("tmp{k}") } },
+                )
+                .await
+                .unwrap();
+                c.update_one(
+                    doc! { "_id": b },
+                    doc! { "$set": { "email": ea }, "$inc": { "n": 1 } },
+                )
+                .await
+                .unwrap();
+                c.update_one(
+                    doc! { "_id": a },
+                    doc! { "$set": { "email": eb }, "$inc": { "n": 1 } },
+                )
+                .await
+                .unwrap();
+                ops += 3;
+            }
+            // Swap (team, slot) with whole-document replaces.
+            2 => {
+                let mut ra = da.clone();
+                ra.insert("team", -1_i32);
+                ra.insert("slot", -(k as i32));
+                c.replace_one(doc! { "_id": a }, ra.clone()).await.unwrap();
+                let mut rb = db.clone();
+                rb.insert("team", da.get_i32("team").unwrap());
+                rb.insert("slot", da.get_i32("slot").unwrap());
+                rb.insert("swapped", k);
+                c.replace_one(doc! { "_id": b }, rb).await.unwrap();
+                ra.insert("team", db.get_i32("team").unwrap());
+                ra.insert("slot", db.get_i32("slot").unwrap());
+                c.replace_one(doc! { "_id": a }, ra).await.unwrap();
+                ops += 3;
+            }
+            // A new document takes the values of one just deleted.
+            _ => {
+                c.delete_one(doc! { "_id": a }).await.unwrap();
+                let mut n = da.clone();
+                n.insert("_id", next_id);
+                n.insert("n", 0_i32);
+                c.insert_one(n).await.unwrap();
+                live[ia] = next_id;
+                next_id += 1;
+                ops += 2;
+            }
+        }
+    }
+    ops
+}
+
+async fn repairs(port: u16) -> Option<u64> {
+    let (code, body) = http(port, "GET", "/metrics", "").await;
+    if code != 200 {
+        return None;
+    }
+    body.lines()
+        .find_map(|l| l.strip_prefix("strait_unique_key_repairs_total{pipeline=\"test\"} "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+async fn swap_unique_values(update_mode: &str, seed: u64) {
+    let (src, dst) = (Server::start(), Server::start());
+    let (s, d) = (src.client().await, dst.client().await);
+    let users = s.database("app").collection::<Document>("users");
+    users.insert_many((0..DOCS).map(user)).await.unwrap();
+    unique_index(&users, doc! { "email": 1 }, "email_1").await;
+    unique_index(&users, doc! { "team": 1, "slot": 1 }, "team_slot").await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let extra = format!(
+        "[stream]\nupdate_mode = \"{update_mode}\"\n[apply]\nlanes = 8\nbatch_docs = 50\n[checkpoint]\ninterval = \"200ms\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n"
+    );
+    let cfg = write_config(dir.path(), "p.toml", &pipeline(&src, &dst, &extra));
+    let log = dir.path().join("log");
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = tokio::spawn(writer(users.clone(), seed, stop.clone()));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    // Killed while it applies, and down while the writer builds a backlog.
+    for _ in 0..3 {
+        let mut st = Strait::spawn(&cfg, &log);
+        tokio::time::sleep(Duration::from_millis(rng.random_range(1500..3500))).await;
+        st.sigkill_running();
+        tokio::time::sleep(Duration::from_millis(rng.random_range(500..1500))).await;
+    }
+    let st = Strait::spawn(&cfg, &log);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let ops = w.await.unwrap();
+    wait_identical(
+        &s,
+        ("app", "users"),
+        &d,
+        ("app", "users"),
+        Duration::from_secs(120),
+        Some(&st),
+    )
+    .await;
+    assert_eq!(
+        indexes(&s, "app", "users").await,
+        indexes(&d, "app", "users").await
+    );
+    let repaired = repairs(port).await.expect("metrics");
+    let text = st.log_text();
+    assert!(
+        repaired > 0,
+        "no write collided: the test did not test anything ({ops} writer operations)"
+    );
+    assert!(!text.contains("kept failing"), "{text}");
+    eprintln!("unique swaps ({update_mode}): {ops} writer operations, {repaired} collisions repaired in the last run");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapped_unique_values_converge_through_kills() {
+    swap_unique_values("full_document", 21).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapped_unique_values_converge_in_delta_mode() {
+    swap_unique_values("delta", 22).await;
+}
+
+/// A repair that broke a cycle set a document aside (deleted its target copy, noted in
+/// `strait.repairs`) and was killed before writing it back: the next start writes it back
+/// before applying anything, although the document never changes again on the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_set_aside_by_an_interrupted_repair_comes_back() {
+    let (src, dst) = (Server::start(), Server::start());
+    let (s, d) = (src.client().await, dst.client().await);
+    let users = s.database("app").collection::<Document>("users");
+    users.insert_many((0..20).map(user)).await.unwrap();
+    unique_index(&users, doc! { "email": 1 }, "email_1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "p.toml", &pipeline(&src, &dst, ""));
+    let log = dir.path().join("log");
+    let mut st = Strait::spawn(&cfg, &log);
+    wait_identical(
+        &s,
+        ("app", "users"),
+        &d,
+        ("app", "users"),
+        Duration::from_secs(60),
+        Some(&st),
+    )
+    .await;
+    assert!(st.sigterm().success());
+
+    // What the interrupted repair left: document 7 gone from the target, and the note.
+    let target = d.database("app").collection::<Document>("users");
+    target.delete_one(doc! { "_id": 7_i64 }).await.unwrap();
+    d.database("strait")
+        .collection::<Document>("repairs")
+        .insert_one(doc! { "_id": { "ns": "app.users", "id": 7_i64 }, "at": bson::DateTime::now() })
+        .await
+        .unwrap();
+    let mut st = Strait::spawn(&cfg, &log);
+    wait_identical(
+        &s,
+        ("app", "users"),
+        &d,
+        ("app", "users"),
+        Duration::from_secs(60),
+        Some(&st),
+    )
+    .await;
+    let left = d
+        .database("strait")
+        .collection::<Document>("repairs")
+        .count_documents(doc! {})
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the note stays after the document came back");
+    assert!(st
+        .log_text()
+        .contains("set aside by an interrupted repair is back"));
+    assert!(st.sigterm().success());
+}
