@@ -14,5 +14,6 @@ mod failover;
 mod history_lost;
 mod kafka;
 mod replication;
+mod tls;
 mod two_way;
 mod unique;

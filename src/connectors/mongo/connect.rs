@@ -50,7 +50,8 @@ pub async fn connect_uri(uri: &str, endpoint: &MongoEndpoint, role: Role) -> Res
     });
     match ping.await {
         Ok(Ok(_)) => Ok(client),
-        Ok(Err(e)) => Err(classify_connect_error(role, &target, e)),
+        Ok(Err(e)) => Err(tls_failure(role, &target, endpoint, &e)
+            .unwrap_or_else(|| classify_connect_error(role, &target, e))),
         Err(e) => Err(Error::Internal(format!("ping task failed: {e}"))),
     }
 }
@@ -87,6 +88,56 @@ fn classify_connect_error(role: Role, target: &str, e: mongodb::error::Error) ->
         }
         _ => Error::mongo(role, "connecting", e),
     }
+}
+
+/// A TLS handshake failure said in one line with what to change, or `None` for anything
+/// else. The driver reports these as I/O errors inside its server-selection timeout.
+fn tls_failure(
+    role: Role,
+    target: &str,
+    endpoint: &MongoEndpoint,
+    e: &mongodb::error::Error,
+) -> Option<Error> {
+    let text = e.to_string();
+    let side = match role {
+        Role::Source => "source",
+        Role::Sink => "sink",
+        Role::Checkpoint => "checkpoint",
+    };
+    let tls = endpoint.tls.as_ref();
+    let cas = match tls.and_then(|t| t.ca_file.as_ref()) {
+        Some(f) => format!("{side}.tls.ca_file ({})", f.display()),
+        None => format!("the system's CAs (set {side}.tls.ca_file)"),
+    };
+    let cause = |marker: &str| {
+        text.find(marker).map(|i| {
+            let rest = &text[i..];
+            rest[..rest.find([',', '}']).unwrap_or(rest.len())].trim().to_string()
+        })
+    };
+    let msg = if let Some(c) = cause("invalid peer certificate") {
+        if c.contains("NotValidForName") {
+            format!("the {side} at {target} presented a TLS certificate for another host name ({c}); connect by a name the certificate lists, or for SSH tunnels set {side}.tls.allow_invalid_certificates = true")
+        } else if c.contains("Expired") || c.contains("NotValidYet") {
+            format!("the {side} at {target} presented a TLS certificate outside its validity dates ({c})")
+        } else {
+            format!("the {side} at {target} presented a TLS certificate that is not signed by a CA in {cas} ({c})")
+        }
+    } else if let Some(c) = cause("CertificateRequired")
+        .or_else(|| cause("BadCertificate"))
+        .or_else(|| cause("UnknownCA"))
+        .or_else(|| cause("CertificateUnknown"))
+    {
+        match tls.and_then(|t| t.certificate_key_file.as_ref()) {
+            None => format!("the {side} at {target} asks for a TLS client certificate and none is set: set {side}.tls.certificate_key_file to a PEM file with the certificate and its key ({c})"),
+            Some(f) => format!("the {side} at {target} refused the TLS client certificate in {side}.tls.certificate_key_file ({}): {c}", f.display()),
+        }
+    } else if let Some(c) = cause("InvalidContentType").or_else(|| cause("CorruptMessage")) {
+        format!("the {side} at {target} does not speak TLS ({c}); remove [{side}.tls] or tls=true, or point at the TLS port")
+    } else {
+        return None;
+    };
+    Some(Error::User(msg))
 }
 
 fn first_line(s: &str) -> String {
