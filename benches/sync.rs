@@ -2,8 +2,10 @@
 //!
 //! Starts two local SecantusDB servers and reports, as ratios against raw limits measured in
 //! the same run on the same servers:
-//! - full sync docs/s vs a raw `insert_many` of the same documents into the same target
-//!   (repeated `BENCH_FULL_RUNS` times, each run with its own raw measurement);
+//! - full sync of user-like documents with 7 secondary indexes (one unique) vs a raw
+//!   `insert_many` of the same documents into the same target followed by the server building
+//!   the same indexes (ratio to insert + build, and to insert alone), repeated
+//!   `BENCH_FULL_RUNS` times, each run with its own raw measurement;
 //! - incremental apply rate vs the writers' own rate, and the time from writer stop until the
 //!   target holds everything written (catch-up time), plus the time until strait's own
 //!   `lag_seconds` (HTTP API) is below 1 s;
@@ -117,7 +119,13 @@ fn short(e: &mongodb::error::Error) -> String {
 /// Loads `n` documents into `db.docs` in batches; returns (elapsed, retries). `like_strait`:
 /// with the write options of strait's copy (unordered, `w: "majority"`) instead of the
 /// driver's defaults (ordered, the server's default write concern).
-async fn load(client: &Client, db: &str, n: i64, like_strait: bool) -> (Duration, u32) {
+async fn load(
+    client: &Client,
+    db: &str,
+    n: i64,
+    like_strait: bool,
+    make: fn(i64) -> Document,
+) -> (Duration, u32) {
     let batch = env_u64("BENCH_LOAD_BATCH", 1000) as i64;
     let mut opts = mongodb::options::CollectionOptions::default();
     if like_strait {
@@ -132,7 +140,7 @@ async fn load(client: &Client, db: &str, n: i64, like_strait: bool) -> (Duration
     for start in (0..n).step_by(batch as usize) {
         retries += insert_batch(
             &c,
-            (start..(start + batch).min(n)).map(doc_1k).collect(),
+            (start..(start + batch).min(n)).map(make).collect(),
             like_strait,
         )
         .await;
@@ -234,18 +242,23 @@ async fn main() {
         Client::with_uri_str(harness_uri(dst.port)).await.unwrap(),
     );
 
-    // 1. Full sync vs raw insert_many of the same documents into the same target.
+    // 1. Full sync vs raw insert_many of the same documents into the same target, then the
+    // same indexes built by the server: user-like documents with 7 secondary indexes.
     if docs > 0 {
-        let (_, r) = load(&s, "full", docs, false).await;
+        let indexes = user_indexes();
+        let (_, r) = load(&s, "full", docs, false, doc_user).await;
+        build_indexes(&s, "full", "docs", &indexes).await;
         if r > 0 {
             println!("  source load: {r} retried batches");
         }
         for run in 1..=full_runs {
             // The same target state for both measurements: neither database present.
             drop_db(&d, "full").await;
-            let (raw, raw_retries) = load(&d, "raw", docs, false).await;
+            let (raw, raw_retries) = load(&d, "raw", docs, false, doc_user).await;
+            let raw_idx = build_indexes(&d, "raw", "docs", &indexes).await;
             drop_db(&d, "raw").await;
-            let (raw2, raw2_retries) = load(&d, "raw", docs, true).await;
+            let (raw2, raw2_retries) = load(&d, "raw", docs, true, doc_user).await;
+            let raw2_idx = build_indexes(&d, "raw", "docs", &indexes).await;
             drop_db(&d, "raw").await;
             let (copy, peak) = run_full(&config(
                 dir.path(),
@@ -266,11 +279,24 @@ async fn main() {
                 copied, docs as u64,
                 "documents on the target after the copy"
             );
-            let raw_rate = docs as f64 / raw.as_secs_f64();
-            let copy_rate = docs as f64 / copy.as_secs_f64();
-            let raw2_rate = docs as f64 / raw2.as_secs_f64();
-            println!("full sync run {run}/{full_runs}: {docs} docs of ~1 KB in {:.1} s = {:.0} docs/s; raw insert_many {:.1} s = {:.0} docs/s ({raw_retries} retried batches); ratio {:.2} (goal >= 0.8); raw insert_many with strait's write options (unordered, w: majority) {:.0} docs/s ({raw2_retries} retried), ratio {:.2}; peak RSS {} MB",
-                copy.as_secs_f64(), copy_rate, raw.as_secs_f64(), raw_rate, copy_rate / raw_rate, raw2_rate, copy_rate / raw2_rate, peak / 1024);
+            let built = d
+                .database("full")
+                .run_command(doc! { "listIndexes": "docs" })
+                .await
+                .unwrap()
+                .get_document("cursor")
+                .and_then(|c| c.get_array("firstBatch"))
+                .map(|b| b.len())
+                .unwrap_or(0);
+            assert_eq!(built, indexes.len() + 1, "indexes on the target after the copy");
+            let rate = |t: Duration| docs as f64 / t.as_secs_f64();
+            let c = copy.as_secs_f64();
+            println!("full sync run {run}/{full_runs}: {docs} user-like docs (~960 B, 1 in 1,000 ~100 KB) with 7 secondary indexes (one unique) in {c:.1} s = {:.0} docs/s, indexes included, peak RSS {} MB",
+                rate(copy), peak / 1024);
+            println!("  raw insert_many (ordered, default write concern) {:.1} s = {:.0} docs/s ({raw_retries} retried batches), + index build {:.1} s: ratio to insert + build {:.2} (goal >= 1.0), to insert alone {:.2}",
+                raw.as_secs_f64(), rate(raw), raw_idx.as_secs_f64(), (raw + raw_idx).as_secs_f64() / c, raw.as_secs_f64() / c);
+            println!("  raw insert_many with strait's write options (unordered, w: majority) {:.1} s = {:.0} docs/s ({raw2_retries} retried), + index build {:.1} s: ratio to insert + build {:.2}, to insert alone {:.2}",
+                raw2.as_secs_f64(), rate(raw2), raw2_idx.as_secs_f64(), (raw2 + raw2_idx).as_secs_f64() / c, raw2.as_secs_f64() / c);
         }
         drop_db(&d, "full").await;
         drop_db(&s, "full").await;
@@ -414,7 +440,7 @@ async fn main() {
 
     // 3. Peak RSS while copying many documents.
     if rss_docs > 0 {
-        let (load_t, retries) = load(&s, "rss", rss_docs, false).await;
+        let (load_t, retries) = load(&s, "rss", rss_docs, false, doc_1k).await;
         println!(
             "  loaded {rss_docs} docs into the source in {:.0} s ({retries} retried batches)",
             load_t.as_secs_f64()

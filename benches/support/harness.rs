@@ -259,6 +259,64 @@ pub fn doc_1k(i: i64) -> Document {
     doc! { "_id": i, "n": i, "s": "x".repeat(900), "sub": { "a": i, "b": [1, 2, 3] }, "t": bson::DateTime::now() }
 }
 
+/// A user-like document of about 960 bytes: nested documents, arrays of documents, a
+/// Decimal128, dates, a double, a unique email; every 1,000th carries a ~100 KB note.
+pub fn doc_user(i: i64) -> Document {
+    let status = ["active", "trial", "suspended", "closed"][(i % 4) as usize];
+    let mut d = doc! {
+        "_id": i,
+        "email": format!("user{i}@example.com"),
+        "name": { "first": format!("First{}", i % 977), "last": format!("Last{}", i % 1013) },
+        "status": status,
+        "created": bson::DateTime::from_millis(1_600_000_000_000 + i * 37_000),
+        "score": (i % 1000) as f64 / 10.0,
+        "balance": format!("{}.{:02}", i % 100_000, i % 100).parse::<bson::Decimal128>().unwrap(),
+        "address": {
+            "street": format!("{} Main Street", i % 9999),
+            "city": format!("City{}", i % 500),
+            "zip": format!("{:05}", i % 100_000),
+            "geo": { "lat": (i % 180) as f64 - 90.0, "lon": (i % 360) as f64 - 180.0 },
+        },
+        "tags": [format!("t{}", i % 50), format!("t{}", i % 7), "customer"],
+        "orders": (0..4).map(|k| doc! {
+            "sku": format!("SKU-{}", (i + k) % 5000),
+            "qty": ((i + k) % 9 + 1) as i32,
+            "price": format!("{}.99", (i * 7 + k) % 500).parse::<bson::Decimal128>().unwrap(),
+            "at": bson::DateTime::from_millis(1_650_000_000_000 + i * 1000 + k),
+        }).collect::<Vec<_>>(),
+        "prefs": { "lang": "en", "newsletter": i % 3 == 0, "theme": "dark" },
+        "notes": "x".repeat(240),
+    };
+    if i % 1000 == 999 {
+        d.insert("attachment", "y".repeat(100_000));
+    }
+    d
+}
+
+/// The secondary indexes of [`doc_user`] collections, as users keep them: a unique one,
+/// compound ones, nested paths and a multikey one (7 in all).
+pub fn user_indexes() -> Vec<Document> {
+    vec![
+        doc! { "key": { "email": 1 }, "name": "email_1", "unique": true },
+        doc! { "key": { "status": 1, "created": -1 }, "name": "status_created" },
+        doc! { "key": { "address.city": 1 }, "name": "city" },
+        doc! { "key": { "address.zip": 1, "status": 1 }, "name": "zip_status" },
+        doc! { "key": { "tags": 1 }, "name": "tags" },
+        doc! { "key": { "score": -1 }, "name": "score" },
+        doc! { "key": { "orders.sku": 1 }, "name": "order_sku" },
+    ]
+}
+
+/// Builds `indexes` on `db.coll`; returns how long the server took.
+pub async fn build_indexes(c: &Client, db: &str, coll: &str, indexes: &[Document]) -> Duration {
+    let t = Instant::now();
+    c.database(db)
+        .run_command(doc! { "createIndexes": coll, "indexes": indexes.to_vec() })
+        .await
+        .unwrap();
+    t.elapsed()
+}
+
 /// Drops a database, once more after a network error.
 pub async fn drop_db(c: &Client, db: &str) {
     if let Err(e) = c.database(db).drop().await {
