@@ -9,6 +9,10 @@
 //! - incremental apply rate vs the writers' own rate, and the time from writer stop until the
 //!   target holds everything written (catch-up time), plus the time until strait's own
 //!   `lag_seconds` (HTTP API) is below 1 s;
+//! - backlog catch-up: a one-client mixed backlog of `BENCH_BACKLOG_OPS` (20000) operations
+//!   (with transactions) on user-like documents with 7 indexes, at each size of
+//!   `BENCH_BACKLOG_SIZES` ("50000,200000"), against the raw apply of the same writes
+//!   (`benches/support/backlog.rs`);
 //! - peak RSS of strait while copying `BENCH_RSS_DOCS` documents.
 //!
 //! Sizes (0 skips a part): BENCH_DOCS (200000), BENCH_OPS (100000), BENCH_RSS_DOCS (1000000).
@@ -37,6 +41,8 @@
 mod harness;
 #[path = "support/secantus.rs"]
 mod secantus;
+#[path = "support/backlog.rs"]
+mod backlog;
 
 use harness::*;
 
@@ -438,7 +444,16 @@ async fn main() {
         drop_db(&d, "inc").await;
     }
 
-    // 3. Peak RSS while copying many documents.
+    // 3. Backlog catch-up against the raw apply of the same writes, at each collection size.
+    let backlog_ops = env_u64("BENCH_BACKLOG_OPS", 20_000);
+    if backlog_ops > 0 {
+        let sizes = env_opt("BENCH_BACKLOG_SIZES").unwrap_or_else(|| "50000,200000".into());
+        for size in sizes.split(',').filter_map(|v| v.trim().parse::<i64>().ok()) {
+            backlog::run(&s, &d, src.port, dst.port, dir.path(), size, backlog_ops).await;
+        }
+    }
+
+    // 4. Peak RSS while copying many documents.
     if rss_docs > 0 {
         let (load_t, retries) = load(&s, "rss", rss_docs, false, doc_1k).await;
         println!(
