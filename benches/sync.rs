@@ -37,12 +37,12 @@
 //! duplicate-key errors of the retried batch (documents the failed attempt did insert) ignored.
 //! Retries are counted and printed.
 
+#[path = "support/backlog.rs"]
+mod backlog;
 #[path = "support/harness.rs"]
 mod harness;
 #[path = "support/secantus.rs"]
 mod secantus;
-#[path = "support/backlog.rs"]
-mod backlog;
 
 use harness::*;
 
@@ -294,7 +294,11 @@ async fn main() {
                 .and_then(|c| c.get_array("firstBatch"))
                 .map(|b| b.len())
                 .unwrap_or(0);
-            assert_eq!(built, indexes.len() + 1, "indexes on the target after the copy");
+            assert_eq!(
+                built,
+                indexes.len() + 1,
+                "indexes on the target after the copy"
+            );
             let rate = |t: Duration| docs as f64 / t.as_secs_f64();
             let c = copy.as_secs_f64();
             println!("full sync run {run}/{full_runs}: {docs} user-like docs (~960 B, 1 in 1,000 ~100 KB) with 7 secondary indexes (one unique) in {c:.1} s = {:.0} docs/s, indexes included, peak RSS {} MB",
@@ -448,7 +452,10 @@ async fn main() {
     let backlog_ops = env_u64("BENCH_BACKLOG_OPS", 20_000);
     if backlog_ops > 0 {
         let sizes = env_opt("BENCH_BACKLOG_SIZES").unwrap_or_else(|| "50000,200000".into());
-        for size in sizes.split(',').filter_map(|v| v.trim().parse::<i64>().ok()) {
+        for size in sizes
+            .split(',')
+            .filter_map(|v| v.trim().parse::<i64>().ok())
+        {
             backlog::run(&s, &d, src.port, dst.port, dir.path(), size, backlog_ops).await;
         }
     }

@@ -31,16 +31,27 @@ impl Write {
 
 /// Writes `ops` operations (a transaction counts as one, with two writes); returns the
 /// writes in order and how long writing took.
-async fn write_backlog(client: &Client, c: &Collection<Document>, docs: i64, ops: u64) -> (Vec<Write>, Duration) {
+async fn write_backlog(
+    client: &Client,
+    c: &Collection<Document>,
+    docs: i64,
+    ops: u64,
+) -> (Vec<Write>, Duration) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(17);
     let mut writes = Vec::with_capacity(ops as usize * 7 / 6);
     let t = Instant::now();
     for n in 0..ops as i64 {
         let i = rng.random_range(0..docs);
         let w = match rng.random_range(0..6) {
-            0 => vec![Write::Update(i, doc! { "$set": { "score": rng.random::<f64>() }, "$inc": { "orders.0.qty": 1 } })],
+            0 => vec![Write::Update(
+                i,
+                doc! { "$set": { "score": rng.random::<f64>() }, "$inc": { "orders.0.qty": 1 } },
+            )],
             1 => vec![Write::Update(i, doc! { "$push": { "tags": "p" } })],
-            2 => vec![Write::Update(i, doc! { "$pull": { "tags": "p" }, "$set": { "status": "trial" } })],
+            2 => vec![Write::Update(
+                i,
+                doc! { "$pull": { "tags": "p" }, "$set": { "status": "trial" } },
+            )],
             3 => {
                 let mut d = c.find_one(doc! { "_id": i }).await.unwrap().unwrap();
                 d.insert("notes", format!("{n:>240}"));
@@ -51,19 +62,34 @@ async fn write_backlog(client: &Client, c: &Collection<Document>, docs: i64, ops
                 let (a, b) = (doc! { "$set": { "t": n } }, doc! { "$set": { "t": n } });
                 let mut s = client.start_session().await.unwrap();
                 s.start_transaction().await.unwrap();
-                c.update_one(doc! { "_id": i }, a.clone()).session(&mut s).await.unwrap();
-                c.update_one(doc! { "_id": j }, b.clone()).session(&mut s).await.unwrap();
+                c.update_one(doc! { "_id": i }, a.clone())
+                    .session(&mut s)
+                    .await
+                    .unwrap();
+                c.update_one(doc! { "_id": j }, b.clone())
+                    .session(&mut s)
+                    .await
+                    .unwrap();
                 s.commit_transaction().await.unwrap();
                 writes.push(Write::Update(i, a));
                 writes.push(Write::Update(j, b));
                 continue;
             }
-            _ => vec![Write::Update(i, doc! { "$unset": { "prefs": "" }, "$set": { "m": n } })],
+            _ => vec![Write::Update(
+                i,
+                doc! { "$unset": { "prefs": "" }, "$set": { "m": n } },
+            )],
         };
         for x in &w {
             match x {
-                Write::Update(i, u) => c.update_one(doc! { "_id": *i }, u.clone()).await.map(|_| ()),
-                Write::Replace(i, d) => c.replace_one(doc! { "_id": *i }, d.clone()).await.map(|_| ()),
+                Write::Update(i, u) => c
+                    .update_one(doc! { "_id": *i }, u.clone())
+                    .await
+                    .map(|_| ()),
+                Write::Replace(i, d) => c
+                    .replace_one(doc! { "_id": *i }, d.clone())
+                    .await
+                    .map(|_| ()),
             }
             .unwrap();
         }
@@ -86,8 +112,16 @@ async fn raw_apply(c: &Collection<Document>, writes: &[Write]) -> Duration {
         tasks.spawn(async move {
             for w in lane {
                 match w {
-                    Write::Update(i, u) => c.update_one(doc! { "_id": i }, u).write_concern(WriteConcern::majority()).await.map(|_| ()),
-                    Write::Replace(i, d) => c.replace_one(doc! { "_id": i }, d).write_concern(WriteConcern::majority()).await.map(|_| ()),
+                    Write::Update(i, u) => c
+                        .update_one(doc! { "_id": i }, u)
+                        .write_concern(WriteConcern::majority())
+                        .await
+                        .map(|_| ()),
+                    Write::Replace(i, d) => c
+                        .replace_one(doc! { "_id": i }, d)
+                        .write_concern(WriteConcern::majority())
+                        .await
+                        .map(|_| ()),
                 }
                 .unwrap();
             }
@@ -98,7 +132,15 @@ async fn raw_apply(c: &Collection<Document>, writes: &[Write]) -> Duration {
 }
 
 /// Runs the phase on `docs` documents; prints one line.
-pub async fn run(s: &Client, d: &Client, src: u16, dst: u16, dir: &std::path::Path, docs: i64, ops: u64) {
+pub async fn run(
+    s: &Client,
+    d: &Client,
+    src: u16,
+    dst: u16,
+    dir: &std::path::Path,
+    docs: i64,
+    ops: u64,
+) {
     let indexes = user_indexes();
     let db = format!("backlog{docs}");
     crate::load(s, &db, docs, false, doc_user).await;
@@ -120,24 +162,39 @@ pub async fn run(s: &Client, d: &Client, src: u16, dst: u16, dir: &std::path::Pa
     let mut child = strait(&cfg, &db);
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        if status(api).await.and_then(|v| v.get("state")?.as_str().map(str::to_string)).as_deref() == Some("streaming") {
+        if status(api)
+            .await
+            .and_then(|v| v.get("state")?.as_str().map(str::to_string))
+            .as_deref()
+            == Some("streaming")
+        {
             break;
         }
     }
     sigterm(&mut child);
     let c = s.database(&db).collection::<Document>("docs");
     let (writes, wrote) = write_backlog(s, &c, docs, ops).await;
-    c.update_one(doc! { "_id": 0_i64 }, doc! { "$set": { "sentinel": 1 } }).await.unwrap();
+    c.update_one(doc! { "_id": 0_i64 }, doc! { "$set": { "sentinel": 1 } })
+        .await
+        .unwrap();
     let target = d.database(&db).collection::<Document>("docs");
     let t = Instant::now();
     let mut child = strait(&cfg, &db);
     let pid = child.id();
     let ticks0 = cpu_ticks(pid);
     loop {
-        if target.find_one(doc! { "_id": 0_i64, "sentinel": 1 }).await.unwrap().is_some() {
+        if target
+            .find_one(doc! { "_id": 0_i64, "sentinel": 1 })
+            .await
+            .unwrap()
+            .is_some()
+        {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(900), "no catch-up within 900 s");
+        assert!(
+            t.elapsed() < Duration::from_secs(900),
+            "no catch-up within 900 s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let caught = t.elapsed();
@@ -145,7 +202,11 @@ pub async fn run(s: &Client, d: &Client, src: u16, dst: u16, dir: &std::path::Pa
     let cpu = cpu_ticks(pid).saturating_sub(ticks0) as f64 / tck;
     let peak = peak_rss_kb(pid);
     sigterm(&mut child);
-    let raw = raw_apply(&d.database("rawbacklog").collection::<Document>("docs"), &writes).await;
+    let raw = raw_apply(
+        &d.database("rawbacklog").collection::<Document>("docs"),
+        &writes,
+    )
+    .await;
     let n = writes.len() as f64;
     let rate = n / caught.as_secs_f64();
     let raw_rate = n / raw.as_secs_f64();

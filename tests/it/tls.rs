@@ -39,9 +39,19 @@ fn make_pki(dir: &Path) -> Pki {
         openssl(
             dir,
             &[
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                "-keyout", &format!("{name}.key"), "-out", &format!("{name}.pem"),
-                "-subj", &format!("/CN={cn}"),
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.pem"),
+                "-subj",
+                &format!("/CN={cn}"),
             ],
         )
     };
@@ -51,17 +61,37 @@ fn make_pki(dir: &Path) -> Pki {
         openssl(
             dir,
             &[
-                "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &format!("{name}.key"),
-                "-out", &format!("{name}.csr"), "-subj", &format!("/CN={cn}"),
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={cn}"),
             ],
         );
         std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
         openssl(
             dir,
             &[
-                "x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.pem", "-CAkey",
-                "ca.key", "-CAcreateserial", "-days", "2", "-out", &format!("{name}.pem"),
-                "-extfile", &format!("{name}.ext"),
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                &format!("{name}.pem"),
+                "-extfile",
+                &format!("{name}.ext"),
             ],
         );
     };

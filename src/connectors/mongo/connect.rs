@@ -112,7 +112,9 @@ fn tls_failure(
     let cause = |marker: &str| {
         text.find(marker).map(|i| {
             let rest = &text[i..];
-            rest[..rest.find([',', '}']).unwrap_or(rest.len())].trim().to_string()
+            rest[..rest.find([',', '}']).unwrap_or(rest.len())]
+                .trim()
+                .to_string()
         })
     };
     let msg = if let Some(c) = cause("invalid peer certificate") {
