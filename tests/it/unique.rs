@@ -200,20 +200,35 @@ async fn swapped_unique_values_converge_in_delta_mode() {
 /// before applying anything, although the document never changes again on the source.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_document_set_aside_by_an_interrupted_repair_comes_back() {
+    set_aside_comes_back(None).await;
+}
+
+/// The same into a renamed collection: the note says where the document lives on the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_set_aside_in_a_renamed_collection_comes_back() {
+    set_aside_comes_back(Some(("app2", "people"))).await;
+}
+
+async fn set_aside_comes_back(rename: Option<(&str, &str)>) {
     let (src, dst) = (Server::start(), Server::start());
     let (s, d) = (src.client().await, dst.client().await);
     let users = s.database("app").collection::<Document>("users");
     users.insert_many((0..20).map(user)).await.unwrap();
     unique_index(&users, doc! { "email": 1 }, "email_1").await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), "p.toml", &pipeline(&src, &dst, ""));
+    let (tdb, tcoll) = rename.unwrap_or(("app", "users"));
+    let extra = match rename {
+        Some((db, coll)) => format!("[rename]\n\"app.users\" = \"{db}.{coll}\"\n"),
+        None => String::new(),
+    };
+    let cfg = write_config(dir.path(), "p.toml", &pipeline(&src, &dst, &extra));
     let log = dir.path().join("log");
     let mut st = Strait::spawn(&cfg, &log);
     wait_identical(
         &s,
         ("app", "users"),
         &d,
-        ("app", "users"),
+        (tdb, tcoll),
         Duration::from_secs(60),
         Some(&st),
     )
@@ -221,11 +236,15 @@ async fn a_document_set_aside_by_an_interrupted_repair_comes_back() {
     assert!(st.sigterm().success());
 
     // What the interrupted repair left: document 7 gone from the target, and the note.
-    let target = d.database("app").collection::<Document>("users");
+    let target = d.database(tdb).collection::<Document>(tcoll);
     target.delete_one(doc! { "_id": 7_i64 }).await.unwrap();
     d.database("strait")
         .collection::<Document>("repairs")
-        .insert_one(doc! { "_id": { "ns": "app.users", "id": 7_i64 }, "at": bson::DateTime::now() })
+        .insert_one(doc! {
+            "_id": { "ns": format!("{tdb}.{tcoll}"), "id": 7_i64 },
+            "source_ns": "app.users",
+            "at": bson::DateTime::now(),
+        })
         .await
         .unwrap();
     let mut st = Strait::spawn(&cfg, &log);
@@ -233,7 +252,7 @@ async fn a_document_set_aside_by_an_interrupted_repair_comes_back() {
         &s,
         ("app", "users"),
         &d,
-        ("app", "users"),
+        (tdb, tcoll),
         Duration::from_secs(60),
         Some(&st),
     )

@@ -129,7 +129,7 @@ impl MongoSink {
                         // then. The journal says so first, so a crash in between still
                         // brings it back (see `finish_interrupted`).
                         Some(h) => {
-                            me.journal(&ns, &h).await?;
+                            me.journal(&ns, &src_ns, &h).await?;
                             parked.push(h.clone());
                             me.delete(&ns, &h).await?;
                         }
@@ -155,12 +155,12 @@ impl MongoSink {
     }
 
     /// Notes, before its target copy is deleted, that `id` must be written again.
-    async fn journal(&self, ns: &Namespace, id: &Bson) -> Result<()> {
+    async fn journal(&self, ns: &Namespace, src_ns: &Namespace, id: &Bson) -> Result<()> {
         let key = doc! { "ns": ns.to_string(), "id": id.clone() };
         self.journal_coll()
             .update_one(
                 doc! { "_id": &key },
-                doc! { "$set": { "at": bson::DateTime::now() } },
+                doc! { "$set": { "source_ns": src_ns.to_string(), "at": bson::DateTime::now() } },
             )
             .upsert(true)
             .write_concern(majority())
@@ -215,6 +215,10 @@ impl MongoSink {
                 continue;
             };
             let ns = Namespace::parse(ns);
+            // Renamed collections: where the document lives on the source.
+            if let Ok(src) = entry.get_str("source_ns") {
+                self.lookup.note(&ns, &Namespace::parse(src));
+            }
             let source = self.lookup.client.get().cloned().expect("checked");
             let src_ns = self.lookup.source_ns(&ns);
             let mut backoff = crate::backoff::Backoff::new(
