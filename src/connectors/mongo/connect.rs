@@ -99,15 +99,16 @@ fn tls_failure(
     e: &mongodb::error::Error,
 ) -> Option<Error> {
     let text = e.to_string();
-    let side = match role {
-        Role::Source => "source",
-        Role::Sink => "sink",
-        Role::Checkpoint => "checkpoint",
+    // The checkpoint store borrows the tls table of the endpoint it defaults from.
+    let (side, table) = match role {
+        Role::Source => ("source", "source"),
+        Role::Sink => ("sink", "sink"),
+        Role::Checkpoint => ("checkpoint store", "sink"),
     };
     let tls = endpoint.tls.as_ref();
     let cas = match tls.and_then(|t| t.ca_file.as_ref()) {
-        Some(f) => format!("{side}.tls.ca_file ({})", f.display()),
-        None => format!("the system's CAs (set {side}.tls.ca_file)"),
+        Some(f) => format!("{table}.tls.ca_file ({})", f.display()),
+        None => format!("the system's CAs (set {table}.tls.ca_file)"),
     };
     let cause = |marker: &str| {
         text.find(marker).map(|i| {
@@ -119,7 +120,7 @@ fn tls_failure(
     };
     let msg = if let Some(c) = cause("invalid peer certificate") {
         if c.contains("NotValidForName") {
-            format!("the {side} at {target} presented a TLS certificate for another host name ({c}); connect by a name the certificate lists, or for SSH tunnels set {side}.tls.allow_invalid_certificates = true")
+            format!("the {side} at {target} presented a TLS certificate for another host name ({c}); connect by a name the certificate lists, or for SSH tunnels set {table}.tls.allow_invalid_certificates = true")
         } else if c.contains("Expired") || c.contains("NotValidYet") {
             format!("the {side} at {target} presented a TLS certificate outside its validity dates ({c})")
         } else {
@@ -131,11 +132,11 @@ fn tls_failure(
         .or_else(|| cause("CertificateUnknown"))
     {
         match tls.and_then(|t| t.certificate_key_file.as_ref()) {
-            None => format!("the {side} at {target} asks for a TLS client certificate and none is set: set {side}.tls.certificate_key_file to a PEM file with the certificate and its key ({c})"),
-            Some(f) => format!("the {side} at {target} refused the TLS client certificate in {side}.tls.certificate_key_file ({}): {c}", f.display()),
+            None => format!("the {side} at {target} asks for a TLS client certificate and none is set: set {table}.tls.certificate_key_file to a PEM file with the certificate and its key ({c})"),
+            Some(f) => format!("the {side} at {target} refused the TLS client certificate in {table}.tls.certificate_key_file ({}): {c}", f.display()),
         }
     } else if let Some(c) = cause("InvalidContentType").or_else(|| cause("CorruptMessage")) {
-        format!("the {side} at {target} does not speak TLS ({c}); remove [{side}.tls] or tls=true, or point at the TLS port")
+        format!("the {side} at {target} does not speak TLS ({c}); remove [{table}.tls] or tls=true, or point at the TLS port")
     } else {
         return None;
     };
