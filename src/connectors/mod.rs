@@ -220,10 +220,9 @@ pub(crate) trait Sink: Send + Sync {
 pub(crate) struct OpenedSinks {
     /// `[sink]` first, then `[sinks.<name>]` in name order.
     pub(crate) sinks: Vec<Arc<dyn Sink>>,
-    /// The client of a MongoDB `[sink]` (where checkpoints live by default).
-    pub(crate) mongo: Option<mongodb::Client>,
-    /// The MongoDB `[sink]` (shared with `sinks`): given the source client when the source is
-    /// MongoDB, it repairs duplicate keys on unique indexes from the source's documents.
+    /// The MongoDB `[sink]` (shared with `sinks`): its client is where checkpoints live by
+    /// default; given the source client when the source is MongoDB, it repairs duplicate keys
+    /// on unique indexes from the source's documents.
     pub(crate) mongo_sink: Option<mongo::MongoSink>,
 }
 
@@ -239,13 +238,11 @@ pub(crate) async fn open_sinks(
         .map(|m| m.connect_timeout)
         .unwrap_or(std::time::Duration::from_secs(10));
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
-    let mut client = None;
-    let mut lookup = None;
+    let mut mongo_sink = None;
     match &cfg.sink {
         SinkEndpoint::Mongodb(m) => {
             let sink = mongo::MongoSink::open("sink", m, cfg, telemetry, cancel).await?;
-            client = Some(sink.client().clone());
-            lookup = Some(sink.clone());
+            mongo_sink = Some(sink.clone());
             sinks.push(Arc::new(sink));
         }
         SinkEndpoint::Kafka(k) => sinks.push(
@@ -270,9 +267,5 @@ pub(crate) async fn open_sinks(
     for s in &sinks {
         tracing::info!(sink = %s.name(), kind = s.kind(), target = %s.describe(), "Sink ready.");
     }
-    Ok(OpenedSinks {
-        sinks,
-        mongo: client,
-        mongo_sink: lookup,
-    })
+    Ok(OpenedSinks { sinks, mongo_sink })
 }

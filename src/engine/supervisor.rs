@@ -209,7 +209,11 @@ impl Supervisor {
                 }
                 // Without a MongoDB sink, checkpoints live on the source (as MongoShake keeps
                 // them).
-                let store = checkpoint_store(cfg, opened.mongo.as_ref().unwrap_or(&source)).await?;
+                let store = checkpoint_store(
+                    cfg,
+                    opened.mongo_sink.as_ref().map_or(&source, |s| s.client()),
+                )
+                .await?;
                 check_source(cfg, &source, &transforms).await?;
                 let lease = match (&store, cfg.checkpoint.lease) {
                     (CheckpointStore::Mongo(m), true) => Some(Lease::new(

@@ -13,7 +13,7 @@ use mongodb::change_stream::event::ResumeToken;
 use mongodb::change_stream::ChangeStream;
 use mongodb::Client;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -21,7 +21,7 @@ use super::config::ConflictTopicConfig;
 use crate::backoff::Backoff;
 use crate::codec::to_json;
 use crate::config::{JsonFlavour, UpdateMode};
-use crate::connectors::kafka::{check_reachable, client_config, KafkaError};
+use crate::connectors::kafka::{check_producer, client_config, KafkaError, DURABLE_PRODUCER};
 use crate::connectors::mongo::stream::{open, token_to_doc, StartPosition, StreamSettings};
 use crate::core::Namespace;
 use crate::error::{Error, Result, Role};
@@ -65,7 +65,7 @@ impl ConflictRelay {
                 ("message.timeout.ms", "30000".into()),
                 ("compression.type", "zstd".into()),
             ],
-            &[("enable.idempotence", "true"), ("acks", "all")],
+            DURABLE_PRODUCER,
         )
         .create()
         .map_err(|e| KafkaError::Invalid {
@@ -73,18 +73,14 @@ impl ConflictRelay {
             name: pipeline.to_string(),
             detail: format!("producer: {e}"),
         })?;
-        let (p, brokers, name) = (producer.clone(), cfg.brokers.clone(), pipeline.to_string());
-        tokio::task::spawn_blocking(move || {
-            check_reachable(
-                p.client(),
-                "two_way.conflict_topic",
-                &name,
-                &brokers,
-                Duration::from_secs(10),
-            )
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("broker check panicked: {e}")))??;
+        check_producer(
+            &producer,
+            "two_way.conflict_topic",
+            pipeline,
+            &cfg.brokers,
+            Duration::from_secs(10),
+        )
+        .await?;
         Ok(Self {
             cluster: cluster.to_string(),
             client: client.clone(),

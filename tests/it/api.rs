@@ -31,6 +31,15 @@ pub(crate) async fn http(port: u16, method: &str, path: &str, body: &str) -> (u1
     )
 }
 
+/// A counter of one pipeline from the `/metrics` text (`name{pipeline="p"} value`), if there.
+pub(crate) fn pipeline_counter(metrics: &str, name: &str, pipeline: &str) -> Option<u64> {
+    let head = format!("{name}{{pipeline=\"{pipeline}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(head.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 async fn status(port: u16) -> serde_json::Value {
     serde_json::from_str(&http(port, "GET", "/status", "").await.1).unwrap()
 }

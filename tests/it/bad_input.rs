@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 use bson::doc;
 
-fn run_expect_failure(cfg: &std::path::Path, expect: &[&str]) -> String {
+/// Runs `strait run -c cfg`, which must fail within 15 s with exactly one `error:` line that
+/// mentions each of `expect`; returns that line.
+pub(crate) fn run_expect_failure(cfg: &std::path::Path, expect: &[&str]) -> String {
     let started = Instant::now();
     let (code, _out, err) = strait_cmd(
         &["run", "-c", cfg.to_str().unwrap()],
@@ -17,9 +19,10 @@ fn run_expect_failure(cfg: &std::path::Path, expect: &[&str]) -> String {
         "took {:?}",
         started.elapsed()
     );
-    let line = err
-        .lines()
-        .find(|l| l.starts_with("error:"))
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert!(errors.len() <= 1, "more than one error line:\n{err}");
+    let line = errors
+        .first()
         .unwrap_or_else(|| panic!("no error line in:\n{err}"));
     for e in expect {
         assert!(line.contains(e), "{line:?} does not mention {e:?}");

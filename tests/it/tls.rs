@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bson::{doc, Document};
 
+use crate::bad_input::run_expect_failure;
 use crate::common::*;
 
 /// A CA, a server certificate for 127.0.0.1 / localhost signed by it, a client certificate
@@ -189,20 +190,6 @@ async fn source_and_sink_over_tls_with_a_client_certificate() {
     assert!(st.sigterm().success(), "{}", st.log_text());
 }
 
-/// Failures at start: exit non-zero, one line naming the side, and
-/// what to change.
-fn fails_with(dir: &Path, name: &str, text: &str) -> String {
-    let cfg = write_config(dir, name, text);
-    let (code, _out, err) = strait_cmd(
-        &["run", "-c", cfg.to_str().unwrap()],
-        Duration::from_secs(60),
-    );
-    assert_ne!(code, 0, "strait started: {err}");
-    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(errors.len(), 1, "not one error line:\n{err}");
-    errors[0].to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_ca_and_a_missing_client_certificate_each_give_one_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -211,32 +198,30 @@ async fn a_wrong_ca_and_a_missing_client_certificate_each_give_one_line() {
     let plain_source = format!("id = \"tls\"\n[source]\nuri = \"{}\"\n", src.uri());
 
     // The server's certificate is not signed by the CA strait was given.
-    let line = fails_with(
-        dir.path(),
-        "wrong-ca.toml",
-        &format!(
-            "{plain_source}[sink]\nuri = \"{}\"\nconnect_timeout = \"3s\"\n{}",
-            dst.uri(),
-            tls_table("sink", &pki.other_ca, Some(&pki.client))
+    run_expect_failure(
+        &write_config(
+            dir.path(),
+            "wrong-ca.toml",
+            &format!(
+                "{plain_source}[sink]\nuri = \"{}\"\nconnect_timeout = \"3s\"\n{}",
+                dst.uri(),
+                tls_table("sink", &pki.other_ca, Some(&pki.client))
+            ),
         ),
-    );
-    assert!(
-        line.contains("sink") && line.contains("certificate") && line.contains("tls.ca_file"),
-        "{line}"
+        &["sink", "certificate", "tls.ca_file"],
     );
 
     // The server asks for a client certificate and strait has none.
-    let line = fails_with(
-        dir.path(),
-        "no-client-cert.toml",
-        &format!(
-            "{plain_source}[sink]\nuri = \"{}\"\nconnect_timeout = \"3s\"\n{}",
-            dst.uri(),
-            tls_table("sink", &pki.ca, None)
+    run_expect_failure(
+        &write_config(
+            dir.path(),
+            "no-client-cert.toml",
+            &format!(
+                "{plain_source}[sink]\nuri = \"{}\"\nconnect_timeout = \"3s\"\n{}",
+                dst.uri(),
+                tls_table("sink", &pki.ca, None)
+            ),
         ),
-    );
-    assert!(
-        line.contains("sink") && line.contains("tls.certificate_key_file"),
-        "{line}"
+        &["sink", "tls.certificate_key_file"],
     );
 }

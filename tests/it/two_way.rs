@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use std::collections::BTreeMap;
 
-use crate::api::{free_port, http};
+use crate::api::{free_port, http, pipeline_counter};
 use crate::common::kafka::{Broker, Record};
 use crate::common::workload::{insert_varied, run_mixed_as, varied_doc};
 use crate::common::*;
@@ -39,12 +39,7 @@ async fn counters(port: u16) -> Option<[(u64, u64); 2]> {
     if code != 200 {
         return None;
     }
-    let sample = |name: &str, direction: &str| -> Option<u64> {
-        let head = format!("{name}{{pipeline=\"{direction}\"}} ");
-        body.lines()
-            .find_map(|l| l.strip_prefix(head.as_str()))
-            .and_then(|v| v.trim().parse().ok())
-    };
+    let sample = |name: &str, direction: &str| pipeline_counter(&body, name, direction);
     let one = |d: &str| -> Option<(u64, u64)> {
         Some((
             sample("strait_two_way_applied_total", d)?,

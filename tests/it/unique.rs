@@ -14,7 +14,7 @@ use mongodb::options::IndexOptions;
 use mongodb::{Collection, IndexModel};
 use rand::{Rng, SeedableRng};
 
-use crate::api::{free_port, http};
+use crate::api::{free_port, http, pipeline_counter};
 use crate::common::*;
 
 const DOCS: i64 = 300;
@@ -128,9 +128,7 @@ async fn repairs(port: u16) -> Option<u64> {
     if code != 200 {
         return None;
     }
-    body.lines()
-        .find_map(|l| l.strip_prefix("strait_unique_key_repairs_total{pipeline=\"test\"} "))
-        .and_then(|v| v.trim().parse().ok())
+    pipeline_counter(&body, "strait_unique_key_repairs_total", "test")
 }
 
 async fn swap_unique_values(update_mode: &str, seed: u64) {

@@ -91,6 +91,29 @@ pub fn is_auth_code(code: RDKafkaErrorCode) -> bool {
     )
 }
 
+/// Producer settings no user option may weaken: each record is written once and acknowledged
+/// by every in-sync replica before it counts as delivered.
+pub const DURABLE_PRODUCER: &[(&str, &str)] = &[("enable.idempotence", "true"), ("acks", "all")];
+
+/// [`check_reachable`] for a producer, off the runtime's threads (the metadata call blocks).
+pub async fn check_producer(
+    producer: &rdkafka::producer::FutureProducer,
+    what: &'static str,
+    name: &str,
+    brokers: &str,
+    timeout: Duration,
+) -> Result<(), KafkaError> {
+    use rdkafka::producer::Producer;
+    let (p, n, b) = (producer.clone(), name.to_string(), brokers.to_string());
+    tokio::task::spawn_blocking(move || check_reachable(p.client(), what, &n, &b, timeout))
+        .await
+        .map_err(|e| KafkaError::Invalid {
+            what,
+            name: name.to_string(),
+            detail: format!("check panicked: {e}"),
+        })?
+}
+
 /// Client settings: brokers, security, then the user's own properties (which may override
 /// anything but what `locked` names).
 pub fn client_config(

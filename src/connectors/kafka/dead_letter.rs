@@ -12,7 +12,7 @@ use tracing::warn;
 
 use super::config::KafkaSourceConfig;
 use super::source::ConsumedRecord;
-use super::{client_config, KafkaError};
+use super::{client_config, KafkaError, DURABLE_PRODUCER};
 use crate::connectors::{DeadLetters, Origin};
 use crate::error::{Error, Result};
 use crate::telemetry::Telemetry;
@@ -36,7 +36,7 @@ impl DeadLetterTopic {
             &cfg.security,
             &cfg.options,
             &[("message.timeout.ms", "0".into())],
-            &[("enable.idempotence", "true"), ("acks", "all")],
+            DURABLE_PRODUCER,
         )
         .create()
         .map_err(|e| KafkaError::Invalid {

@@ -8,4 +8,6 @@ pub(crate) mod sink;
 pub(crate) mod source;
 
 pub(crate) use client::KafkaError;
-pub(crate) use client::{check_reachable, client_config, is_auth_code};
+pub(crate) use client::{
+    check_producer, check_reachable, client_config, is_auth_code, DURABLE_PRODUCER,
+};

@@ -19,7 +19,7 @@ use tracing::{info, warn};
 
 use crate::codec::{encode, Record};
 use crate::connectors::kafka::config::KafkaSinkConfig;
-use crate::connectors::kafka::{client_config, KafkaError};
+use crate::connectors::kafka::{check_producer, client_config, KafkaError, DURABLE_PRODUCER};
 use crate::connectors::{BatchPolicy, Ordering, Sink, Written};
 use crate::core::event::{ChangeEvent, Namespace, OpType};
 use crate::telemetry::Telemetry;
@@ -73,7 +73,7 @@ impl KafkaSink {
                 // checkpoint stays) until they are back.
                 ("message.timeout.ms", "0".to_string()),
             ],
-            &[("enable.idempotence", "true"), ("acks", "all")],
+            DURABLE_PRODUCER,
         );
         let producer: FutureProducer = client.create().map_err(invalid)?;
         let admin: AdminClient<DefaultClientContext> = client.create().map_err(invalid)?;
@@ -109,22 +109,14 @@ impl KafkaSink {
 
     /// Fails fast, with one clear line, when the brokers cannot be reached or refuse access.
     pub async fn check(self: &Arc<Self>, timeout: Duration) -> Result<(), KafkaError> {
-        let me = self.clone();
-        tokio::task::spawn_blocking(move || {
-            crate::connectors::kafka::check_reachable(
-                me.producer.client(),
-                "kafka sink",
-                &me.name,
-                &me.cfg.brokers,
-                timeout,
-            )
-        })
+        check_producer(
+            &self.producer,
+            "kafka sink",
+            &self.name,
+            &self.cfg.brokers,
+            timeout,
+        )
         .await
-        .map_err(|e| KafkaError::Invalid {
-            what: "kafka sink",
-            name: self.name.clone(),
-            detail: format!("check panicked: {e}"),
-        })?
     }
 
     /// Whether events of this operation type go to this sink.

@@ -472,7 +472,7 @@ impl MongoSink {
                             return Ok(());
                         }
                     }
-                    Some((index, code, msg)) => {
+                    Some((index, code, msg, we)) => {
                         counts.written += index as u64;
                         from += index;
                         let op = &run[from];
@@ -494,17 +494,10 @@ impl MongoSink {
                             // A unique secondary index collided: repaired from the source's
                             // current documents where there is a source to read; otherwise
                             // another lane may be behind, so wait and retry.
-                            let we = reply
-                                .get_array("writeErrors")
-                                .ok()
-                                .and_then(|e| e.first())
-                                .and_then(bson::Bson::as_document);
                             // On `_id`: a concurrent upsert of the same document (a repair);
                             // trying again finds it.
-                            let secondary = we.is_some_and(unique::on_secondary_index);
-                            let kv = we.and_then(unique::dup_key_value);
-                            let repaired = if secondary {
-                                self.repair_one(&ns, op, kv).await
+                            let repaired = if unique::on_secondary_index(we) {
+                                self.repair_one(&ns, op, unique::dup_key_value(we)).await
                             } else {
                                 Ok(false)
                             };
@@ -707,18 +700,10 @@ fn insert_failure(reply: &Document) -> InsertOutcome {
     let mut present = 0;
     let mut collided = Vec::new();
     for e in errs.iter().filter_map(bson::Bson::as_document) {
-        let code = match e.get("code") {
-            Some(bson::Bson::Int32(c)) => *c,
-            Some(bson::Bson::Int64(c)) => *c as i32,
-            _ => -1,
-        };
+        let code = int_field(e, "code").unwrap_or(-1) as i32;
         let msg = e.get_str("errmsg").unwrap_or("").to_string();
         if code == 11000 && unique::on_secondary_index(e) {
-            let index = match e.get("index") {
-                Some(bson::Bson::Int32(i)) => *i as usize,
-                Some(bson::Bson::Int64(i)) => *i as usize,
-                _ => 0,
-            };
+            let index = int_field(e, "index").unwrap_or(0) as usize;
             collided.push((index, unique::dup_key_value(e)));
         } else if code == 11000 {
             present += 1;
@@ -737,21 +722,24 @@ fn insert_failure(reply: &Document) -> InsertOutcome {
     InsertOutcome::Done { present }
 }
 
-fn first_write_error(reply: &Document) -> Option<(usize, i32, String)> {
+/// An integer field of a write error (`index`, `code`), whichever integer type it came in.
+fn int_field(e: &Document, key: &str) -> Option<i64> {
+    match e.get(key) {
+        Some(bson::Bson::Int32(v)) => Some(i64::from(*v)),
+        Some(bson::Bson::Int64(v)) => Some(*v),
+        _ => None,
+    }
+}
+
+/// The first write error of a reply: its index in the command, code, message, and the error
+/// document itself (for `keyPattern` / `keyValue`).
+fn first_write_error(reply: &Document) -> Option<(usize, i32, String, &Document)> {
     let errs = reply.get_array("writeErrors").ok()?;
     let first = errs.first()?.as_document()?;
-    let index = match first.get("index") {
-        Some(bson::Bson::Int32(i)) => *i as usize,
-        Some(bson::Bson::Int64(i)) => *i as usize,
-        _ => 0,
-    };
-    let code = match first.get("code") {
-        Some(bson::Bson::Int32(c)) => *c,
-        Some(bson::Bson::Int64(c)) => *c as i32,
-        _ => -1,
-    };
+    let index = int_field(first, "index").unwrap_or(0) as usize;
+    let code = int_field(first, "code").unwrap_or(-1) as i32;
     let msg = first.get_str("errmsg").unwrap_or("").to_string();
-    Some((index, code, msg))
+    Some((index, code, msg, first))
 }
 
 #[async_trait]

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bson::{doc, Bson, Document, RawDocumentBuf};
+use mongodb::options::WriteConcern;
 use mongodb::Client;
 use tracing::debug;
 
@@ -24,12 +25,6 @@ use crate::error::{Error, Result, Role};
 
 /// Strait's collection (in its database on the target) of documents a repair set aside.
 const JOURNAL: &str = "repairs";
-
-fn majority() -> mongodb::options::WriteConcern {
-    mongodb::options::WriteConcern::builder()
-        .w(mongodb::options::Acknowledgment::Majority)
-        .build()
-}
 
 /// Writes of current states one repair may make before it gives up (and the write is
 /// retried after a backoff, as before).
@@ -104,11 +99,10 @@ impl MongoSink {
         tokio::spawn(async move {
             let mut stack = vec![id];
             let mut parked = Vec::new();
-            let mut holder_of = key_value;
             let mut steps = 0;
             // First free the value the write needs, then write the document itself; a state
             // that collides in turn frees its own value first.
-            if let Some(kv) = holder_of.take() {
+            if let Some(kv) = key_value {
                 if let Some(h) = me.holder(&ns, kv, &stack[0]).await? {
                     stack.push(h);
                 }
@@ -163,7 +157,7 @@ impl MongoSink {
                 doc! { "$set": { "source_ns": src_ns.to_string(), "at": bson::DateTime::now() } },
             )
             .upsert(true)
-            .write_concern(majority())
+            .write_concern(WriteConcern::majority())
             .await
             .map_err(|e| Error::mongo(Role::Sink, "noting a document set aside", e))?;
         Ok(())
@@ -173,7 +167,7 @@ impl MongoSink {
         let key = doc! { "ns": ns.to_string(), "id": id.clone() };
         self.journal_coll()
             .delete_one(doc! { "_id": key })
-            .write_concern(majority())
+            .write_concern(WriteConcern::majority())
             .await
             .map_err(|e| Error::mongo(Role::Sink, "clearing a document set aside", e))?;
         Ok(())
@@ -184,7 +178,7 @@ impl MongoSink {
             .database(&ns.db)
             .collection::<Document>(ns.coll_name())
             .delete_one(doc! { "_id": id.clone() })
-            .write_concern(majority())
+            .write_concern(WriteConcern::majority())
             .await
             .map_err(|e| {
                 Error::mongo(Role::Sink, format!("setting a document of {ns} aside"), e)
@@ -306,22 +300,19 @@ impl MongoSink {
             .run_raw_command(cmd)
             .await
             .map_err(|e| Error::mongo(Role::Sink, format!("writing to {ns}"), e))?;
-        if let Ok(errs) = reply.get_array("writeErrors") {
-            if let Some(we) = errs.first().and_then(Bson::as_document) {
-                let code = we.get_i32("code").unwrap_or(-1);
-                if code == 11000 && on_secondary_index(we) {
-                    return Ok(Step::Collided(dup_key_value(we).unwrap_or_default()));
-                }
-                // On `_id`: the document's lane upserted it at the same moment.
-                if TRANSIENT_CODES.contains(&code) || code == 11000 {
-                    return Ok(Step::Retry);
-                }
-                return Err(Error::Rejected {
-                    ns: ns.to_string(),
-                    code,
-                    message: we.get_str("errmsg").unwrap_or("").to_string(),
-                });
+        if let Some((_, code, message, we)) = super::first_write_error(&reply) {
+            if code == 11000 && on_secondary_index(we) {
+                return Ok(Step::Collided(dup_key_value(we).unwrap_or_default()));
             }
+            // On `_id`: the document's lane upserted it at the same moment.
+            if TRANSIENT_CODES.contains(&code) || code == 11000 {
+                return Ok(Step::Retry);
+            }
+            return Err(Error::Rejected {
+                ns: ns.to_string(),
+                code,
+                message,
+            });
         }
         if reply.get_document("writeConcernError").is_ok() {
             return Ok(Step::Retry);
