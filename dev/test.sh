@@ -9,6 +9,8 @@ export STRAIT_S3S_FS="${STRAIT_CACHE:-$HOME/.cache/strait}/s3s-fs/bin/s3s-fs"
 export STRAIT_TANSU="${STRAIT_CACHE:-$HOME/.cache/strait}/tansu/bin/tansu"
 # The real consumers of strait's Kafka records (PyFlink, pymongo): tests/it/consumers.rs.
 export STRAIT_CONSUMERS_PYTHON="$(dev/install-consumers.sh)"
+# A real browser for the status page of `strait serve` (Debian's Chromium + chromedriver).
+export STRAIT_CHROMEDRIVER="$(dev/install-browser.sh)"
 echo "test servers: $STRAIT_SECANTUSD, $STRAIT_S3S_FS, $STRAIT_TANSU" >&2
 cargo build --release --bins
 # Tests run strait's release binary; two at a time fits two cores and their servers.

@@ -112,12 +112,18 @@ pub(crate) async fn serve_directions(
 
 /// `None` when allowed, else the 401 response.
 fn refused(api: &Api, headers: &HeaderMap) -> Option<Response> {
-    let token = api.token.as_ref()?;
+    unauthorized(api.token.as_deref(), headers)
+}
+
+/// `None` when the request carries `Authorization: Bearer <token>` (or no token is set), else
+/// the 401 response.
+pub(crate) fn unauthorized(token: Option<&str>, headers: &HeaderMap) -> Option<Response> {
+    let token = token?;
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    (given != Some(token.as_str())).then(|| {
+    (given != Some(token)).then(|| {
         (
             StatusCode::UNAUTHORIZED,
             Json(json!({ "error": "missing or wrong bearer token" })),
@@ -321,21 +327,30 @@ async fn rate(State(api): State<Api>, headers: HeaderMap, body: String) -> Respo
     if let Some(r) = refused(&api, &headers) {
         return r;
     }
-    // `{"ops_per_sec": N}` or a bare number.
-    let parsed = serde_json::from_str::<RateBody>(&body)
-        .map(|b| b.ops_per_sec)
-        .or_else(|_| body.trim().parse::<u64>());
-    match parsed {
-        Ok(n) => {
+    match parse_rate(&body) {
+        Some(n) => {
             api.control.set_rate(n);
             Json(json!({ "ops_per_sec": n })).into_response()
         }
-        Err(_) => (
-            StatusCode::BAD_REQUEST,
-            Json(json!({ "error": "body must be {\"ops_per_sec\": N} or N (0 = unlimited)" })),
-        )
-            .into_response(),
+        None => bad_rate(),
     }
+}
+
+/// A rate body: `{"ops_per_sec": N}` or a bare number.
+pub(crate) fn parse_rate(body: &str) -> Option<u64> {
+    serde_json::from_str::<RateBody>(body)
+        .map(|b| b.ops_per_sec)
+        .or_else(|_| body.trim().parse::<u64>())
+        .ok()
+}
+
+/// The answer to a rate body [`parse_rate`] cannot read.
+pub(crate) fn bad_rate() -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({ "error": "body must be {\"ops_per_sec\": N} or N (0 = unlimited)" })),
+    )
+        .into_response()
 }
 
 async fn get_rate(State(api): State<Api>) -> Json<serde_json::Value> {

@@ -772,44 +772,8 @@ impl PipelineConfig {
 
     /// Parses and validates pipeline TOML; `path` only labels errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let cfg: PipelineConfig = toml::from_str(text).map_err(|e| {
-            let (mut line, mut column) =
-                e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
-            // Errors of tables read by their `type` (source, sink, sinks.*) point at the
-            // table; find the offending key inside it.
-            if let Some(key) = e
-                .message()
-                .split_once("unknown field `")
-                .and_then(|(_, r)| r.split_once('`'))
-                .map(|(k, _)| k)
-            {
-                if let Some(l) = text.lines().enumerate().skip(line - 1).find_map(|(i, l)| {
-                    let l = l.trim_start();
-                    (l.strip_prefix(key)
-                        .is_some_and(|r| r.trim_start().starts_with('=')))
-                    .then_some(i + 1)
-                }) {
-                    (line, column) = (l, 1);
-                }
-            }
-            ConfigError::Parse {
-                path: path.to_path_buf(),
-                line,
-                column,
-                message: e.message().trim().replace('\n', " "),
-            }
-        })?;
-        cfg.validate(path).map_err(|e| match e {
-            ConfigError::Invalid {
-                path, key, message, ..
-            } => ConfigError::Invalid {
-                line: line_of_key(text, &key),
-                path,
-                key,
-                message,
-            },
-            other => other,
-        })?;
+        let cfg: PipelineConfig = parse_toml(text, path)?;
+        cfg.validate(path).map_err(|e| with_line_of_key(e, text))?;
         Ok(cfg)
     }
 
@@ -1093,6 +1057,56 @@ impl PipelineConfig {
             api.token = api.token.as_ref().map(|_| "***".to_string());
         }
         toml::to_string_pretty(&c).unwrap_or_default()
+    }
+}
+
+/// Deserializes strict TOML; a malformed value or an unknown key becomes a
+/// [`ConfigError::Parse`] with the line and column of the offending key. `path` only labels
+/// errors.
+pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(
+    text: &str,
+    path: &Path,
+) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| {
+        let (mut line, mut column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+        // Errors of tables read by their `type` (source, sink, sinks.*) point at the
+        // table; find the offending key inside it.
+        if let Some(key) = e
+            .message()
+            .split_once("unknown field `")
+            .and_then(|(_, r)| r.split_once('`'))
+            .map(|(k, _)| k)
+        {
+            if let Some(l) = text.lines().enumerate().skip(line - 1).find_map(|(i, l)| {
+                let l = l.trim_start();
+                (l.strip_prefix(key)
+                    .is_some_and(|r| r.trim_start().starts_with('=')))
+                .then_some(i + 1)
+            }) {
+                (line, column) = (l, 1);
+            }
+        }
+        ConfigError::Parse {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message: e.message().trim().replace('\n', " "),
+        }
+    })
+}
+
+/// An [`ConfigError::Invalid`] raised without a line gets the line of its key in `text`.
+pub(crate) fn with_line_of_key(e: ConfigError, text: &str) -> ConfigError {
+    match e {
+        ConfigError::Invalid {
+            path, key, message, ..
+        } => ConfigError::Invalid {
+            line: line_of_key(text, &key),
+            path,
+            key,
+            message,
+        },
+        other => other,
     }
 }
 

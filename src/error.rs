@@ -17,6 +17,8 @@ pub enum Role {
     Sink,
     /// The checkpoint store.
     Checkpoint,
+    /// The control database of `strait serve` (pipeline configs, workers, leases).
+    Control,
 }
 
 impl std::fmt::Display for Role {
@@ -25,6 +27,7 @@ impl std::fmt::Display for Role {
             Role::Source => "source",
             Role::Sink => "sink",
             Role::Checkpoint => "checkpoint store",
+            Role::Control => "control database",
         })
     }
 }

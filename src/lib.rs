@@ -19,6 +19,7 @@ pub mod engine;
 pub mod error;
 pub(crate) mod metrics;
 pub(crate) mod report;
+pub mod serve;
 pub(crate) mod telemetry;
 pub mod transform;
 pub mod two_way;

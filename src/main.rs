@@ -43,6 +43,13 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Run a worker that hosts many pipelines, managed over REST (`GET/POST /pipelines`) and
+    /// shown on a status page at `/`. Workers sharing a control database share the pipelines.
+    Serve {
+        /// Server file (`server.toml`).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
     /// Compare source and target: counts, every document byte for byte, indexes.
     /// Exits 1 when they differ.
     Verify {
@@ -241,6 +248,7 @@ fn main() -> ExitCode {
 async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
         Command::Run { config } => run(config).await,
+        Command::Serve { config } => serve(config).await,
         Command::Verify {
             config,
             limit,
@@ -295,6 +303,16 @@ async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
         other => Ok(other?),
     }?;
     info!("Pipeline stopped.");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(path: PathBuf) -> anyhow::Result<ExitCode> {
+    let cfg = strait::serve::ServerConfig::load(&path).map_err(Error::from)?;
+    let stop = CancellationToken::new();
+    let signals = tokio::spawn(shutdown_on_signal(stop.clone()));
+    let result = strait::serve::serve(cfg, stop).await;
+    signals.abort();
+    result?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -12,10 +12,11 @@ use tracing::info;
 
 use crate::telemetry::{PipelineState, Telemetry};
 
-/// Runs until `cancel`, drawing bars on a terminal and logging every `log_every` otherwise.
-pub async fn report(t: Arc<Telemetry>, cancel: CancellationToken, log_every: Duration) {
-    if std::io::stderr().is_terminal() {
-        bars(t, cancel).await
+/// Runs until `cancel`, drawing bars on a terminal (when `bars`) and logging every
+/// `log_every` otherwise.
+pub async fn report(t: Arc<Telemetry>, cancel: CancellationToken, log_every: Duration, bars: bool) {
+    if bars && std::io::stderr().is_terminal() {
+        draw_bars(t, cancel).await
     } else {
         log_lines(t, cancel, log_every).await
     }
@@ -29,7 +30,7 @@ fn summary_line(t: &Telemetry, rate: f64) -> String {
     )
 }
 
-async fn bars(t: Arc<Telemetry>, cancel: CancellationToken) {
+async fn draw_bars(t: Arc<Telemetry>, cancel: CancellationToken) {
     let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(4));
     let style = ProgressStyle::with_template(
         "{prefix:>28} [{bar:30}] {pos}/{len} docs {per_sec} eta {eta}",

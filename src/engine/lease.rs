@@ -74,6 +74,11 @@ impl Lease {
         }
     }
 
+    /// Takes the lease if it is free or expired, without waiting. Ok(true) when held.
+    pub(crate) async fn try_take(&self) -> Result<bool> {
+        self.try_acquire("acquired").await
+    }
+
     /// Waits until this process holds the lease (or `stop`). Returns false if stopped first.
     pub async fn acquire(&self, stop: &CancellationToken) -> Result<bool> {
         let mut announced = false;

@@ -33,6 +33,9 @@ pub struct Supervisor {
     pub cancel: CancellationToken,
     /// Two-way pipelines: the counters of the second direction (`telemetry` has the first).
     pub backward: Option<Arc<Telemetry>>,
+    /// Hosted by `strait serve`: the server's API stands for the pipeline's own `[api]`
+    /// listener, and progress goes to log lines (many pipelines share one terminal).
+    hosted: bool,
 }
 
 /// A task beside the pipeline, stopped by its own token.
@@ -60,6 +63,16 @@ impl Supervisor {
             telemetry: Arc::new(Telemetry::default()),
             control,
             cancel: CancellationToken::new(),
+            hosted: false,
+        }
+    }
+
+    /// A supervisor of `cfg` inside `strait serve`: no API listener of its own, no progress
+    /// bars. The worker holds the pipeline's lease, so `cfg.checkpoint.lease` must be off.
+    pub(crate) fn hosted(cfg: PipelineConfig) -> Self {
+        Self {
+            hosted: true,
+            ..Self::new(cfg)
         }
     }
 
@@ -93,7 +106,7 @@ impl Supervisor {
     }
 
     async fn start_api(&self) -> Result<Option<Companion>> {
-        let Some(a) = self.cfg.api.clone() else {
+        let Some(a) = self.cfg.api.clone().filter(|_| !self.hosted) else {
             return Ok(None);
         };
         let stop = CancellationToken::new();
@@ -120,14 +133,19 @@ impl Supervisor {
 
     /// The progress bars / periodic status lines; a standby reports nothing.
     fn start_reporter(&self) -> Companion {
-        Self::reporter(self.telemetry.clone())
+        self.reporter(self.telemetry.clone())
     }
 
-    fn reporter(telemetry: Arc<Telemetry>) -> Companion {
+    fn reporter(&self, telemetry: Arc<Telemetry>) -> Companion {
         let stop = CancellationToken::new();
         let handle = tokio::spawn(
-            crate::report::report(telemetry, stop.clone(), Duration::from_secs(10))
-                .in_current_span(),
+            crate::report::report(
+                telemetry,
+                stop.clone(),
+                Duration::from_secs(10),
+                !self.hosted,
+            )
+            .in_current_span(),
         );
         Companion(handle, stop)
     }
@@ -154,8 +172,8 @@ impl Supervisor {
                 .under_lease(lease, &[&self.telemetry, backward], || {
                     let [f, b] = crate::two_way::directions(cfg);
                     let reporters = [
-                        Self::reporter(telemetry[0].clone()),
-                        Self::reporter(telemetry[1].clone()),
+                        self.reporter(telemetry[0].clone()),
+                        self.reporter(telemetry[1].clone()),
                     ];
                     async move {
                         let result =
@@ -302,7 +320,7 @@ impl Supervisor {
 }
 
 /// A lease holder id: host name and process id.
-fn holder_id() -> String {
+pub(crate) fn holder_id() -> String {
     let host = std::fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "host".into());

@@ -8,9 +8,18 @@ use bson::doc;
 /// Runs `strait run -c cfg`, which must fail within 15 s with exactly one `error:` line that
 /// mentions each of `expect`; returns that line.
 pub(crate) fn run_expect_failure(cfg: &std::path::Path, expect: &[&str]) -> String {
+    command_expect_failure("run", cfg, expect)
+}
+
+/// [`run_expect_failure`] for another subcommand that takes `-c` (`serve`).
+pub(crate) fn command_expect_failure(
+    command: &str,
+    cfg: &std::path::Path,
+    expect: &[&str],
+) -> String {
     let started = Instant::now();
     let (code, _out, err) = strait_cmd(
-        &["run", "-c", cfg.to_str().unwrap()],
+        &[command, "-c", cfg.to_str().unwrap()],
         Duration::from_secs(30),
     );
     assert_ne!(code, 0, "must fail: {err}");

@@ -14,6 +14,20 @@ fn every_example_parses() {
 }
 
 #[test]
+fn every_server_example_parses() {
+    let mut n = 0;
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/serve")).unwrap()
+    {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            strait::serve::ServerConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            n += 1;
+        }
+    }
+    assert!(n >= 2);
+}
+
+#[test]
 fn config_reference_documents_every_key() {
     let doc =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/config.md")).unwrap();
@@ -22,6 +36,7 @@ fn config_reference_documents_every_key() {
         "/src/connectors/kafka/config.rs",
         "/src/connectors/mongo/config.rs",
         "/src/connectors/archive/config.rs",
+        "/src/serve/config.rs",
     ]
     .map(|f| std::fs::read_to_string(format!("{}{f}", env!("CARGO_MANIFEST_DIR"))).unwrap())
     .join("\n");

@@ -14,6 +14,7 @@ mod failover;
 mod history_lost;
 mod kafka;
 mod replication;
+mod serve;
 mod tls;
 mod two_way;
 mod unique;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bson::{doc, Document};
 
-use crate::bad_input::run_expect_failure;
+use crate::bad_input::{command_expect_failure, run_expect_failure};
 use crate::common::*;
 
 /// A CA, a server certificate for 127.0.0.1 / localhost signed by it, a client certificate
@@ -224,4 +224,82 @@ async fn a_wrong_ca_and_a_missing_client_certificate_each_give_one_line() {
         ),
         &["sink", "tls.certificate_key_file"],
     );
+}
+
+/// `curl` over HTTPS trusting `ca`; returns (exit code, body).
+fn curl(url: &str, ca: &Path) -> (i32, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(ca)
+        .arg(url)
+        .output()
+        .expect("curl runs");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serve_worker_talks_tls_to_its_control_database_and_serves_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path());
+    let control = tls_server(&pki, false);
+    let port = free_port_for_tests();
+    let server_toml = |ca: &Path, cert: &Path| {
+        format!(
+            "worker_id = \"tls-1\"\nlease_ttl = \"4s\"\n[control]\nuri = \"{}\"\nconnect_timeout = \"3s\"\n[control.tls]\nca_file = \"{}\"\n[api]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"t\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+            control.uri(),
+            ca.display(),
+            cert.display(),
+            pki.server_key.display()
+        )
+    };
+    // A wrong CA for the control database, then a missing certificate file: one line each.
+    let cfg = write_config(
+        dir.path(),
+        "wrong-ca.toml",
+        &server_toml(&pki.other_ca, &pki.server_cert),
+    );
+    command_expect_failure("serve", &cfg, &["control database", "control.tls.ca_file"]);
+    let cfg = write_config(
+        dir.path(),
+        "no-cert.toml",
+        &server_toml(&pki.ca, &dir.path().join("missing.pem")),
+    );
+    command_expect_failure("serve", &cfg, &["api.tls_cert_file", "missing.pem"]);
+
+    let cfg = write_config(
+        dir.path(),
+        "ok.toml",
+        &server_toml(&pki.ca, &pki.server_cert),
+    );
+    let worker = Strait::serve(&cfg, &dir.path().join("w.log"));
+    let url = format!("https://127.0.0.1:{port}/workers");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let (code, body) = curl(&url, &pki.ca);
+        if code == 0 && body.contains("tls-1") {
+            break body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no HTTPS answer: {code} {body}\n{}",
+            worker.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        body.contains(&format!("\"url\":\"https://127.0.0.1:{port}\"")),
+        "{body}"
+    );
+    // Someone else's CA does not trust it; plain HTTP gets no answer.
+    let (code, body) = curl(&url, &pki.other_ca);
+    assert_ne!(code, 0, "{body}");
+    let (code, body) = curl(&format!("http://127.0.0.1:{port}/workers"), &pki.ca);
+    assert_ne!(code, 0, "{body}");
 }

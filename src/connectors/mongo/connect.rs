@@ -104,6 +104,7 @@ fn tls_failure(
         Role::Source => ("source", "source"),
         Role::Sink => ("sink", "sink"),
         Role::Checkpoint => ("checkpoint store", "sink"),
+        Role::Control => ("control database", "control"),
     };
     let tls = endpoint.tls.as_ref();
     let cas = match tls.and_then(|t| t.ca_file.as_ref()) {

@@ -164,13 +164,22 @@ pub struct Strait {
 
 impl Strait {
     pub fn spawn(config: &Path, log: &Path) -> Strait {
+        Self::spawn_command("run", config, log)
+    }
+
+    /// `strait serve -c config`: a worker of a pipeline group.
+    pub fn serve(config: &Path, log: &Path) -> Strait {
+        Self::spawn_command("serve", config, log)
+    }
+
+    fn spawn_command(command: &str, config: &Path, log: &Path) -> Strait {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .unwrap();
         let child = Command::new(strait_bin())
-            .args(["run", "-c"])
+            .args([command, "-c"])
             .arg(config)
             .env("STRAIT_LOG", "info,strait=debug")
             .stdout(Stdio::null())
@@ -418,6 +427,7 @@ pub async fn indexes(client: &Client, db: &str, coll: &str) -> Vec<Document> {
     v.sort_by_key(|d| d.get_str("name").unwrap().to_string());
     v
 }
+pub mod browser;
 pub mod kafka;
 pub mod s3;
 pub mod workload;
