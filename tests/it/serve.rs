@@ -404,6 +404,24 @@ async fn a_group_of_two_workers_runs_moves_and_changes_pipelines() {
         Some(&w1.proc),
     )
     .await;
+    // An invalid replacement is refused with its line and key, and p0 keeps running version 2.
+    let bad = pipeline_toml(0, &src, &dst, "\"d0.*\"")
+        .replace("mode = \"full+incremental\"", "mode = \"sometimes\"");
+    let (code, body) = http(
+        "PUT",
+        &format!("{}/pipelines/p0", w1.url),
+        Some(TOKEN),
+        &bad,
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("pipeline:2:"), "{body}");
+    let p0 = get_json(&format!("{}/pipelines/p0", w1.url)).await;
+    assert_eq!(
+        (p0["version"].as_i64(), p0["state"].as_str()),
+        (Some(2), Some("streaming")),
+        "{p0}"
+    );
     // The id in the body must be the URL's.
     let (code, body) = http(
         "PUT",
