@@ -12,6 +12,7 @@
 pub mod change_event;
 pub mod debezium;
 pub mod document;
+pub(crate) mod ext_json;
 
 use bson::{Bson, Document, RawBsonRef, RawDocument, RawDocumentBuf};
 use serde_json::Value;
@@ -189,7 +190,11 @@ pub fn json_bytes(v: &Value) -> Vec<u8> {
 /// The key of an event: its document key as Extended JSON, else its namespace (DDL).
 pub fn document_key_record_key(ev: &ChangeEvent, flavour: JsonFlavour) -> Vec<u8> {
     match &ev.document_key {
-        Some(k) => json_bytes(&to_json(k, flavour)),
+        Some(k) => {
+            let mut out = Vec::with_capacity(k.as_bytes().len() * 2);
+            ext_json::write_document(&mut out, k, flavour);
+            out
+        }
         None => json_bytes(&ns_key(&ev.ns)),
     }
 }

@@ -7,8 +7,8 @@ use bson::{RawBsonRef, RawDocumentBuf};
 use serde_json::{Map, Value};
 
 use super::{
-    bad, document_key_record_key, json_bytes, json_to_doc, parse_json, raw_to_json, DecodeError,
-    Decoded, Record, RecordMeta,
+    bad, document_key_record_key, ext_json, json_bytes, json_to_doc, parse_json, raw_to_json,
+    DecodeError, Decoded, Record, RecordMeta,
 };
 use crate::config::JsonFlavour;
 use crate::core::event::{ChangeEvent, Namespace, OpType};
@@ -27,40 +27,106 @@ pub fn encode(ev: &ChangeEvent, flavour: JsonFlavour) -> Option<Record> {
     if ev.op == OpType::Invalidate {
         return None;
     }
-    let mut m = Map::new();
+    let value = match flavour {
+        JsonFlavour::Plain => None,
+        _ => encode_direct(ev, flavour),
+    }
+    .unwrap_or_else(|| json_bytes(&encode_tree(ev, flavour)));
+    Some(Record {
+        key: document_key_record_key(ev, flavour),
+        value: Some(value),
+    })
+}
+
+/// Which top-level fields the record has, and how each is written.
+enum Field<'a> {
+    /// The operation type (strait's name for it).
+    Op,
+    /// A namespace after renames.
+    Ns(&'a Namespace),
+    /// The field as it is in the event.
+    Raw(RawBsonRef<'a>),
+}
+
+/// The record's fields in the event's order: `ns` and `to` after renames, the operation
+/// description of a rename that left the scope (now a drop) left out.
+fn fields(ev: &ChangeEvent) -> Vec<(&str, Field<'_>)> {
+    let mut out = Vec::with_capacity(12);
     let mut to_done = false;
     for item in ev.raw.iter() {
         let Ok((k, v)) = item else { continue };
         let k = k.as_str();
         match k {
-            "operationType" => {
-                m.insert(k.into(), Value::String(ev.op.as_str().into()));
-            }
-            "ns" => {
-                m.insert(k.into(), ns_json(&ev.ns));
-            }
+            "operationType" => out.push((k, Field::Op)),
+            "ns" => out.push((k, Field::Ns(&ev.ns))),
             // A rename out of scope became a drop: it has no target any more.
             "to" => {
                 if let Some(to) = &ev.rename_to {
-                    m.insert(k.into(), ns_json(to));
+                    out.push((k, Field::Ns(to)));
                 }
                 to_done = true;
             }
             "operationDescription" if ev.rename_to.is_none() && ev.op == OpType::Drop => {}
-            _ => {
-                m.insert(k.into(), raw_to_json(v, flavour));
-            }
+            _ => out.push((k, Field::Raw(v))),
         }
     }
     if !to_done {
         if let Some(to) = &ev.rename_to {
-            m.insert("to".into(), ns_json(to));
+            out.push(("to", Field::Ns(to)));
         }
     }
-    Some(Record {
-        key: document_key_record_key(ev, flavour),
-        value: Some(json_bytes(&Value::Object(m))),
-    })
+    out
+}
+
+/// The record written straight from the raw event; `None` when a field name repeats (the JSON
+/// object keeps one of them: the tree path decides which).
+fn encode_direct(ev: &ChangeEvent, flavour: JsonFlavour) -> Option<Vec<u8>> {
+    let fields = fields(ev);
+    for (i, (k, _)) in fields.iter().enumerate() {
+        if fields[..i].iter().any(|(other, _)| other == k) {
+            return None;
+        }
+    }
+    let mut out = Vec::with_capacity(ev.raw.as_bytes().len() * 2 + 64);
+    out.push(b'{');
+    for (i, (k, f)) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        ext_json::write_str(&mut out, k);
+        out.push(b':');
+        match f {
+            Field::Op => ext_json::write_str(&mut out, ev.op.as_str()),
+            Field::Ns(ns) => write_ns(&mut out, ns),
+            Field::Raw(v) => ext_json::write_value(&mut out, *v, flavour),
+        }
+    }
+    out.push(b'}');
+    Some(out)
+}
+
+fn write_ns(out: &mut Vec<u8>, ns: &Namespace) {
+    out.extend_from_slice(b"{\"db\":");
+    ext_json::write_str(out, &ns.db);
+    if let Some(c) = &ns.coll {
+        out.extend_from_slice(b",\"coll\":");
+        ext_json::write_str(out, c);
+    }
+    out.push(b'}');
+}
+
+/// The record as a JSON tree (plain JSON, and events with a repeated field name).
+fn encode_tree(ev: &ChangeEvent, flavour: JsonFlavour) -> Value {
+    let mut m = Map::new();
+    for (k, f) in fields(ev) {
+        let v = match f {
+            Field::Op => Value::String(ev.op.as_str().into()),
+            Field::Ns(ns) => ns_json(ns),
+            Field::Raw(v) => raw_to_json(v, flavour),
+        };
+        m.insert(k.into(), v);
+    }
+    Value::Object(m)
 }
 
 /// A change-event record back as the event.
@@ -121,4 +187,31 @@ pub fn check_event(ev: &ChangeEvent) -> Result<(), DecodeError> {
         return Err(bad("rename event without to"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_field_takes_the_tree_path() {
+        let mut raw = RawDocumentBuf::new();
+        let mut token = RawDocumentBuf::new();
+        token.append(bson::raw::cstr!("_data"), "t");
+        raw.append(bson::raw::cstr!("_id"), token);
+        raw.append(bson::raw::cstr!("operationType"), "insert");
+        let mut ns = RawDocumentBuf::new();
+        ns.append(bson::raw::cstr!("db"), "d");
+        ns.append(bson::raw::cstr!("coll"), "c");
+        raw.append(bson::raw::cstr!("ns"), ns);
+        raw.append(bson::raw::cstr!("x"), bson::RawBson::Int32(1));
+        raw.append(bson::raw::cstr!("x"), bson::RawBson::Int32(2));
+        let ev = ChangeEvent::from_raw(raw).unwrap();
+        assert!(encode_direct(&ev, JsonFlavour::Canonical).is_none());
+        let r = encode(&ev, JsonFlavour::Canonical).unwrap();
+        assert_eq!(
+            r.value.unwrap(),
+            json_bytes(&encode_tree(&ev, JsonFlavour::Canonical))
+        );
+    }
 }

@@ -9,8 +9,8 @@ use bson::{RawBsonRef, RawDocumentBuf};
 use serde_json::Value;
 
 use super::{
-    bad, document_key_record_key, json_bytes, json_to_doc, parse_json, record_token, to_json,
-    DecodeError, Decoded, DocumentOptions, Record, RecordMeta,
+    bad, document_key_record_key, json_to_doc, parse_json, record_token, DecodeError, Decoded,
+    DocumentOptions, Record, RecordMeta,
 };
 use crate::config::JsonFlavour;
 use crate::core::event::{ChangeEvent, Namespace, OpType};
@@ -24,7 +24,11 @@ pub fn encode(ev: &ChangeEvent, flavour: JsonFlavour, tombstones: bool) -> Optio
             let d = ev.full_document.as_ref()?;
             Some(Record {
                 key: key(),
-                value: Some(json_bytes(&to_json(d, flavour))),
+                value: Some({
+                    let mut out = Vec::with_capacity(d.as_bytes().len() * 2);
+                    super::ext_json::write_document(&mut out, d, flavour);
+                    out
+                }),
             })
         }
         OpType::Delete if tombstones => Some(Record {

@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::config::ServerApiConfig;
+use super::store::parsed;
 use super::worker::Worker;
 use crate::api::{bad_rate, parse_rate, unauthorized};
 use crate::config::{ConfigError, PipelineConfig};
@@ -223,7 +224,7 @@ async fn create(State(api): State<Api>, headers: HeaderMap, body: String) -> Res
         Ok((c, t)) => (t, c),
         Err(r) => return r.into_response(),
     };
-    match api.worker.store.create(&cfg.id, &text).await {
+    match api.worker.store.create(&cfg.id, &text, parsed(&cfg)).await {
         Ok(true) => (
             StatusCode::CREATED,
             Json(json!({ "id": cfg.id, "version": 1 })),
@@ -288,7 +289,7 @@ async fn replace(
         )
             .into_response();
     }
-    match api.worker.store.replace(&id, &text).await {
+    match api.worker.store.replace(&id, &text, parsed(&cfg)).await {
         Ok(r) => {
             let code = if r.version == 1 {
                 StatusCode::CREATED

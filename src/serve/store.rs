@@ -1,6 +1,7 @@
 //! The control database of `strait serve`: what every worker of a group shares.
 //!
-//! - `pipelines`: `{_id, config (TOML text), version, paused, rate, restarts, updated}`, written
+//! - `pipelines`: `{_id, config (TOML text), parsed (the config with its defaults, as a
+//!   document), version, paused, rate, restarts, updated}`, written
 //!   by the REST API; the holder of a pipeline follows it.
 //! - `workers`: `{_id, url, heartbeat, max_pipelines, running}`, one per live worker.
 //! - `status`: `{_id, worker, version, at, status, progress, rate_ops}`, published by the
@@ -19,6 +20,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::connectors::mongo::driver_error::error_code;
 use crate::error::{Error, Result, Role};
+
+/// A pipeline config as a document, defaults filled in, for queries on the control database
+/// (the text stays the source of truth).
+pub(crate) fn parsed(cfg: &crate::config::PipelineConfig) -> Document {
+    // Through JSON: the config's own serde form (durations as text, addresses as strings).
+    serde_json::to_value(cfg)
+        .ok()
+        .and_then(|v| bson::serialize_to_document(&v).ok())
+        .unwrap_or_default()
+}
 
 /// One stored pipeline.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -130,9 +141,11 @@ impl ControlStore {
     }
 
     /// Stores a new pipeline; false if the id exists.
-    pub(crate) async fn create(&self, id: &str, config: &str) -> Result<bool> {
-        let d = doc! { "_id": id, "config": config, "version": 1_i64, "paused": false,
-        "restarts": 0_i64, "updated": DateTime::now() };
+    pub(crate) async fn create(&self, id: &str, config: &str, parsed: Document) -> Result<bool> {
+        let d = doc! {
+            "_id": id, "config": config, "parsed": parsed, "version": 1_i64, "paused": false,
+            "restarts": 0_i64, "updated": DateTime::now(),
+        };
         let c = self.pipelines.clone();
         match tokio::spawn(async move { c.insert_one(d).await })
             .await
@@ -145,12 +158,17 @@ impl ControlStore {
     }
 
     /// Replaces a pipeline's config (creating it if absent); returns the stored record.
-    pub(crate) async fn replace(&self, id: &str, config: &str) -> Result<PipelineRecord> {
+    pub(crate) async fn replace(
+        &self,
+        id: &str,
+        config: &str,
+        parsed: Document,
+    ) -> Result<PipelineRecord> {
         let c = self.pipelines.clone();
         let (f, u) = (
             doc! { "_id": id },
             doc! {
-                "$set": { "config": config, "updated": DateTime::now() },
+                "$set": { "config": config, "parsed": parsed, "updated": DateTime::now() },
                 "$inc": { "version": 1_i64 },
                 "$setOnInsert": { "paused": false, "restarts": 0_i64 },
             },

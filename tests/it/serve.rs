@@ -255,6 +255,29 @@ async fn a_group_of_two_workers_runs_moves_and_changes_pipelines() {
     )
     .await;
     assert_eq!(code, 409, "a second create of p0");
+    // Stored as text plus parsed, defaults filled in.
+    let stored = d
+        .database("strait_control")
+        .collection::<Document>("pipelines")
+        .find_one(doc! { "_id": "p1" })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(stored.get_str("config").unwrap().contains("id = \"p1\""));
+    let parsed = stored.get_document("parsed").unwrap();
+    assert_eq!(
+        parsed
+            .get_document("scope")
+            .unwrap()
+            .get_array("include")
+            .unwrap()[0]
+            .as_str(),
+        Some("d1.*")
+    );
+    assert!(
+        parsed.get_document("apply").unwrap().contains_key("lanes"),
+        "{parsed}"
+    );
     let list = wait_pipelines(
         &w2,
         Duration::from_secs(120),
