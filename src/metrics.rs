@@ -44,6 +44,48 @@ impl Metrics {
     }
 }
 
+/// One exposition made of several [`Metrics::render`] texts of different pipelines: each
+/// family once (its `# HELP` / `# TYPE` / `# UNIT` lines from the first text that has it),
+/// followed by the samples of every text, then `# EOF`. No two texts carry the same series,
+/// since every sample has its pipeline's label.
+pub(crate) fn merge(texts: &[&str]) -> String {
+    use std::collections::HashMap;
+    let mut order: Vec<&str> = Vec::new();
+    // Family name -> (index of the text that described it, descriptor lines, samples).
+    let mut families: HashMap<&str, (usize, Vec<&str>, Vec<&str>)> = HashMap::new();
+    for (i, text) in texts.iter().enumerate() {
+        let mut current: Option<&str> = None;
+        for line in text.lines() {
+            if line == "# EOF" {
+                break;
+            }
+            if let Some(rest) = line.strip_prefix("# ") {
+                let name = rest.split(' ').nth(1).unwrap_or("");
+                let f = families.entry(name).or_insert_with(|| {
+                    order.push(name);
+                    (i, Vec::new(), Vec::new())
+                });
+                if f.0 == i {
+                    f.1.push(line);
+                }
+                current = Some(name);
+            } else if let Some(f) = current.and_then(|n| families.get_mut(n)) {
+                f.2.push(line);
+            }
+        }
+    }
+    let mut out = String::new();
+    for name in order {
+        let (_, descriptors, samples) = &families[name];
+        for l in descriptors.iter().chain(samples) {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out.push_str("# EOF\n");
+    out
+}
+
 /// Reads one pipeline's telemetry at each scrape.
 #[derive(Debug)]
 struct PipelineCollector {
@@ -338,5 +380,38 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn merged_texts_describe_each_family_once() {
+        let render = |id: &str| {
+            let t = Arc::new(Telemetry::default());
+            t.applied(&crate::core::event::OpType::Insert, 3);
+            let mut m = Metrics::default();
+            m.add_pipeline(id, t, Arc::new(Control::new(0)));
+            m.render()
+        };
+        let (a, b) = (render("a"), render("b"));
+        let merged = merge(&[&a, &b]);
+        assert_eq!(
+            merged
+                .matches("# TYPE strait_events_applied counter")
+                .count(),
+            1
+        );
+        assert_eq!(merged.matches("# EOF").count(), 1);
+        assert!(merged.ends_with("# EOF\n"));
+        for id in ["a", "b"] {
+            assert!(
+                merged.contains(&format!(
+                    "strait_events_applied_total{{pipeline=\"{id}\",op=\"insert\",sink=\"mongodb\"}} 3"
+                )),
+                "{merged}"
+            );
+        }
+        // Every line of both texts is kept (but one of each descriptor and the EOF).
+        let lines = |t: &str| t.lines().filter(|l| !l.starts_with('#')).count();
+        assert_eq!(lines(&merged), lines(&a) + lines(&b));
+        assert_eq!(merge(&[&a]), a);
     }
 }

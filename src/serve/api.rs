@@ -22,7 +22,6 @@ use super::worker::Worker;
 use crate::api::{bad_rate, parse_rate, unauthorized};
 use crate::config::{ConfigError, PipelineConfig};
 use crate::error::Error;
-use crate::metrics::Metrics;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -450,15 +449,51 @@ async fn workers(State(api): State<Api>) -> Response {
     .into_response()
 }
 
-/// The pipelines running on this worker (scrape every worker for all of them).
-async fn metrics(State(api): State<Api>) -> Response {
-    let mut m = Metrics::default();
-    for (id, s) in api.worker.running() {
-        m.add_pipeline(&id, s.telemetry.clone(), s.control.clone());
+/// Every pipeline of the group: those running here from their live counters, the others from
+/// what their workers published in the last second. `?local=true`: only those running here
+/// (for a Prometheus that scrapes every worker).
+async fn metrics(State(api): State<Api>, uri: axum::http::Uri) -> Response {
+    let local_only = uri
+        .query()
+        .is_some_and(|q| q.split('&').any(|p| p == "local=true" || p == "local=1"));
+    let here: Vec<(String, String)> = api
+        .worker
+        .running()
+        .into_iter()
+        .map(|(id, s)| {
+            let text = super::worker::pipeline_metrics(&id, &s);
+            (id, text)
+        })
+        .collect();
+    let mut texts: Vec<String> = here.iter().map(|(_, t)| t.clone()).collect();
+    if !local_only {
+        let (statuses, holders) =
+            match tokio::try_join!(api.worker.store.statuses(), api.worker.store.holders()) {
+                Ok(v) => v,
+                Err(e) => return store_error(e),
+            };
+        let now = bson::DateTime::now().timestamp_millis();
+        let mut elsewhere: Vec<(&String, &bson::Document)> = statuses
+            .iter()
+            .filter(|(id, s)| {
+                !here.iter().any(|(h, _)| h == *id)
+                    && holders.get(*id).map(|h| Worker::worker_of(h)) == s.get_str("worker").ok()
+                    && s.get_datetime("at").is_ok_and(|at| {
+                        now - at.timestamp_millis() < api.worker.lease_ttl.as_millis() as i64
+                    })
+            })
+            .collect();
+        elsewhere.sort_by(|a, b| a.0.cmp(b.0));
+        texts.extend(
+            elsewhere
+                .into_iter()
+                .filter_map(|(_, s)| s.get_str("metrics").ok().map(str::to_string)),
+        );
     }
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
     (
         [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
-        m.render(),
+        crate::metrics::merge(&texts),
     )
         .into_response()
 }

@@ -356,7 +356,7 @@ impl Worker {
     /// fields the list view needs.
     fn status_record(&self, h: &mut Hosted) -> bson::Document {
         use std::sync::atomic::Ordering::Relaxed;
-        let (status, progress, rate) = match h.run.supervisor() {
+        let (status, progress, rate, metrics) = match h.run.supervisor() {
             Some(s) => {
                 // A failure shows until a later run gets going again.
                 let mut failure = h.run.failure.lock().expect("failure lock");
@@ -386,12 +386,18 @@ impl Worker {
                         serde_json::json!({ "ns": ns, "copied": copied, "estimated": estimated, "done": done })
                     })
                     .collect();
-                (serde_json::to_value(st).unwrap_or_default(), progress, rate)
+                (
+                    serde_json::to_value(st).unwrap_or_default(),
+                    progress,
+                    rate,
+                    pipeline_metrics(&h.record.id, &s),
+                )
             }
             None => (
                 serde_json::json!({ "pipeline": h.record.id, "state": "starting" }),
                 Vec::new(),
                 0.0,
+                String::new(),
             ),
         };
         doc! {
@@ -402,8 +408,16 @@ impl Worker {
             "rate_ops": rate,
             "status": status.to_string(),
             "progress": serde_json::Value::from(progress).to_string(),
+            "metrics": metrics,
         }
     }
+}
+
+/// The OpenMetrics text of one running pipeline (labelled with its id).
+pub(crate) fn pipeline_metrics(id: &str, s: &Supervisor) -> String {
+    let mut m = crate::metrics::Metrics::default();
+    m.add_pipeline(id, s.telemetry.clone(), s.control.clone());
+    m.render()
 }
 
 /// Runs one pipeline until `stop`: a failed run is reported and retried with backoff (a

@@ -46,7 +46,7 @@ async fn status(port: u16) -> serde_json::Value {
 
 /// Parses OpenMetrics text with the reference Python parser (prometheus_client) and returns
 /// (name, labels, value) samples.
-fn parse_metrics(text: &str) -> Vec<(String, serde_json::Value, f64)> {
+pub(crate) fn parse_metrics(text: &str) -> Vec<(String, serde_json::Value, f64)> {
     let python = std::env::var("STRAIT_SECANTUSD")
         .map(|p| p.replace("secantusd-py", "python"))
         .unwrap_or_else(|_| {

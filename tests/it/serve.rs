@@ -311,12 +311,41 @@ async fn a_group_of_two_workers_runs_moves_and_changes_pipelines() {
     let status = get_json(&format!("{}/pipelines/{}/status", w1.url, moved[0])).await;
     assert_eq!(status["worker"], "w2", "{status}");
     assert_eq!(status["pipeline"], moved[0].as_str(), "{status}");
-    let metrics = http("GET", &format!("{}/metrics", w2.url), None, "")
+    // Any worker's /metrics has every pipeline (valid for the reference parser); with
+    // ?local=true only its own.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = http("GET", &format!("{}/metrics", w1.url), None, "")
+            .await
+            .1;
+        let samples = crate::api::parse_metrics(&text);
+        let with = |id: &str| {
+            samples
+                .iter()
+                .any(|(n, l, _)| n == "strait_events_read_total" && l["pipeline"] == id)
+        };
+        if (0..5).all(|i| with(&format!("p{i}"))) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every pipeline in w1's /metrics:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let local = http("GET", &format!("{}/metrics?local=true", w1.url), None, "")
         .await
         .1;
     assert!(
-        metrics.contains(&format!("pipeline=\"{}\"", moved[0])),
-        "{metrics}"
+        !local.contains(&format!("pipeline=\"{}\"", moved[0])),
+        "{local}"
+    );
+    let local = http("GET", &format!("{}/metrics?local=true", w2.url), None, "")
+        .await
+        .1;
+    assert!(
+        local.contains(&format!("pipeline=\"{}\"", moved[0])),
+        "{local}"
     );
 
     // Writers on every database; w2 is SIGKILLed under load.
