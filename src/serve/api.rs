@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::ServerApiConfig;
 use super::store::parsed;
-use super::worker::Worker;
+use super::worker::{Worker, TICK};
 use crate::api::{bad_rate, parse_rate, unauthorized};
 use crate::config::{ConfigError, PipelineConfig};
 use crate::error::Error;
@@ -170,17 +170,30 @@ async fn views(w: &Worker, only: Option<&str>) -> crate::error::Result<Vec<Value
             let progress: Value = published
                 .and_then(|s| serde_json::from_str(s.get_str("progress").ok()?).ok())
                 .unwrap_or(json!([]));
+            // A holder publishes every second; one silent for longer has likely died, and its
+            // pipelines move once its leases expire.
+            let silent_ms = published
+                .and_then(|s| s.get_datetime("at").ok())
+                .map(|at| now - at.timestamp_millis())
+                .filter(|ms| *ms > 3 * TICK.as_millis() as i64);
             let state = match (&holder, status.get("state").and_then(Value::as_str)) {
                 (None, _) => "unassigned",
+                (Some(_), _) if silent_ms.is_some() => "unresponsive",
                 (Some(_), Some(s)) => s,
                 (Some(_), None) => "starting",
             };
-            let error = status
-                .get("reason")
-                .filter(|v| !v.is_null())
-                .or_else(|| status.pointer("/errors/last"))
-                .cloned()
-                .unwrap_or(Value::Null);
+            let error = match (silent_ms, &holder) {
+                (Some(ms), Some(h)) => json!(format!(
+                    "worker {h} has not reported for {:.0} s; its pipelines move to another worker when their leases expire",
+                    ms as f64 / 1000.0
+                )),
+                _ => status
+                    .get("reason")
+                    .filter(|v| !v.is_null())
+                    .or_else(|| status.pointer("/errors/last"))
+                    .cloned()
+                    .unwrap_or(Value::Null),
+            };
             json!({
                 "id": r.id,
                 "state": state,

@@ -157,7 +157,7 @@ async fn a_group_of_two_workers_runs_moves_and_changes_pipelines() {
     }
     let dir = tempfile::tempdir().unwrap();
     // The control database lives on the target deployment.
-    let w1 = start_worker(dir.path(), &dst, "w1", "");
+    let mut w1 = start_worker(dir.path(), &dst, "w1", "");
     let mut w2 = start_worker(dir.path(), &dst, "w2", "");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -601,6 +601,61 @@ async fn a_group_of_two_workers_runs_moves_and_changes_pipelines() {
         .proc
         .log_text()
         .contains("Pipeline deleted; stopping it."));
+
+    // A worker stopped with SIGTERM drains, checkpoints and gives its leases up: a new worker
+    // takes every pipeline over at once, without waiting for the leases to expire.
+    let w3 = start_worker(dir.path(), &dst, "w3", "");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get_json(&format!("{}/workers", w1.url))
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|w| w["id"] != "w3")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "w3 did not start:\n{}",
+            w3.proc.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stopping = Instant::now();
+    assert!(w1.proc.sigterm().success(), "{}", w1.proc.log_text());
+    let stopped = stopping.elapsed();
+    wait_pipelines(
+        &w3,
+        Duration::from_secs(30),
+        "w3 to run every pipeline",
+        &[&w3],
+        |l| {
+            l.len() == 4
+                && l.iter()
+                    .all(|p| p["worker"] == "w3" && p["state"] == "streaming")
+        },
+    )
+    .await;
+    let handed = stopping.elapsed();
+    eprintln!("SIGTERM: w1 stopped in {stopped:?}; w3 streaming every pipeline after {handed:?}");
+    let log = w1.proc.log_text();
+    assert!(log.contains("Worker stopped."), "{log}");
+    let taken = d
+        .database("strait_control")
+        .collection::<Document>("lease_log")
+        .find_one(doc! { "event": "released", "holder": { "$regex": "^w1/" } })
+        .await
+        .unwrap();
+    assert!(taken.is_some(), "w1 released no lease");
+    insert_varied(&s.database("d2").collection("after_handover"), 10).await;
+    wait_identical(
+        &s,
+        ("d2", "after_handover"),
+        &d,
+        ("d2", "after_handover"),
+        Duration::from_secs(30),
+        Some(&w3.proc),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
