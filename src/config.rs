@@ -763,11 +763,7 @@ impl PipelineConfig {
 
     /// Reads and validates a pipeline file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::parse(&text, path)
+        Self::parse(&read_config(path)?, path)
     }
 
     /// Parses and validates pipeline TOML; `path` only labels errors.
@@ -1058,6 +1054,14 @@ impl PipelineConfig {
         }
         toml::to_string_pretty(&c).unwrap_or_default()
     }
+}
+
+/// The text of a config file.
+pub(crate) fn read_config(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Deserializes strict TOML; a malformed value or an unknown key becomes a

@@ -82,9 +82,7 @@ fn router(state: Api) -> Router {
         .route("/pipelines", get(list).post(create))
         .route("/pipelines/{id}", get(show).put(replace).delete(delete))
         .route("/pipelines/{id}/status", get(status))
-        .route("/pipelines/{id}/pause", post(pause))
-        .route("/pipelines/{id}/resume", post(resume))
-        .route("/pipelines/{id}/restart", post(restart))
+        .route("/pipelines/{id}/{action}", post(control))
         .route("/pipelines/{id}/rate", put(rate))
         .route("/workers", get(workers))
         .route("/metrics", get(metrics))
@@ -369,49 +367,33 @@ async fn change(
     }
 }
 
-async fn pause(
+/// `POST /pipelines/{id}/pause|resume|restart`.
+async fn control(
     State(api): State<Api>,
-    UrlPath(id): UrlPath<String>,
+    UrlPath((id, action)): UrlPath<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    change(
-        &api,
-        &headers,
-        &id,
-        doc! { "$set": { "paused": true } },
-        json!({ "paused": true }),
-    )
-    .await
-}
-
-async fn resume(
-    State(api): State<Api>,
-    UrlPath(id): UrlPath<String>,
-    headers: HeaderMap,
-) -> Response {
-    change(
-        &api,
-        &headers,
-        &id,
-        doc! { "$set": { "paused": false } },
-        json!({ "paused": false }),
-    )
-    .await
-}
-
-async fn restart(
-    State(api): State<Api>,
-    UrlPath(id): UrlPath<String>,
-    headers: HeaderMap,
-) -> Response {
-    change(
-        &api,
-        &headers,
-        &id,
-        doc! { "$inc": { "restarts": 1_i64 } },
-        json!({ "restarting": true }),
-    )
-    .await
+    let (update, ok) = match action.as_str() {
+        "pause" => (
+            doc! { "$set": { "paused": true } },
+            json!({ "paused": true }),
+        ),
+        "resume" => (
+            doc! { "$set": { "paused": false } },
+            json!({ "paused": false }),
+        ),
+        "restart" => (
+            doc! { "$inc": { "restarts": 1_i64 } },
+            json!({ "restarting": true }),
+        ),
+        other => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("no action {other:?} (pause, resume, restart)"),
+            )
+        }
+    };
+    change(&api, &headers, &id, update, ok).await
 }
 
 async fn rate(

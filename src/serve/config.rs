@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{parse_toml, with_line_of_key, ConfigError, MongoEndpoint, TlsConfig};
+use crate::config::{
+    parse_toml, read_config, with_line_of_key, ConfigError, MongoEndpoint, TlsConfig,
+};
 
 /// A worker of `strait serve`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -104,11 +106,7 @@ impl Default for ServerApiConfig {
 impl ServerConfig {
     /// Reads and validates a server file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::parse(&text, path)
+        Self::parse(&read_config(path)?, path)
     }
 
     /// Parses and validates server TOML; `path` only labels errors.

@@ -91,6 +91,23 @@ where
         .map_err(|e| Error::mongo(Role::Control, what, e))
 }
 
+/// Every record of `c`, by `_id`.
+async fn all<T: serde::de::DeserializeOwned>(
+    c: &Collection<Document>,
+    what: &'static str,
+) -> Result<Vec<T>> {
+    let c = c.clone();
+    let docs: Vec<Document> = spawned(what, async move {
+        c.find(doc! {})
+            .sort(doc! { "_id": 1 })
+            .await?
+            .try_collect()
+            .await
+    })
+    .await?;
+    docs.into_iter().map(record).collect()
+}
+
 fn record<T: serde::de::DeserializeOwned>(d: Document) -> Result<T> {
     bson::deserialize_from_document(d)
         .map_err(|e| Error::Internal(format!("unreadable control record: {e}")))
@@ -119,16 +136,7 @@ impl ControlStore {
 
     /// Every pipeline, by id.
     pub(crate) async fn pipelines(&self) -> Result<Vec<PipelineRecord>> {
-        let c = self.pipelines.clone();
-        let docs: Vec<Document> = spawned("listing pipelines", async move {
-            c.find(doc! {})
-                .sort(doc! { "_id": 1 })
-                .await?
-                .try_collect()
-                .await
-        })
-        .await?;
-        docs.into_iter().map(record).collect()
+        all(&self.pipelines, "listing pipelines").await
     }
 
     /// One pipeline.
@@ -230,16 +238,7 @@ impl ControlStore {
 
     /// Every worker that has a heartbeat record.
     pub(crate) async fn workers(&self) -> Result<Vec<WorkerRecord>> {
-        let c = self.workers.clone();
-        let docs: Vec<Document> = spawned("listing workers", async move {
-            c.find(doc! {})
-                .sort(doc! { "_id": 1 })
-                .await?
-                .try_collect()
-                .await
-        })
-        .await?;
-        docs.into_iter().map(record).collect()
+        all(&self.workers, "listing workers").await
     }
 
     /// Publishes a pipeline's status.

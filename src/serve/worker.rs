@@ -121,6 +121,19 @@ impl Worker {
         v
     }
 
+    /// The ids of the pipelines hosted here, sorted.
+    fn hosted_ids(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .hosted
+            .lock()
+            .expect("hosted lock")
+            .keys()
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    }
+
     /// The worker name of a lease holder id.
     pub(crate) fn worker_of(holder: &str) -> &str {
         holder.rsplit_once('/').map_or(holder, |(w, _)| w)
@@ -147,13 +160,7 @@ impl Worker {
             }
         }
         info!(worker = %self.name, "Stopping every pipeline on this worker.");
-        let all: Vec<String> = self
-            .hosted
-            .lock()
-            .expect("hosted lock")
-            .keys()
-            .cloned()
-            .collect();
+        let all = self.hosted_ids();
         futures::future::join_all(all.iter().map(|id| self.stop_pipeline(id, true))).await;
         if let Err(e) = self.store.remove_worker(&self.name).await {
             warn!(error = %e, "Could not remove this worker's record; it ages out.");
@@ -232,17 +239,7 @@ impl Worker {
             }
         }
 
-        let running: Vec<String> = {
-            let mut v: Vec<String> = self
-                .hosted
-                .lock()
-                .expect("hosted lock")
-                .keys()
-                .cloned()
-                .collect();
-            v.sort();
-            v
-        };
+        let running = self.hosted_ids();
         let me = WorkerRecord {
             id: self.name.clone(),
             url: self.url.lock().expect("url lock").clone(),
