@@ -36,18 +36,44 @@ pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
+/// Field names seen in one document: a short list searched in order (most documents), a hash
+/// set once it grows, so a document with thousands of fields is not checked in quadratic time.
+enum Seen<'a> {
+    Few(Vec<&'a str>),
+    Many(std::collections::HashSet<&'a str>),
+}
+
+impl<'a> Seen<'a> {
+    /// Adds `k`; false if it was there already.
+    fn insert(&mut self, k: &'a str) -> bool {
+        match self {
+            Seen::Few(v) if v.contains(&k) => false,
+            Seen::Few(v) if v.len() < 16 => {
+                v.push(k);
+                true
+            }
+            Seen::Few(v) => {
+                let mut set: std::collections::HashSet<&str> = v.drain(..).collect();
+                set.insert(k);
+                *self = Seen::Many(set);
+                true
+            }
+            Seen::Many(set) => set.insert(k),
+        }
+    }
+}
+
 /// `None`: this document needs the tree path (invalid, or a field name repeats: the tree keeps
 /// the last value at the first position).
 fn doc(out: &mut Vec<u8>, d: &RawDocument, flavour: JsonFlavour) -> Option<()> {
     out.push(b'{');
-    let mut keys: Vec<&str> = Vec::new();
+    let mut seen = Seen::Few(Vec::new());
     for (i, item) in d.iter().enumerate() {
         let (k, v) = item.ok()?;
         let k = k.as_str();
-        if keys.contains(&k) {
+        if !seen.insert(k) {
             return None;
         }
-        keys.push(k);
         if i > 0 {
             out.push(b',');
         }
@@ -341,6 +367,25 @@ mod tests {
         assert!(String::from_utf8(direct(d, JsonFlavour::Canonical))
             .unwrap()
             .contains("$dbPointer"));
+    }
+
+    #[test]
+    fn wide_documents_match_with_and_without_a_repeated_name() {
+        let mut fields: Vec<(String, Bson)> =
+            (0..40).map(|i| (format!("f{i}"), Bson::Int32(i))).collect();
+        for flavour in [JsonFlavour::Canonical, JsonFlavour::Relaxed] {
+            let d = raw(&fields);
+            assert_eq!(direct(&d, flavour), reference(&d, flavour));
+        }
+        fields.push(("f3".into(), Bson::Int32(-1)));
+        let d = raw(&fields);
+        assert_eq!(
+            direct(&d, JsonFlavour::Canonical),
+            reference(&d, JsonFlavour::Canonical)
+        );
+        assert!(String::from_utf8(direct(&d, JsonFlavour::Canonical))
+            .unwrap()
+            .contains(r#""f3":{"$numberInt":"-1"}"#));
     }
 
     #[test]

@@ -157,11 +157,7 @@ async fn views(w: &Worker, only: Option<&str>) -> crate::error::Result<Vec<Value
         .filter(|r| only.is_none_or(|id| id == r.id))
         .map(|r| {
             let holder = holders.get(&r.id).map(|h| Worker::worker_of(h).to_string());
-            let published = statuses.get(&r.id).filter(|s| {
-                holder.as_deref() == s.get_str("worker").ok()
-                    && s.get_datetime("at")
-                        .is_ok_and(|at| now - at.timestamp_millis() < w.lease_ttl.as_millis() as i64)
-            });
+            let published = w.live_status(&r.id, &statuses, &holders);
             let status: Value = published
                 .and_then(|s| serde_json::from_str(s.get_str("status").ok()?).ok())
                 .unwrap_or(Value::Null);
@@ -425,7 +421,6 @@ async fn workers(State(api): State<Api>) -> Response {
         Err(e) => return store_error(e),
     };
     let now = bson::DateTime::now().timestamp_millis();
-    let ttl = api.worker.lease_ttl.as_millis() as i64;
     Json(
         w.into_iter()
             .map(|w| {
@@ -433,7 +428,7 @@ async fn workers(State(api): State<Api>) -> Response {
                 json!({
                     "id": w.id,
                     "url": w.url,
-                    "alive": age < ttl,
+                    "alive": api.worker.is_recent(w.heartbeat),
                     "heartbeat_seconds_ago": age as f64 / 1000.0,
                     "max_pipelines": w.max_pipelines,
                     "pipelines": w.running,
@@ -451,39 +446,26 @@ async fn metrics(State(api): State<Api>, uri: axum::http::Uri) -> Response {
     let local_only = uri
         .query()
         .is_some_and(|q| q.split('&').any(|p| p == "local=true" || p == "local=1"));
-    let here: Vec<(String, String)> = api
-        .worker
-        .running()
-        .into_iter()
-        .map(|(id, s)| {
-            let text = super::worker::pipeline_metrics(&id, &s);
-            (id, text)
-        })
+    let here = api.worker.running();
+    let mut texts: Vec<String> = here
+        .iter()
+        .map(|(id, s)| super::worker::pipeline_metrics(id, s))
         .collect();
-    let mut texts: Vec<String> = here.iter().map(|(_, t)| t.clone()).collect();
     if !local_only {
         let (statuses, holders) =
             match tokio::try_join!(api.worker.store.statuses(), api.worker.store.holders()) {
                 Ok(v) => v,
                 Err(e) => return store_error(e),
             };
-        let now = bson::DateTime::now().timestamp_millis();
-        let mut elsewhere: Vec<(&String, &bson::Document)> = statuses
-            .iter()
-            .filter(|(id, s)| {
-                !here.iter().any(|(h, _)| h == *id)
-                    && holders.get(*id).map(|h| Worker::worker_of(h)) == s.get_str("worker").ok()
-                    && s.get_datetime("at").is_ok_and(|at| {
-                        now - at.timestamp_millis() < api.worker.lease_ttl.as_millis() as i64
-                    })
-            })
+        let mut elsewhere: Vec<&String> = statuses
+            .keys()
+            .filter(|id| !here.iter().any(|(h, _)| h == *id))
             .collect();
-        elsewhere.sort_by(|a, b| a.0.cmp(b.0));
-        texts.extend(
-            elsewhere
-                .into_iter()
-                .filter_map(|(_, s)| s.get_str("metrics").ok().map(str::to_string)),
-        );
+        elsewhere.sort();
+        texts.extend(elsewhere.into_iter().filter_map(|id| {
+            let s = api.worker.live_status(id, &statuses, &holders)?;
+            s.get_str("metrics").ok().map(str::to_string)
+        }));
     }
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
     (

@@ -29,13 +29,13 @@ pub async fn serve(cfg: ServerConfig, stop: CancellationToken) -> Result<()> {
     let client = connect(&cfg.control_endpoint(), Role::Control).await?;
     let store = ControlStore::new(client.database(&cfg.control.database));
     let name = cfg.worker_name();
-    wait_for_namesake(&store, &name, &cfg, &stop).await?;
     let worker = Arc::new(Worker::new(
         name.clone(),
         store,
         cfg.lease_ttl,
         cfg.max_pipelines,
     ));
+    wait_for_namesake(&worker, &stop).await?;
     let api_stop = CancellationToken::new();
     let (addr, https, api) = api::serve(&cfg.api, worker.clone(), api_stop.clone()).await?;
     let url = format!("{}://{addr}", if https { "https" } else { "http" });
@@ -50,23 +50,20 @@ pub async fn serve(cfg: ServerConfig, stop: CancellationToken) -> Result<()> {
 
 /// Two live workers must not share a name (their heartbeats would overwrite each other): a
 /// worker whose name was heard from within the lease TTL waits for that record to age out.
-async fn wait_for_namesake(
-    store: &ControlStore,
-    name: &str,
-    cfg: &ServerConfig,
-    stop: &CancellationToken,
-) -> Result<()> {
+async fn wait_for_namesake(worker: &Worker, stop: &CancellationToken) -> Result<()> {
     let mut announced = false;
     loop {
-        let now = bson::DateTime::now().timestamp_millis();
-        let live = store.workers().await?.into_iter().any(|w| {
-            w.id == name && now - w.heartbeat.timestamp_millis() < cfg.lease_ttl.as_millis() as i64
-        });
+        let live = worker
+            .store
+            .workers()
+            .await?
+            .into_iter()
+            .any(|w| w.id == worker.name && worker.is_recent(w.heartbeat));
         if !live {
             return Ok(());
         }
         if !announced {
-            info!(worker = %name, "A worker with this name was alive moments ago; waiting for its heartbeat to age out (set worker_id to run two workers on one host).");
+            info!(worker = %worker.name, "A worker with this name was alive moments ago; waiting for its heartbeat to age out (set worker_id to run two workers on one host).");
             announced = true;
         }
         tokio::select! {

@@ -85,10 +85,20 @@ where
     T: Send + 'static,
     F: Future<Output = mongodb::error::Result<T>> + Send + 'static,
 {
+    spawned_raw(f)
+        .await?
+        .map_err(|e| Error::mongo(Role::Control, what, e))
+}
+
+/// [`spawned`] keeping the driver's error, for callers that look at its code.
+async fn spawned_raw<T, F>(f: F) -> Result<mongodb::error::Result<T>>
+where
+    T: Send + 'static,
+    F: Future<Output = mongodb::error::Result<T>> + Send + 'static,
+{
     tokio::spawn(f)
         .await
-        .map_err(|e| Error::Internal(format!("control database task failed: {e}")))?
-        .map_err(|e| Error::mongo(Role::Control, what, e))
+        .map_err(|e| Error::Internal(format!("control database task failed: {e}")))
 }
 
 /// Every record of `c`, by `_id`.
@@ -155,10 +165,7 @@ impl ControlStore {
             "restarts": 0_i64, "updated": DateTime::now(),
         };
         let c = self.pipelines.clone();
-        match tokio::spawn(async move { c.insert_one(d).await })
-            .await
-            .map_err(|e| Error::Internal(format!("control database task failed: {e}")))?
-        {
+        match spawned_raw(async move { c.insert_one(d).await }).await? {
             Ok(_) => Ok(true),
             Err(e) if error_code(&e) == Some(11000) => Ok(false),
             Err(e) => Err(Error::mongo(Role::Control, "storing a pipeline", e)),

@@ -134,6 +134,28 @@ impl Worker {
         v
     }
 
+    /// Whether a record written at `at` (a heartbeat, a published status) is recent enough to
+    /// stand for a live worker: younger than the lease TTL.
+    pub(crate) fn is_recent(&self, at: DateTime) -> bool {
+        DateTime::now().timestamp_millis() - at.timestamp_millis()
+            < self.lease_ttl.as_millis() as i64
+    }
+
+    /// The published status of `id`, if its lease holder wrote it within the lease TTL (a
+    /// status left by an earlier holder says nothing about the pipeline now).
+    pub(crate) fn live_status<'a>(
+        &self,
+        id: &str,
+        statuses: &'a HashMap<String, bson::Document>,
+        holders: &HashMap<String, String>,
+    ) -> Option<&'a bson::Document> {
+        let holder = Self::worker_of(holders.get(id)?);
+        statuses.get(id).filter(|s| {
+            s.get_str("worker").ok() == Some(holder)
+                && s.get_datetime("at").is_ok_and(|at| self.is_recent(*at))
+        })
+    }
+
     /// The worker name of a lease holder id.
     pub(crate) fn worker_of(holder: &str) -> &str {
         holder.rsplit_once('/').map_or(holder, |(w, _)| w)
@@ -201,12 +223,10 @@ impl Worker {
         // Take unowned pipelines, up to this worker's share.
         let workers = self.store.workers().await?;
         let holders = self.store.holders().await?;
-        let now = DateTime::now().timestamp_millis();
-        let alive = |w: &WorkerRecord| {
-            w.id != self.name
-                && now - w.heartbeat.timestamp_millis() < self.lease_ttl.as_millis() as i64
-        };
-        let others: Vec<&WorkerRecord> = workers.iter().filter(|w| alive(w)).collect();
+        let others: Vec<&WorkerRecord> = workers
+            .iter()
+            .filter(|w| w.id != self.name && self.is_recent(w.heartbeat))
+            .collect();
         let fair = records.len().div_ceil(others.len() + 1);
         // Beyond its fair share a worker takes a pipeline only when no other worker can.
         let others_have_room = others
