@@ -4,7 +4,7 @@
 //!   document), version, paused, rate, restarts, updated}`, written
 //!   by the REST API; the holder of a pipeline follows it.
 //! - `workers`: `{_id, url, heartbeat, max_pipelines, running}`, one per live worker.
-//! - `status`: `{_id, worker, version, at, status, progress, rate_ops}`, published by the
+//! - `status`: `{_id, worker, version, at, status, progress, rate_ops, metrics}`, published by the
 //!   holder of each pipeline every second, so any worker can answer for any pipeline.
 //! - `leases` / `lease_log`: the engine's [`Lease`](crate::engine::lease::Lease), one per
 //!   pipeline: a pipeline runs only where its lease is held.
