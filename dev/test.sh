@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 export STRAIT_SECANTUSD="$(dev/install-servers.sh)"
 export STRAIT_S3S_FS="${STRAIT_CACHE:-$HOME/.cache/strait}/s3s-fs/bin/s3s-fs"
 export STRAIT_TANSU="${STRAIT_CACHE:-$HOME/.cache/strait}/tansu/bin/tansu"
+export STRAIT_MOTO="${STRAIT_CACHE:-$HOME/.cache/strait}/venv-moto/bin/moto_server"
+export STRAIT_KINESIS_LOCAL="${STRAIT_CACHE:-$HOME/.cache/strait}/kinesis-local/node_modules/kinesis-local/main.js"
 # The real consumers of strait's Kafka records (PyFlink, pymongo): tests/it/consumers.rs.
 export STRAIT_CONSUMERS_PYTHON="$(dev/install-consumers.sh)"
 # A real browser for the status page of `strait serve` (Debian's Chromium + chromedriver).

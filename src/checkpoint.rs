@@ -57,6 +57,10 @@ pub struct Checkpoint {
     /// Plan and progress of the full sync, while it is unfinished or for the record after.
     #[serde(default)]
     pub full_sync: Option<FullSyncState>,
+    /// Positions a source keeps itself (DynamoDB Streams: a sequence number per shard, the
+    /// scan's progress), in the source's own shape.
+    #[serde(default)]
+    pub source_state: Option<Document>,
     /// Wall-clock time of the save.
     #[serde(default)]
     pub updated_at: Option<DateTime>,
@@ -259,6 +263,7 @@ mod tests {
                 }],
                 done: false,
             }),
+            source_state: None,
             updated_at: None,
         }
     }

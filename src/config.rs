@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::core::pattern::{NamespacePattern, PatternError};
 
 pub use crate::connectors::archive::config::{ArchiveSinkConfig, Compression, ExtraSinkType};
+pub use crate::connectors::dynamodb::config::{DynamoSinkConfig, DynamoSourceConfig};
 pub use crate::connectors::kafka::config::{KafkaFormat, KafkaSinkConfig, KafkaSourceConfig};
 use crate::connectors::mongo::config::redact_uri;
 pub use crate::connectors::mongo::config::{EndpointType, MongoEndpoint, TlsConfig};
@@ -170,6 +171,8 @@ pub enum SourceEndpoint {
     Mongodb(MongoEndpoint),
     /// Kafka topics.
     Kafka(Box<KafkaSourceConfig>),
+    /// A DynamoDB table's stream (and the table, for the full sync).
+    Dynamodb(Box<DynamoSourceConfig>),
 }
 
 /// Where changes go.
@@ -180,6 +183,8 @@ pub enum SinkEndpoint {
     Mongodb(MongoEndpoint),
     /// Kafka topics.
     Kafka(Box<KafkaSinkConfig>),
+    /// A DynamoDB table.
+    Dynamodb(Box<DynamoSinkConfig>),
 }
 
 /// A sink of `[sinks.<name>]`.
@@ -223,12 +228,14 @@ fn as_typed<'de, T: Deserialize<'de>, E: serde::de::Error>(v: toml::Value) -> Re
 
 impl<'de> Deserialize<'de> for SourceEndpoint {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let (ty, v) = typed_table(d, Some("mongodb"), "\"mongodb\" or \"kafka\"")?;
+        let known = "\"mongodb\", \"kafka\" or \"dynamodb\"";
+        let (ty, v) = typed_table(d, Some("mongodb"), known)?;
         match ty.as_str() {
             "mongodb" => as_typed(v).map(SourceEndpoint::Mongodb),
             "kafka" => as_typed(v).map(|k| SourceEndpoint::Kafka(Box::new(k))),
+            "dynamodb" => as_typed(v).map(|k| SourceEndpoint::Dynamodb(Box::new(k))),
             other => Err(serde::de::Error::custom(format!(
-                "type: unknown source type \"{other}\", expected \"mongodb\" or \"kafka\""
+                "type: unknown source type \"{other}\", expected {known}"
             ))),
         }
     }
@@ -236,12 +243,14 @@ impl<'de> Deserialize<'de> for SourceEndpoint {
 
 impl<'de> Deserialize<'de> for SinkEndpoint {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let (ty, v) = typed_table(d, Some("mongodb"), "\"mongodb\" or \"kafka\"")?;
+        let known = "\"mongodb\", \"kafka\" or \"dynamodb\"";
+        let (ty, v) = typed_table(d, Some("mongodb"), known)?;
         match ty.as_str() {
             "mongodb" => as_typed(v).map(SinkEndpoint::Mongodb),
             "kafka" => as_typed(v).map(|k| SinkEndpoint::Kafka(Box::new(k))),
+            "dynamodb" => as_typed(v).map(|k| SinkEndpoint::Dynamodb(Box::new(k))),
             other => Err(serde::de::Error::custom(format!(
-                "type: unknown sink type \"{other}\", expected \"mongodb\" or \"kafka\""
+                "type: unknown sink type \"{other}\", expected {known}"
             ))),
         }
     }
@@ -709,7 +718,7 @@ impl PipelineConfig {
     pub fn mongo_source(&self) -> Option<&MongoEndpoint> {
         match &self.source {
             SourceEndpoint::Mongodb(m) => Some(m),
-            SourceEndpoint::Kafka(_) => None,
+            SourceEndpoint::Kafka(_) | SourceEndpoint::Dynamodb(_) => None,
         }
     }
 
@@ -717,7 +726,7 @@ impl PipelineConfig {
     pub fn mongo_sink(&self) -> Option<&MongoEndpoint> {
         match &self.sink {
             SinkEndpoint::Mongodb(m) => Some(m),
-            SinkEndpoint::Kafka(_) => None,
+            SinkEndpoint::Kafka(_) | SinkEndpoint::Dynamodb(_) => None,
         }
     }
 
@@ -867,9 +876,22 @@ impl PipelineConfig {
                 self.validate_kafka_source(&invalid)?;
                 connector("source", k.validate())?;
             }
+            SourceEndpoint::Dynamodb(d) => {
+                connector("source", d.validate())?;
+                self.validate_dynamodb_source(&invalid)?;
+            }
         }
         match &self.sink {
             SinkEndpoint::Mongodb(m) => connector("sink", m.validate())?,
+            SinkEndpoint::Dynamodb(d) => {
+                connector("sink", d.validate())?;
+                if !matches!(self.source, SourceEndpoint::Dynamodb(_)) {
+                    return Err(invalid(
+                        "sink.type",
+                        "a DynamoDB sink takes items from a DynamoDB source ([source] type = \"dynamodb\"); MongoDB documents into DynamoDB are not supported yet".into(),
+                    ));
+                }
+            }
             SinkEndpoint::Kafka(k) => {
                 connector("sink", k.validate())?;
                 self.validate_debezium(k, "sink", &invalid)?;
@@ -1007,6 +1029,32 @@ impl PipelineConfig {
         Ok(())
     }
 
+    /// What a DynamoDB source needs of the rest of the pipeline.
+    fn validate_dynamodb_source(
+        &self,
+        invalid: &dyn Fn(&str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        if !matches!(self.sink, SinkEndpoint::Dynamodb(_)) {
+            return Err(invalid(
+                "sink.type",
+                "a DynamoDB source writes to a DynamoDB sink (type = \"dynamodb\"); MongoDB and Kafka sinks of DynamoDB items are not supported yet".into(),
+            ));
+        }
+        if !self.sinks.is_empty() {
+            return Err(invalid(
+                "sinks",
+                "a DynamoDB source has one sink, [sink]".into(),
+            ));
+        }
+        if self.checkpoint.store == CheckpointStoreKind::Mongodb && self.checkpoint.uri.is_none() {
+            return Err(invalid(
+                "checkpoint.store",
+                "a DynamoDB pipeline keeps its checkpoint in a file (store = \"file\" with path) or in MongoDB at checkpoint.uri".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// What a Kafka source needs of the rest of the pipeline.
     fn validate_kafka_source(
         &self,
@@ -1034,10 +1082,12 @@ impl PipelineConfig {
         match &mut c.source {
             SourceEndpoint::Mongodb(m) => m.redact(),
             SourceEndpoint::Kafka(k) => k.redact(),
+            SourceEndpoint::Dynamodb(d) => d.redact(),
         }
         match &mut c.sink {
             SinkEndpoint::Mongodb(m) => m.redact(),
             SinkEndpoint::Kafka(k) => k.redact(),
+            SinkEndpoint::Dynamodb(d) => d.redact(),
         }
         c.checkpoint.uri = c.checkpoint.uri.as_deref().map(redact_uri);
         for s in c.sinks.values_mut() {

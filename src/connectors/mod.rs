@@ -4,6 +4,7 @@
 //! `engine::supervisor` (see `docs/connectors.md`).
 
 pub mod archive;
+pub mod dynamodb;
 pub mod kafka;
 pub mod mongo;
 
@@ -249,6 +250,9 @@ pub(crate) async fn open_sinks(
             kafka::sink::KafkaSink::open_checked("sink", k, true, cfg, telemetry, cancel, timeout)
                 .await?,
         ),
+        SinkEndpoint::Dynamodb(d) => {
+            sinks.push(dynamodb::sink::DynamoSink::open_checked("sink", d, cfg, cancel).await?)
+        }
     }
     for (name, s) in &cfg.sinks {
         let sink: Arc<dyn Sink> = match s {

@@ -12,10 +12,14 @@ use tracing::{info, warn, Instrument};
 use super::lease::Lease;
 use super::start::{check_source, checkpoint_store, MongoPipeline};
 use super::Engine;
-use crate::checkpoint::{CheckpointStore, Checkpointer};
-use crate::config::{PipelineConfig, SourceEndpoint};
+use crate::checkpoint::{CheckpointStore, Checkpointer, FileStore, MongoStore};
+use crate::config::{
+    CheckpointStoreKind, HistoryLostPolicy, MongoEndpoint, PipelineConfig, SourceEndpoint,
+};
+use crate::connectors::dynamodb::source::DynamoSource;
 use crate::connectors::kafka::source::KafkaSource;
 use crate::connectors::mongo::connect::connect;
+use crate::connectors::mongo::connect::connect_uri;
 use crate::connectors::{open_sinks, Source};
 use crate::control::Control;
 use crate::error::{Error, Result, Role};
@@ -216,6 +220,32 @@ impl Supervisor {
                 self.telemetry.set_state(PipelineState::Stopped);
                 result
             }
+            SourceEndpoint::Dynamodb(d) => {
+                let opened = open_sinks(cfg, &self.telemetry, &self.cancel).await?;
+                let store = dynamo_checkpoint_store(cfg).await?;
+                let lease = match (&store, cfg.checkpoint.lease) {
+                    (CheckpointStore::Mongo(m), true) => Some(Lease::new(
+                        m.database(),
+                        &cfg.id,
+                        holder_id(),
+                        cfg.checkpoint.lease_ttl,
+                    )),
+                    _ => None,
+                };
+                let checkpoint = Arc::new(Checkpointer::new(store, &cfg.id));
+                let source =
+                    Arc::new(DynamoSource::open(d, cfg, checkpoint, &self.telemetry).await?);
+                info!(pipeline = %cfg.id, mode = ?cfg.mode, table = %d.table, "Pipeline started (DynamoDB source).");
+                let engine = engine(opened.sinks);
+                let result = self
+                    .under_lease(lease, &[&self.telemetry], || {
+                        *reporter = Some(self.start_reporter());
+                        run_dynamo(engine, source)
+                    })
+                    .await;
+                self.telemetry.set_state(PipelineState::Stopped);
+                result
+            }
             SourceEndpoint::Mongodb(m) => {
                 let (source, opened) = tokio::join!(
                     connect(m, Role::Source),
@@ -317,6 +347,61 @@ impl Supervisor {
         }
         Ok(())
     }
+}
+
+/// Runs a DynamoDB-source pipeline: the saved or planned positions, then the engine, again from
+/// a new plan when the stream's history was lost and `on_history_lost = "resync"`.
+async fn run_dynamo(engine: Engine, source: Arc<DynamoSource>) -> Result<()> {
+    let cfg = engine.cfg.clone();
+    let mut prepared = source.prepare().await;
+    loop {
+        match prepared {
+            Ok(true) => {}
+            Ok(false) => {
+                info!("Full sync already complete according to the checkpoint; nothing to do (`strait checkpoint reset` starts over).");
+                return Ok(());
+            }
+            Err(Error::HistoryLost { position, detail })
+                if cfg.stream.on_history_lost == HistoryLostPolicy::Resync =>
+            {
+                warn!(%position, %detail, "The saved position is no longer in the stream; scanning the table again.");
+                source.replan().await?;
+            }
+            Err(e) => return Err(e),
+        }
+        match engine.run(Arc::new(source.clone())).await {
+            Err(Error::HistoryLost { position, detail })
+                if cfg.stream.on_history_lost == HistoryLostPolicy::Resync =>
+            {
+                prepared = Err(Error::HistoryLost { position, detail });
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The checkpoint store of a pipeline without a MongoDB endpoint of its own: a file, or the
+/// MongoDB deployment at `checkpoint.uri`.
+async fn dynamo_checkpoint_store(cfg: &PipelineConfig) -> Result<CheckpointStore> {
+    let c = &cfg.checkpoint;
+    Ok(match (&c.store, &c.uri) {
+        (CheckpointStoreKind::Mongodb, Some(uri)) => {
+            let defaults = MongoEndpoint {
+                kind: Default::default(),
+                uri: uri.clone(),
+                tls: None,
+                connect_timeout: Duration::from_secs(10),
+                ops: None,
+            };
+            let client = connect_uri(uri, &defaults, Role::Checkpoint).await?;
+            CheckpointStore::Mongo(MongoStore::new(&client, &c.database, &c.collection))
+        }
+        _ => CheckpointStore::File(FileStore::new(
+            c.path
+                .clone()
+                .ok_or_else(|| Error::Internal("checkpoint.path validated".into()))?,
+        )),
+    })
 }
 
 /// A lease holder id: host name and process id.

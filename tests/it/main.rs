@@ -8,6 +8,7 @@ mod common;
 mod consumers;
 mod crash;
 mod ddl;
+mod dynamodb;
 mod engine;
 mod examples;
 mod failover;

@@ -427,6 +427,7 @@ pub async fn indexes(client: &Client, db: &str, coll: &str) -> Vec<Document> {
     v.sort_by_key(|d| d.get_str("name").unwrap().to_string());
     v
 }
+pub mod aws;
 pub mod browser;
 pub mod kafka;
 pub mod s3;

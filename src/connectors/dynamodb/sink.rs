@@ -1,0 +1,465 @@
+//! The DynamoDB sink: puts each changed item's new image and deletes removed items, one item's
+//! changes in order (lanes by key). Without `timestamp_attribute`, a batch keeps each item's last
+//! change and writes them with `BatchWriteItem` (retrying `UnprocessedItems`); with it, every
+//! change is a conditional write (last writer wins) and a change that loses is counted stale.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::types::{DeleteRequest, PutRequest, WriteRequest};
+use bson::RawDocument;
+use futures::stream::{self, StreamExt};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use super::client::{classify, Failure};
+use super::config::DynamoSinkConfig;
+use super::item::{item_from_bson, Item};
+use super::DynamoError;
+use crate::backoff::Backoff;
+use crate::config::PipelineConfig;
+use crate::connectors::{BatchPolicy, Ordering, Refusal, Sink, Written};
+use crate::core::{ChangeEvent, OpType};
+use crate::error::{Error, Result, Role};
+
+/// Writes at once per lane (keys differ, so their order does not matter).
+const CONCURRENT_WRITES: usize = 8;
+
+/// A DynamoDB table (or the table of each event's namespace) as a sink.
+pub(crate) struct DynamoSink {
+    name: String,
+    cfg: DynamoSinkConfig,
+    client: aws_sdk_dynamodb::Client,
+    target: String,
+    lanes: usize,
+    /// Key attribute names per table, looked up once.
+    keys: Mutex<HashMap<String, Arc<Vec<String>>>>,
+    cancel: CancellationToken,
+}
+
+/// What one change does to the target.
+#[derive(Debug, Clone)]
+enum Action {
+    /// Write the whole item.
+    Put(Item),
+    /// Delete the item with this key; the deleted image, when known.
+    Delete { key: Item, old: Option<Item> },
+}
+
+/// What a write did.
+enum Outcome {
+    Written,
+    /// Its condition failed: the target holds a newer change.
+    Stale,
+}
+
+impl DynamoSink {
+    /// Connects and, when a table is named, checks that it exists.
+    pub(crate) async fn open_checked(
+        name: &str,
+        cfg: &DynamoSinkConfig,
+        pipeline: &PipelineConfig,
+        cancel: &CancellationToken,
+    ) -> Result<Arc<Self>> {
+        let access = cfg.access();
+        let sdk = access.sdk_config().await;
+        let sink = Self {
+            name: name.to_string(),
+            cfg: cfg.clone(),
+            client: aws_sdk_dynamodb::Client::new(&sdk),
+            target: access.describe(sdk.region()),
+            lanes: pipeline.apply.lanes,
+            keys: Mutex::new(HashMap::new()),
+            cancel: cancel.clone(),
+        };
+        if let Some(t) = &cfg.table {
+            sink.key_names(t).await?;
+        }
+        Ok(Arc::new(sink))
+    }
+
+    fn table_of<'a>(&'a self, ev: &'a ChangeEvent) -> &'a str {
+        self.cfg
+            .table
+            .as_deref()
+            .unwrap_or_else(|| ev.ns.coll_name())
+    }
+
+    /// The key attribute names of `table` (hash key first).
+    async fn key_names(&self, table: &str) -> Result<Arc<Vec<String>>> {
+        if let Some(k) = self.keys.lock().await.get(table) {
+            return Ok(k.clone());
+        }
+        let desc = self
+            .client
+            .describe_table()
+            .table_name(table)
+            .send()
+            .await
+            .map_err(|e| classify(e, Role::Sink, format!("describing table {table}"), &self.target))
+            .map_err(|e| match e.failure() {
+                Failure::NotFound => Error::User(format!(
+                    "{}: DynamoDB table {table} does not exist at {} (create it with the source table's key schema)",
+                    self.name, self.target
+                )),
+                _ => Error::Dynamo(e),
+            })?;
+        let mut names: Vec<(String, bool)> = desc
+            .table
+            .map(|t| t.key_schema.unwrap_or_default())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|k| {
+                let hash = k.key_type == aws_sdk_dynamodb::types::KeyType::Hash;
+                (k.attribute_name, hash)
+            })
+            .collect();
+        names.sort_by_key(|(_, hash)| !hash);
+        let names = Arc::new(names.into_iter().map(|(n, _)| n).collect::<Vec<_>>());
+        self.keys
+            .lock()
+            .await
+            .insert(table.to_string(), names.clone());
+        Ok(names)
+    }
+
+    fn action(ev: &ChangeEvent) -> std::result::Result<Action, String> {
+        let doc = |d: Option<&RawDocument>, what: &str| -> std::result::Result<Item, String> {
+            let d = d.ok_or_else(|| format!("the change has no {what}"))?;
+            item_from_bson(d)
+                .map_err(|e| format!("{e} (a DynamoDB sink takes items from a DynamoDB source)"))
+        };
+        match ev.op {
+            OpType::Insert | OpType::Update | OpType::Replace => Ok(Action::Put(doc(
+                ev.full_document.as_deref(),
+                "full document (new image)",
+            )?)),
+            OpType::Delete => {
+                let old = ev
+                    .raw
+                    .get_document("fullDocumentBeforeChange")
+                    .ok()
+                    .map(|d| doc(Some(d), "old image"))
+                    .transpose()?;
+                Ok(Action::Delete {
+                    key: doc(ev.document_key.as_deref(), "key")?,
+                    old,
+                })
+            }
+            ref other => Err(format!("{} is not a change of one item", other.as_str())),
+        }
+    }
+
+    /// Runs `call` until it succeeds, fails for good, or the pipeline stops.
+    async fn retrying<T, F, Fut>(
+        &self,
+        what: &str,
+        mut call: F,
+    ) -> Result<std::result::Result<T, DynamoError>>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, DynamoError>>,
+    {
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+        let mut tries = 0u32;
+        loop {
+            match call().await {
+                Err(e) if e.is_retryable() => {
+                    tries += 1;
+                    if tries % 10 == 1 {
+                        warn!(sink = %self.name, error = %e, tries, "{what} failed; retrying.");
+                    }
+                    if !backoff.wait(Some(&self.cancel)).await {
+                        return Err(Error::Stopped);
+                    }
+                }
+                other => return Ok(other),
+            }
+        }
+    }
+
+    /// One change as a conditional (last writer wins) or plain single-item write.
+    async fn write_one(
+        &self,
+        table: &str,
+        action: &Action,
+    ) -> Result<std::result::Result<Outcome, DynamoError>> {
+        let keys = self.key_names(table).await?;
+        let ts = self.cfg.timestamp_attribute.as_deref();
+        let r = self
+            .retrying("writing an item", || async {
+                let cond = |item: Option<&Item>, op: &str| {
+                    let ts = ts?;
+                    let v = item?.get(ts)?.clone();
+                    Some((
+                        format!("attribute_not_exists(#k) OR #ts {op} :ts"),
+                        v,
+                        ts.to_string(),
+                    ))
+                };
+                let res = match action {
+                    Action::Put(item) => {
+                        let mut req = self
+                            .client
+                            .put_item()
+                            .table_name(table)
+                            .set_item(Some(item.clone()));
+                        if let Some((expr, v, ts)) = cond(Some(item), "<") {
+                            req = req
+                                .condition_expression(expr)
+                                .expression_attribute_names("#k", &keys[0])
+                                .expression_attribute_names("#ts", ts)
+                                .expression_attribute_values(":ts", v);
+                        }
+                        req.send().await.map(|_| ()).map_err(|e| {
+                            classify(
+                                e,
+                                Role::Sink,
+                                format!("putting an item into {table}"),
+                                &self.target,
+                            )
+                        })
+                    }
+                    Action::Delete { key, old } => {
+                        let mut req = self
+                            .client
+                            .delete_item()
+                            .table_name(table)
+                            .set_key(Some(key.clone()));
+                        if let Some((expr, v, ts)) = cond(old.as_ref(), "<=") {
+                            req = req
+                                .condition_expression(expr)
+                                .expression_attribute_names("#k", &keys[0])
+                                .expression_attribute_names("#ts", ts)
+                                .expression_attribute_values(":ts", v);
+                        }
+                        req.send().await.map(|_| ()).map_err(|e| {
+                            classify(
+                                e,
+                                Role::Sink,
+                                format!("deleting an item from {table}"),
+                                &self.target,
+                            )
+                        })
+                    }
+                };
+                match res {
+                    Ok(()) => Ok(Outcome::Written),
+                    Err(e) if e.failure() == Failure::ConditionFailed => Ok(Outcome::Stale),
+                    Err(e) => Err(e),
+                }
+            })
+            .await?;
+        Ok(r)
+    }
+
+    /// Writes with `BatchWriteItem` (distinct keys), retrying unprocessed items; a request
+    /// DynamoDB refuses is written item by item to find the item it refuses.
+    async fn write_batch(&self, table: &str, entries: &[(usize, Action)]) -> Result<Vec<Refusal>> {
+        let requests: Vec<WriteRequest> = entries
+            .iter()
+            .map(|(_, a)| match a {
+                Action::Put(item) => WriteRequest::builder()
+                    .put_request(
+                        PutRequest::builder()
+                            .set_item(Some(item.clone()))
+                            .build()
+                            .expect("item set"),
+                    )
+                    .build(),
+                Action::Delete { key, .. } => WriteRequest::builder()
+                    .delete_request(
+                        DeleteRequest::builder()
+                            .set_key(Some(key.clone()))
+                            .build()
+                            .expect("key set"),
+                    )
+                    .build(),
+            })
+            .collect();
+        let mut pending = requests;
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+        while !pending.is_empty() {
+            let sent = pending.clone();
+            let r = self
+                .retrying("a batch write", || {
+                    let sent = sent.clone();
+                    async move {
+                        self.client
+                            .batch_write_item()
+                            .request_items(table, sent)
+                            .send()
+                            .await
+                            .map_err(|e| {
+                                classify(
+                                    e,
+                                    Role::Sink,
+                                    format!("writing a batch into {table}"),
+                                    &self.target,
+                                )
+                            })
+                    }
+                })
+                .await?;
+            match r {
+                Ok(out) => {
+                    pending = out
+                        .unprocessed_items
+                        .and_then(|mut m| m.remove(table))
+                        .unwrap_or_default();
+                    if !pending.is_empty() && !backoff.wait(Some(&self.cancel)).await {
+                        return Err(Error::Stopped);
+                    }
+                }
+                Err(e) if e.failure() == Failure::Invalid => {
+                    return self.write_singly(table, entries).await;
+                }
+                Err(e) => return Err(Error::Dynamo(e)),
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    async fn write_singly(&self, table: &str, entries: &[(usize, Action)]) -> Result<Vec<Refusal>> {
+        let mut refused = Vec::new();
+        for (i, a) in entries {
+            match self.write_one(table, a).await? {
+                Ok(_) => {}
+                Err(e) if e.is_user() => refused.push(Refusal {
+                    index: *i,
+                    error: rejected(table, &e),
+                }),
+                Err(e) => return Err(Error::Dynamo(e)),
+            }
+        }
+        Ok(refused)
+    }
+}
+
+fn rejected(table: &str, e: &DynamoError) -> Error {
+    Error::Rejected {
+        ns: table.to_string(),
+        code: 0,
+        message: e.to_string(),
+    }
+}
+
+/// The bytes that identify an item's key (its attributes in name order).
+fn key_bytes(ev: &ChangeEvent) -> &[u8] {
+    ev.key_bytes()
+}
+
+#[async_trait]
+impl Sink for DynamoSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "dynamodb"
+    }
+
+    fn describe(&self) -> String {
+        match &self.cfg.table {
+            Some(t) => format!("DynamoDB table {t} at {}", self.target),
+            None => format!("DynamoDB at {}", self.target),
+        }
+    }
+
+    fn takes(&self, op: &OpType) -> bool {
+        op.is_data()
+    }
+
+    fn ordering(&self) -> Ordering {
+        Ordering::ByKey { lanes: self.lanes }
+    }
+
+    fn batching(&self) -> BatchPolicy {
+        BatchPolicy {
+            max_events: 200,
+            max_bytes: 16 * 1024 * 1024,
+            linger: Duration::ZERO,
+        }
+    }
+
+    async fn write(&self, batch: &[Arc<ChangeEvent>]) -> Result<Written> {
+        let mut written = Written::default();
+        // Each change as an action, grouped by table and item (in order).
+        let mut groups: Vec<(String, Vec<(usize, Action)>)> = Vec::new();
+        let mut index: HashMap<(&str, &[u8]), usize> = HashMap::new();
+        for (i, ev) in batch.iter().enumerate() {
+            match Self::action(ev) {
+                Ok(a) => {
+                    let table = self.table_of(ev);
+                    let g = *index.entry((table, key_bytes(ev))).or_insert_with(|| {
+                        groups.push((table.to_string(), Vec::new()));
+                        groups.len() - 1
+                    });
+                    groups[g].1.push((i, a));
+                }
+                Err(message) => written.refused.push(Refusal {
+                    index: i,
+                    error: Error::Rejected {
+                        ns: ev.ns.to_string(),
+                        code: 0,
+                        message,
+                    },
+                }),
+            }
+        }
+        if self.cfg.timestamp_attribute.is_none() {
+            // Full images: an item's last change in the batch is its state after all of them.
+            let mut per_table: HashMap<String, Vec<(usize, Action)>> = HashMap::new();
+            for (table, mut changes) in groups {
+                if let Some(last) = changes.pop() {
+                    per_table.entry(table).or_default().push(last);
+                }
+            }
+            let mut chunks: Vec<(String, Vec<(usize, Action)>)> = Vec::new();
+            for (table, entries) in per_table {
+                for c in entries.chunks(self.cfg.batch_items) {
+                    chunks.push((table.clone(), c.to_vec()));
+                }
+            }
+            let results: Vec<Result<Vec<Refusal>>> = stream::iter(chunks)
+                .map(|(t, c)| async move { self.write_batch(&t, &c).await })
+                .buffer_unordered(CONCURRENT_WRITES)
+                .collect()
+                .await;
+            for r in results {
+                written.refused.extend(r?);
+            }
+            return Ok(written);
+        }
+        // Last writer wins: each change conditional, one item's changes in order.
+        let results: Vec<Result<(u64, Vec<Refusal>)>> = stream::iter(groups)
+            .map(|(table, changes)| async move {
+                let mut stale = 0;
+                let mut refused = Vec::new();
+                for (i, a) in &changes {
+                    match self.write_one(&table, a).await? {
+                        Ok(Outcome::Written) => {}
+                        Ok(Outcome::Stale) => stale += 1,
+                        Err(e) if e.is_user() => refused.push(Refusal {
+                            index: *i,
+                            error: rejected(&table, &e),
+                        }),
+                        Err(e) => return Err(Error::Dynamo(e)),
+                    }
+                }
+                Ok((stale, refused))
+            })
+            .buffer_unordered(CONCURRENT_WRITES)
+            .collect()
+            .await;
+        for r in results {
+            let (stale, refused) = r?;
+            written.skipped += stale;
+            written.refused.extend(refused);
+        }
+        Ok(written)
+    }
+}

@@ -1,0 +1,398 @@
+//! DynamoDB -> DynamoDB against moto's server: full sync + streaming of every attribute type,
+//! SIGKILLs during the scan and the streaming, last-writer-wins conditions, and the start-up
+//! errors of a table that cannot be read.
+
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::{AttributeValue, StreamViewType};
+
+use crate::common::aws::{all_items, create_table, n, rich_item, s, wait_equal, Item, Moto};
+use crate::common::{strait_cmd, write_config, Strait};
+
+fn config(moto: &Moto, dir: &std::path::Path, source: &str, sink: &str, extra: &str) -> String {
+    format!(
+        "id = \"ddb\"\n{extra}\n[source]\ntype = \"dynamodb\"\ntable = \"{source}\"\n{keys}poll_interval = \"100ms\"\n\n[sink]\ntype = \"dynamodb\"\ntable = \"{sink}\"\n{keys}\n[checkpoint]\nstore = \"file\"\npath = \"{}\"\n",
+        dir.join("ckpt.json").display(),
+        keys = moto.keys(),
+    )
+}
+
+async fn put(c: &aws_sdk_dynamodb::Client, table: &str, item: Item) {
+    c.put_item()
+        .table_name(table)
+        .set_item(Some(item))
+        .send()
+        .await
+        .unwrap();
+}
+
+fn key(i: usize) -> Item {
+    let item = rich_item(i, 0);
+    [
+        ("pk".to_string(), item["pk"].clone()),
+        ("sk".to_string(), item["sk"].clone()),
+    ]
+    .into()
+}
+
+/// One change of the mixed writer: a new version, an in-place update, a removed attribute, a
+/// delete or a re-insert.
+async fn change(c: &aws_sdk_dynamodb::Client, table: &str, i: usize, round: usize) {
+    match round % 5 {
+        0 | 3 => put(c, table, rich_item(i, round)).await,
+        1 => {
+            c.update_item()
+                .table_name(table)
+                .set_key(Some(key(i)))
+                .update_expression(
+                    "SET #n = :n, #c = if_not_exists(#c, :z) + :one ADD tags :t REMOVE optional",
+                )
+                .expression_attribute_names("#n", "name")
+                .expression_attribute_names("#c", "counter")
+                .expression_attribute_values(":n", s(&format!("updated {i}/{round}")))
+                .expression_attribute_values(":z", n(0))
+                .expression_attribute_values(":one", n(1))
+                .expression_attribute_values(":t", AttributeValue::Ss(vec![format!("r{round}")]))
+                .send()
+                .await
+                .unwrap();
+        }
+        2 => {
+            c.delete_item()
+                .table_name(table)
+                .set_key(Some(key(i)))
+                .send()
+                .await
+                .unwrap();
+        }
+        _ => put(c, table, rich_item(i, round + 100)).await,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn full_sync_then_streaming_copies_every_attribute_type_exactly() {
+    let moto = Moto::start();
+    let c = moto.dynamodb().await;
+    create_table(&c, "orders", Some(StreamViewType::NewAndOldImages)).await;
+    create_table(&c, "orders_copy", None).await;
+    for i in 0..300 {
+        put(&c, "orders", rich_item(i, 0)).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "p.toml",
+        &config(&moto, dir.path(), "orders", "orders_copy", ""),
+    );
+    let mut st = Strait::spawn(&cfg, &dir.path().join("log"));
+    let took = wait_equal(
+        &c,
+        "orders",
+        &c,
+        "orders_copy",
+        Duration::from_secs(60),
+        &st,
+    )
+    .await;
+    eprintln!("full sync of 300 items equal after {took:?}");
+    // Changes of every kind while streaming.
+    for round in 1..=5 {
+        for i in (round..300).step_by(7) {
+            change(&c, "orders", i, round).await;
+        }
+    }
+    let last = Instant::now();
+    let took = wait_equal(
+        &c,
+        "orders",
+        &c,
+        "orders_copy",
+        Duration::from_secs(60),
+        &st,
+    )
+    .await;
+    eprintln!(
+        "streamed changes equal {took:?} after the last write ({:?} since)",
+        last.elapsed()
+    );
+    let copy = all_items(&c, "orders_copy").await;
+    let sample = copy
+        .iter()
+        .find(|i| i.get("sk") == Some(&n(14)))
+        .expect("item 14 copied");
+    assert!(matches!(sample.get("blobs"), Some(AttributeValue::Bs(_))));
+    assert!(matches!(
+        sample.get("nothing"),
+        Some(AttributeValue::Null(true))
+    ));
+    assert!(matches!(sample.get("address"), Some(AttributeValue::M(_))));
+    // Stopped, changed meanwhile, started again: it goes on from the checkpoint.
+    assert!(st.sigterm().success());
+    for i in 0..40 {
+        change(&c, "orders", i, 6 + i % 5).await;
+    }
+    let log = dir.path().join("log2");
+    let st = Strait::spawn(&cfg, &log);
+    wait_equal(
+        &c,
+        "orders",
+        &c,
+        "orders_copy",
+        Duration::from_secs(60),
+        &st,
+    )
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("Resuming from checkpoint"), "{text}");
+    assert!(!text.contains("Scan handed over"), "scanned again:\n{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkills_during_the_scan_and_the_streaming_lose_nothing() {
+    let moto = Moto::start();
+    let c = moto.dynamodb().await;
+    create_table(&c, "src", Some(StreamViewType::NewAndOldImages)).await;
+    create_table(&c, "dst", None).await;
+    let items = 1500;
+    for chunk in (0..items).collect::<Vec<_>>().chunks(25) {
+        let reqs = chunk
+            .iter()
+            .map(|&i| {
+                aws_sdk_dynamodb::types::WriteRequest::builder()
+                    .put_request(
+                        aws_sdk_dynamodb::types::PutRequest::builder()
+                            .set_item(Some(rich_item(i, 0)))
+                            .build()
+                            .unwrap(),
+                    )
+                    .build()
+            })
+            .collect();
+        c.batch_write_item()
+            .request_items("src", reqs)
+            .send()
+            .await
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "p.toml",
+        &config(
+            &moto,
+            dir.path(),
+            "src",
+            "dst",
+            "[full_sync]\nbatch_docs = 40\nparallelism = 3\n",
+        ),
+    );
+    // A writer changes items all along.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (c, stop) = (c.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut round = 1;
+            let mut writes = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for i in (round % 13..items).step_by(13) {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    change(&c, "src", i, round).await;
+                    writes += 1;
+                }
+                round += 1;
+            }
+            writes
+        })
+    };
+    let log = dir.path().join("log");
+    // Killed during the scan (1,500 items in pages of 40 take seconds on moto).
+    let mut st = Strait::spawn(&cfg, &log);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let copied_before_kill = all_items(&c, "dst").await.len();
+    st.sigkill_running();
+    assert!(
+        copied_before_kill < items,
+        "the scan was already finished when killed ({copied_before_kill} items)"
+    );
+    // Killed again at random points while streaming.
+    for pause in [2500, 1800, 3100] {
+        st = Strait::spawn(&cfg, &log);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        st.sigkill_running();
+    }
+    st = Strait::spawn(&cfg, &log);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let writes = writer.await.unwrap();
+    let took = wait_equal(&c, "src", &c, "dst", Duration::from_secs(60), &st).await;
+    eprintln!(
+        "{items} items + {writes} changes, 4 SIGKILLs ({copied_before_kill} copied at the first): equal {took:?} after the writer stopped"
+    );
+    let text = st.log_text();
+    if std::env::var("STRAIT_TEST_LOG").is_ok() {
+        eprintln!("{text}");
+    }
+    assert!(
+        text.matches("Resuming from checkpoint").count() >= 4,
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn last_writer_wins_keeps_the_newer_item_and_counts_the_stale_change() {
+    let moto = Moto::start();
+    let c = moto.dynamodb().await;
+    create_table(&c, "a", Some(StreamViewType::NewAndOldImages)).await;
+    create_table(&c, "b", None).await;
+    let item = |i: usize, ts: u64, who: &str| -> Item {
+        [
+            ("pk".to_string(), s("k")),
+            ("sk".to_string(), n(i)),
+            ("who".to_string(), s(who)),
+            ("last_update_timestamp".to_string(), n(ts)),
+        ]
+        .into()
+    };
+    // The target already holds newer versions of items 0..5 and older ones of 5..10.
+    for i in 0..10 {
+        let ts = if i < 5 { 2_000 } else { 500 };
+        put(&c, "b", item(i, ts, "target")).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = crate::common::free_port_for_tests();
+    let mut text = config(
+        &moto,
+        dir.path(),
+        "a",
+        "b",
+        &format!("mode = \"incremental\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
+    text = text.replace(
+        "[sink]\ntype = \"dynamodb\"\n",
+        "[sink]\ntype = \"dynamodb\"\ntimestamp_attribute = \"last_update_timestamp\"\n",
+    );
+    let cfg = write_config(dir.path(), "p.toml", &text);
+    let st = Strait::spawn(&cfg, &dir.path().join("log"));
+    crate::common::wait_for(Duration::from_secs(30), "streaming", &st, || async {
+        st.log_text().contains("Pipeline started")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for i in 0..10 {
+        put(&c, "a", item(i, 1_000, "source")).await;
+    }
+    // Item 10 is new on the target; item 0 is deleted on the source with an older version.
+    put(&c, "a", item(10, 1_000, "source")).await;
+    c.delete_item()
+        .table_name("a")
+        .set_key(Some(
+            [("pk".to_string(), s("k")), ("sk".to_string(), n(0))].into(),
+        ))
+        .send()
+        .await
+        .unwrap();
+    let expect = |i: usize| -> Item {
+        match i {
+            0..5 => item(i, 2_000, "target"),
+            _ => item(i, 1_000, "source"),
+        }
+    };
+    let want: Vec<Item> = (0..=10).map(expect).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut got = all_items(&c, "b").await;
+        got.sort_by_key(|i| match i.get("sk") {
+            Some(AttributeValue::N(v)) => v.parse::<u64>().unwrap(),
+            _ => 0,
+        });
+        if got == want {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "target {got:?}\n{}",
+            st.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // 5 older puts and the delete of an item the target holds newer were dropped as stale.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, metrics) = crate::api::http(port, "GET", "/metrics", "").await;
+        let stale = crate::api::pipeline_counter(&metrics, "strait_events_skipped_total", "ddb");
+        if stale == Some(6) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stale count {stale:?}\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_that_cannot_be_read_stops_at_start_with_one_line() {
+    let moto = Moto::start();
+    let c = moto.dynamodb().await;
+    create_table(&c, "plain", None).await;
+    create_table(&c, "keys_only", Some(StreamViewType::KeysOnly)).await;
+    create_table(&c, "good", Some(StreamViewType::NewAndOldImages)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, text: String| {
+        let cfg = write_config(dir.path(), &format!("{name}.toml"), &text);
+        let (code, _out, err) = strait_cmd(
+            &["run", "-c", cfg.to_str().unwrap()],
+            Duration::from_secs(60),
+        );
+        assert_ne!(code, 0, "{name}: {err}");
+        let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(errors.len(), 1, "{name}: {err}");
+        errors[0].to_string()
+    };
+    let line = run("missing", config(&moto, dir.path(), "nope", "good", ""));
+    assert!(
+        line.contains("nope") && line.contains("does not exist"),
+        "{line}"
+    );
+    let line = run("no_stream", config(&moto, dir.path(), "plain", "good", ""));
+    assert!(
+        line.contains("plain")
+            && line.contains("no stream")
+            && line.contains("StreamViewType=NEW_AND_OLD_IMAGES"),
+        "{line}"
+    );
+    let line = run(
+        "keys_only",
+        config(&moto, dir.path(), "keys_only", "good", ""),
+    );
+    assert!(
+        line.contains("KEYS_ONLY") && line.contains("NEW_AND_OLD_IMAGES"),
+        "{line}"
+    );
+    let line = run("no_sink", config(&moto, dir.path(), "good", "absent", ""));
+    assert!(
+        line.contains("absent") && line.contains("does not exist"),
+        "{line}"
+    );
+    // Nothing listens on the port: one line that says it cannot reach the endpoint.
+    let port = crate::common::free_port_for_tests();
+    let text = config(&moto, dir.path(), "good", "good", "")
+        .replace(&moto.endpoint(), &format!("http://127.0.0.1:{port}"));
+    let text = text.replace("[source]\n", "[source]\nconnect_timeout = \"1s\"\n");
+    let line = run("unreachable", text);
+    assert!(
+        line.contains("cannot reach") && line.contains(&port.to_string()),
+        "{line}"
+    );
+    // A bad key names the file line.
+    let text =
+        config(&moto, dir.path(), "good", "good", "").replace("poll_interval", "poll_intervall");
+    let line = run("bad_key", text);
+    assert!(
+        line.contains("poll_intervall") && line.contains("bad_key.toml:10:"),
+        "{line}"
+    );
+}
