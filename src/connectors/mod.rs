@@ -250,9 +250,9 @@ pub(crate) async fn open_sinks(
             kafka::sink::KafkaSink::open_checked("sink", k, true, cfg, telemetry, cancel, timeout)
                 .await?,
         ),
-        SinkEndpoint::Dynamodb(d) => {
-            sinks.push(dynamodb::sink::DynamoSink::open_checked("sink", d, cfg, cancel).await?)
-        }
+        SinkEndpoint::Dynamodb(d) => sinks.push(
+            dynamodb::sink::DynamoSink::open_checked("sink", d, cfg, telemetry, cancel).await?,
+        ),
     }
     for (name, s) in &cfg.sinks {
         let sink: Arc<dyn Sink> = match s {

@@ -396,3 +396,164 @@ async fn a_table_that_cannot_be_read_stops_at_start_with_one_line() {
         "{line}"
     );
 }
+
+/// One direction of a two-way pair: `from`'s stream into `to`, stamping `from_side`, passing
+/// over what the other direction wrote (`to_side`).
+fn direction(
+    moto: &Moto,
+    dir: &std::path::Path,
+    from: (&str, &str),
+    to: (&str, &str),
+    port: u16,
+) -> String {
+    format!(
+        "id = \"{0}-to-{1}\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n\n[source]\ntype = \"dynamodb\"\ntable = \"{0}\"\n{keys}poll_interval = \"100ms\"\nignore_origin = \"{3}\"\n\n[sink]\ntype = \"dynamodb\"\ntable = \"{1}\"\n{keys}timestamp_attribute = \"last_update_timestamp\"\nstamp_origin = \"{2}\"\n\n[checkpoint]\nstore = \"file\"\npath = \"{4}\"\n",
+        from.0,
+        to.0,
+        from.1,
+        to.1,
+        dir.join(format!("{}.ckpt", from.0)).display(),
+        keys = moto.keys(),
+    )
+}
+
+/// A write by an application on one side: it sets the timestamp (milliseconds, with the side
+/// as the last digit so the two sides never tie) and its side's name, as the seed's loader does.
+fn app_item(k: usize, side: &str, digit: u64, extra: &str) -> Item {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    [
+        ("pk".to_string(), s("shared")),
+        ("sk".to_string(), n(k)),
+        ("data".to_string(), s(extra)),
+        ("last_update_timestamp".to_string(), n(ms * 10 + digit)),
+        ("last_updater_region".to_string(), s(side)),
+    ]
+    .into()
+}
+
+async fn counter(port: u16, name: &str, pipeline: &str) -> u64 {
+    let (_, m) = crate::api::http(port, "GET", "/metrics", "").await;
+    crate::api::pipeline_counter(&m, name, pipeline).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_way_with_writers_on_both_sides_ends_equal_without_ping_pong() {
+    let moto = Moto::start();
+    let c = moto.dynamodb().await;
+    create_table(&c, "east", Some(StreamViewType::NewAndOldImages)).await;
+    create_table(&c, "china", Some(StreamViewType::NewAndOldImages)).await;
+    // Items only the first side has before the pair starts: the full sync copies them.
+    for k in 0..50 {
+        put(&c, "east", app_item(k, "us-east-1", 0, "seed")).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (pe, pc) = (
+        crate::common::free_port_for_tests(),
+        crate::common::free_port_for_tests(),
+    );
+    let east = ("east", "us-east-1");
+    let china = ("china", "cn-north-1");
+    let ce = write_config(
+        dir.path(),
+        "e.toml",
+        &direction(&moto, dir.path(), east, china, pe),
+    );
+    let cc = write_config(
+        dir.path(),
+        "c.toml",
+        &direction(&moto, dir.path(), china, east, pc),
+    );
+    let se = Strait::spawn(&ce, &dir.path().join("east.log"));
+    let sc = Strait::spawn(&cc, &dir.path().join("china.log"));
+    wait_equal(&c, "east", &c, "china", Duration::from_secs(60), &se).await;
+    // Writers on both sides, on overlapping keys: puts, updates and deletes.
+    let writer = |table: &'static str, side: &'static str, digit: u64| {
+        let c = c.clone();
+        tokio::spawn(async move {
+            let (mut writes, mut deletes) = (0u64, 0u64);
+            for round in 0..6 {
+                // East writes every third key, China every second: every sixth key is shared.
+                for k in (0..80).step_by(3 - digit as usize) {
+                    if (k + round) % 7 == 0 {
+                        c.delete_item()
+                            .table_name(table)
+                            .set_key(Some(
+                                [("pk".to_string(), s("shared")), ("sk".to_string(), n(k))].into(),
+                            ))
+                            .send()
+                            .await
+                            .unwrap();
+                        deletes += 1;
+                    } else {
+                        put(
+                            &c,
+                            table,
+                            app_item(k, side, digit, &format!("{side} r{round}")),
+                        )
+                        .await;
+                        writes += 1;
+                    }
+                }
+            }
+            (writes, deletes)
+        })
+    };
+    let (we, wc) = (
+        writer("east", "us-east-1", 0),
+        writer("china", "cn-north-1", 1),
+    );
+    // Deliberate conflicts: the same key written on both sides at once; China's is later.
+    for k in 100..105 {
+        put(&c, "east", app_item(k, "us-east-1", 0, "east loses")).await;
+        put(&c, "china", app_item(k, "cn-north-1", 1, "china wins")).await;
+    }
+    let (we, wc) = (we.await.unwrap(), wc.await.unwrap());
+    let took = wait_equal(&c, "east", &c, "china", Duration::from_secs(90), &se).await;
+    eprintln!("two-way: east {we:?}, china {wc:?} (writes, deletes): equal {took:?} after the writers stopped");
+    let items = all_items(&c, "east").await;
+    for k in 100..105 {
+        let it = items.iter().find(|i| i.get("sk") == Some(&n(k))).unwrap();
+        assert_eq!(it.get("data"), Some(&s("china wins")), "{it:?}");
+    }
+    // Quiet: nothing is being shipped back and forth any more.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let read = |p, id: &'static str| async move {
+        (
+            counter(p, "strait_two_way_applied_total", id).await,
+            counter(p, "strait_two_way_echoes_total", id).await,
+            counter(p, "strait_two_way_stale_total", id).await,
+            counter(p, "strait_two_way_conflicts_total", id).await,
+        )
+    };
+    let (a1, b1) = (
+        read(pe, "east-to-china").await,
+        read(pc, "china-to-east").await,
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (a2, b2) = (
+        read(pe, "east-to-china").await,
+        read(pc, "china-to-east").await,
+    );
+    assert_eq!(
+        (a1, b1),
+        (a2, b2),
+        "changes still moving after the tables matched"
+    );
+    eprintln!("east->china (applied, echoes, stale, conflicts) {a2:?}; china->east {b2:?}");
+    // Each direction applied at most its side's own changes (plus the other side's deletes,
+    // which pass once and end there): nothing went round.
+    assert!(a2.0 <= 50 + we.0 + we.1 + wc.1 + 5, "{a2:?}");
+    assert!(b2.0 <= wc.0 + wc.1 + we.1 + 5, "{b2:?}");
+    assert!(a2.1 > 0 && b2.1 > 0, "no echoes passed over: {a2:?} {b2:?}");
+    assert!(a2.3 >= 1, "no conflict recorded: {a2:?}");
+    let log = se.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("Conflict:") && l.contains("east loses"))
+        .unwrap_or_else(|| panic!("no conflict line with the losing image:\n{log}"));
+    assert!(line.contains("china wins"), "{line}");
+    drop(sc);
+}

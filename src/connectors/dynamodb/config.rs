@@ -49,6 +49,14 @@ pub struct DynamoSourceConfig {
     /// `rename` and other sinks.
     #[serde(default = "default_database")]
     pub database: String,
+    /// Two-way sync: inserts and updates whose new image has `origin_attribute` equal to this
+    /// value were written by the other direction (its sink's `stamp_origin`) and are not sent
+    /// back. Deletes always pass (deleting an absent item writes nothing, so they do not loop).
+    #[serde(default)]
+    pub ignore_origin: Option<String>,
+    /// The attribute naming where an item's last change was made (two-way sync).
+    #[serde(default = "default_origin_attribute")]
+    pub origin_attribute: String,
 }
 
 /// A DynamoDB table written item by item.
@@ -92,6 +100,15 @@ pub struct DynamoSinkConfig {
     /// (`BatchWriteItem`, at most 25).
     #[serde(default = "default_batch_items")]
     pub batch_items: usize,
+    /// Two-way sync: every item written gets `origin_attribute` set to this value (the name of
+    /// the source side, e.g. its region), so the other direction's source, with
+    /// `ignore_origin` set to it, does not send the change back. Needs `timestamp_attribute`.
+    #[serde(default)]
+    pub stamp_origin: Option<String>,
+    /// The attribute naming where an item's last change was made (two-way sync). Applications
+    /// writing to either table set it to their own side's name, as they set the timestamp.
+    #[serde(default = "default_origin_attribute")]
+    pub origin_attribute: String,
 }
 
 fn default_connect_timeout() -> Duration {
@@ -108,6 +125,9 @@ fn default_database() -> String {
 }
 fn default_batch_items() -> usize {
     25
+}
+fn default_origin_attribute() -> String {
+    "last_updater_region".into()
 }
 
 fn access(
@@ -181,6 +201,12 @@ impl DynamoSourceConfig {
         if self.table.is_empty() {
             return Err(InvalidSetting::new("table", "must not be empty"));
         }
+        if self.ignore_origin.as_deref() == Some("") || self.origin_attribute.is_empty() {
+            return Err(InvalidSetting::new(
+                "ignore_origin",
+                "ignore_origin and origin_attribute must not be empty",
+            ));
+        }
         if self.database.is_empty() || self.database.contains('.') {
             return Err(InvalidSetting::new(
                 "database",
@@ -225,6 +251,18 @@ impl DynamoSinkConfig {
             return Err(InvalidSetting::new(
                 "timestamp_attribute",
                 "must not be empty",
+            ));
+        }
+        if self.stamp_origin.is_some() && self.timestamp_attribute.is_none() {
+            return Err(InvalidSetting::new(
+                "stamp_origin",
+                "two-way sync needs timestamp_attribute (last writer wins): without it an echoed delete could remove a newer item",
+            ));
+        }
+        if self.stamp_origin.as_deref() == Some("") || self.origin_attribute.is_empty() {
+            return Err(InvalidSetting::new(
+                "stamp_origin",
+                "stamp_origin and origin_attribute must not be empty",
             ));
         }
         if !(1..=25).contains(&self.batch_items) {

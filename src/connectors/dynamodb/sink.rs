@@ -4,11 +4,16 @@
 //! change is a conditional write (last writer wins) and a change that loses is counted stale.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{DeleteRequest, PutRequest, WriteRequest};
+use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, DeleteRequest, PutRequest, ReturnValuesOnConditionCheckFailure, WriteRequest,
+};
 use bson::RawDocument;
 use futures::stream::{self, StreamExt};
 use tokio::sync::Mutex;
@@ -17,13 +22,14 @@ use tracing::warn;
 
 use super::client::{classify, Failure};
 use super::config::DynamoSinkConfig;
-use super::item::{item_from_bson, Item};
+use super::item::{item_from_bson, item_to_bson, Item};
 use super::DynamoError;
 use crate::backoff::Backoff;
 use crate::config::PipelineConfig;
 use crate::connectors::{BatchPolicy, Ordering, Refusal, Sink, Written};
 use crate::core::{ChangeEvent, OpType};
 use crate::error::{Error, Result, Role};
+use crate::telemetry::Telemetry;
 
 /// Writes at once per lane (keys differ, so their order does not matter).
 const CONCURRENT_WRITES: usize = 8;
@@ -38,6 +44,7 @@ pub(crate) struct DynamoSink {
     /// Key attribute names per table, looked up once.
     keys: Mutex<HashMap<String, Arc<Vec<String>>>>,
     cancel: CancellationToken,
+    telemetry: Arc<Telemetry>,
 }
 
 /// What one change does to the target.
@@ -52,8 +59,8 @@ enum Action {
 /// What a write did.
 enum Outcome {
     Written,
-    /// Its condition failed: the target holds a newer change.
-    Stale,
+    /// Its condition failed: the target holds a newer change (its item, when returned).
+    Stale(Option<Item>),
 }
 
 impl DynamoSink {
@@ -62,6 +69,7 @@ impl DynamoSink {
         name: &str,
         cfg: &DynamoSinkConfig,
         pipeline: &PipelineConfig,
+        telemetry: &Arc<Telemetry>,
         cancel: &CancellationToken,
     ) -> Result<Arc<Self>> {
         let access = cfg.access();
@@ -74,6 +82,7 @@ impl DynamoSink {
             lanes: pipeline.apply.lanes,
             keys: Mutex::new(HashMap::new()),
             cancel: cancel.clone(),
+            telemetry: telemetry.clone(),
         };
         if let Some(t) = &cfg.table {
             sink.key_names(t).await?;
@@ -189,71 +198,92 @@ impl DynamoSink {
     ) -> Result<std::result::Result<Outcome, DynamoError>> {
         let keys = self.key_names(table).await?;
         let ts = self.cfg.timestamp_attribute.as_deref();
-        let r = self
-            .retrying("writing an item", || async {
-                let cond = |item: Option<&Item>, op: &str| {
-                    let ts = ts?;
-                    let v = item?.get(ts)?.clone();
-                    Some((
-                        format!("attribute_not_exists(#k) OR #ts {op} :ts"),
-                        v,
-                        ts.to_string(),
-                    ))
-                };
-                let res = match action {
-                    Action::Put(item) => {
-                        let mut req = self
-                            .client
-                            .put_item()
-                            .table_name(table)
-                            .set_item(Some(item.clone()));
-                        if let Some((expr, v, ts)) = cond(Some(item), "<") {
+        // The condition of last writer wins, when the change carries the timestamp. In two-way
+        // sync a tie goes to the greater origin name on both sides, so the tables agree.
+        let tie = match &self.cfg.stamp_origin {
+            Some(_) => " OR (#ts = :ts AND (attribute_not_exists(#o) OR #o < :o))",
+            None => "",
+        };
+        let cond = |item: Option<&Item>, op: &str| {
+            let ts = ts?;
+            let v = item?.get(ts)?.clone();
+            let tie = if op == "<" { tie } else { "" };
+            Some((
+                format!("attribute_not_exists(#k) OR #ts {op} :ts{tie}"),
+                v,
+                ts.to_string(),
+                !tie.is_empty(),
+            ))
+        };
+        let all_old = ReturnValuesOnConditionCheckFailure::AllOld;
+        self.retrying("writing an item", || async {
+            match action {
+                Action::Put(item) => {
+                    let mut req = self
+                        .client
+                        .put_item()
+                        .table_name(table)
+                        .set_item(Some(self.stamped(item)));
+                    if let Some((expr, v, ts, tie)) = cond(Some(item), "<") {
+                        req = req
+                            .condition_expression(expr)
+                            .expression_attribute_names("#k", &keys[0])
+                            .expression_attribute_names("#ts", ts)
+                            .expression_attribute_values(":ts", v)
+                            .return_values_on_condition_check_failure(all_old.clone());
+                        if let (true, Some(o)) = (tie, &self.cfg.stamp_origin) {
                             req = req
-                                .condition_expression(expr)
-                                .expression_attribute_names("#k", &keys[0])
-                                .expression_attribute_names("#ts", ts)
-                                .expression_attribute_values(":ts", v);
+                                .expression_attribute_names("#o", &self.cfg.origin_attribute)
+                                .expression_attribute_values(":o", AttributeValue::S(o.clone()));
                         }
-                        req.send().await.map(|_| ()).map_err(|e| {
-                            classify(
+                    }
+                    match req.send().await {
+                        Ok(_) => Ok(Outcome::Written),
+                        Err(e) => match e.as_service_error() {
+                            Some(PutItemError::ConditionalCheckFailedException(c)) => {
+                                Ok(Outcome::Stale(c.item.clone()))
+                            }
+                            _ => Err(classify(
                                 e,
                                 Role::Sink,
                                 format!("putting an item into {table}"),
                                 &self.target,
-                            )
-                        })
+                            )),
+                        },
                     }
-                    Action::Delete { key, old } => {
-                        let mut req = self
-                            .client
-                            .delete_item()
-                            .table_name(table)
-                            .set_key(Some(key.clone()));
-                        if let Some((expr, v, ts)) = cond(old.as_ref(), "<=") {
-                            req = req
-                                .condition_expression(expr)
-                                .expression_attribute_names("#k", &keys[0])
-                                .expression_attribute_names("#ts", ts)
-                                .expression_attribute_values(":ts", v);
-                        }
-                        req.send().await.map(|_| ()).map_err(|e| {
-                            classify(
+                }
+                Action::Delete { key, old } => {
+                    let mut req = self
+                        .client
+                        .delete_item()
+                        .table_name(table)
+                        .set_key(Some(key.clone()));
+                    if let Some((expr, v, ts, _)) = cond(old.as_ref(), "<=") {
+                        req = req
+                            .condition_expression(expr)
+                            .expression_attribute_names("#k", &keys[0])
+                            .expression_attribute_names("#ts", ts)
+                            .expression_attribute_values(":ts", v)
+                            .return_values_on_condition_check_failure(all_old.clone());
+                    }
+                    match req.send().await {
+                        Ok(_) => Ok(Outcome::Written),
+                        Err(e) => match e.as_service_error() {
+                            Some(DeleteItemError::ConditionalCheckFailedException(c)) => {
+                                Ok(Outcome::Stale(c.item.clone()))
+                            }
+                            _ => Err(classify(
                                 e,
                                 Role::Sink,
                                 format!("deleting an item from {table}"),
                                 &self.target,
-                            )
-                        })
+                            )),
+                        },
                     }
-                };
-                match res {
-                    Ok(()) => Ok(Outcome::Written),
-                    Err(e) if e.failure() == Failure::ConditionFailed => Ok(Outcome::Stale),
-                    Err(e) => Err(e),
                 }
-            })
-            .await?;
-        Ok(r)
+            }
+        })
+        .await
     }
 
     /// Writes with `BatchWriteItem` (distinct keys), retrying unprocessed items; a request
@@ -265,7 +295,7 @@ impl DynamoSink {
                 Action::Put(item) => WriteRequest::builder()
                     .put_request(
                         PutRequest::builder()
-                            .set_item(Some(item.clone()))
+                            .set_item(Some(self.stamped(item)))
                             .build()
                             .expect("item set"),
                     )
@@ -336,6 +366,59 @@ impl DynamoSink {
             }
         }
         Ok(refused)
+    }
+}
+
+impl DynamoSink {
+    /// The item as written: with the origin stamp of two-way sync.
+    fn stamped(&self, item: &Item) -> Item {
+        let mut item = item.clone();
+        if let Some(o) = &self.cfg.stamp_origin {
+            item.insert(
+                self.cfg.origin_attribute.clone(),
+                AttributeValue::S(o.clone()),
+            );
+        }
+        item
+    }
+
+    /// A change that lost to the target's item: when that item came from the other side (a
+    /// concurrent write there, not a replay of this side's own older change), it is a conflict,
+    /// logged with both images and counted.
+    fn record_conflict(&self, table: &str, lost: &Action, current: Option<&Item>) {
+        let Some(stamp) = &self.cfg.stamp_origin else {
+            return;
+        };
+        let origin = |i: Option<&Item>| match i.and_then(|i| i.get(&self.cfg.origin_attribute)) {
+            Some(AttributeValue::S(s)) => Some(s.clone()),
+            _ => None,
+        };
+        let kept_origin = origin(current);
+        if kept_origin.as_deref() == Some(stamp.as_str()) {
+            return;
+        }
+        let (op, image) = match lost {
+            Action::Put(i) => ("put", i),
+            Action::Delete { key, old } => ("delete", old.as_ref().unwrap_or(key)),
+        };
+        let json = |i: &Item| {
+            bson::Bson::Document(
+                bson::Document::try_from(item_to_bson(i).as_ref()).unwrap_or_default(),
+            )
+            .into_relaxed_extjson()
+            .to_string()
+        };
+        self.telemetry.two_way.conflicts.fetch_add(1, Relaxed);
+        warn!(
+            sink = %self.name,
+            table,
+            op,
+            from = %stamp,
+            kept_from = kept_origin.as_deref().unwrap_or("?"),
+            lost = %json(image),
+            kept = %current.map(json).unwrap_or_else(|| "null".into()),
+            "Conflict: a change from {stamp} lost to a later change made on this side; kept the later one."
+        );
     }
 }
 
@@ -441,8 +524,16 @@ impl Sink for DynamoSink {
                 let mut refused = Vec::new();
                 for (i, a) in &changes {
                     match self.write_one(&table, a).await? {
-                        Ok(Outcome::Written) => {}
-                        Ok(Outcome::Stale) => stale += 1,
+                        Ok(Outcome::Written) => {
+                            if self.cfg.stamp_origin.is_some() {
+                                self.telemetry.two_way.applied.fetch_add(1, Relaxed);
+                            }
+                        }
+                        Ok(Outcome::Stale(current)) => {
+                            stale += 1;
+                            self.telemetry.two_way.stale.fetch_add(1, Relaxed);
+                            self.record_conflict(&table, a, current.as_ref());
+                        }
                         Err(e) if e.is_user() => refused.push(Refusal {
                             index: *i,
                             error: rejected(&table, &e),

@@ -421,6 +421,10 @@ impl DynamoSource {
             let read_at = bson::DateTime::now();
             for item in resp.items.unwrap_or_default() {
                 progress.copied.fetch_add(1, Relaxed);
+                if self.is_echo_item(&item) {
+                    self.telemetry.two_way.echoes.fetch_add(1, Relaxed);
+                    continue;
+                }
                 let ev = self.scan_event(segment, &item, read_at)?;
                 let item = SourceItem::Event {
                     pos: here.clone(),
@@ -676,6 +680,11 @@ impl DynamoSource {
                     skipped = Some(here);
                     continue;
                 }
+                if self.is_echo(sr) {
+                    self.telemetry.two_way.echoes.fetch_add(1, Relaxed);
+                    skipped = Some(here);
+                    continue;
+                }
                 if let Some(s) = skipped.take() {
                     if tx.send(SourceItem::Progress(s)).await.is_err() {
                         return Ok(());
@@ -715,6 +724,29 @@ impl DynamoSource {
                 }
             }
         }
+    }
+
+    /// Whether a scanned item was last written by the other direction of a two-way pair (that
+    /// direction's scan copies it).
+    fn is_echo_item(&self, item: &Item) -> bool {
+        let Some(ignore) = &self.src.ignore_origin else {
+            return false;
+        };
+        matches!(
+            item.get(&self.src.origin_attribute),
+            Some(aws_sdk_dynamodb::types::AttributeValue::S(o)) if o == ignore
+        )
+    }
+
+    /// Whether the record's new image was written by the other direction of a two-way pair.
+    fn is_echo(&self, sr: &aws_sdk_dynamodbstreams::types::StreamRecord) -> bool {
+        let Some(ignore) = &self.src.ignore_origin else {
+            return false;
+        };
+        matches!(
+            sr.new_image.as_ref().and_then(|m| m.get(&self.src.origin_attribute)),
+            Some(aws_sdk_dynamodbstreams::types::AttributeValue::S(o)) if o == ignore
+        )
     }
 
     fn stream_event(
