@@ -17,6 +17,7 @@ pub(crate) mod control;
 pub mod core;
 pub mod engine;
 pub mod error;
+pub mod load;
 pub(crate) mod metrics;
 pub(crate) mod report;
 pub mod serve;

@@ -78,6 +78,11 @@ enum Command {
         #[command(subcommand)]
         action: CheckpointAction,
     },
+    /// Write test load to a database, like an application would, and report what was written.
+    Load {
+        #[command(subcommand)]
+        target: LoadTarget,
+    },
     /// Check a pipeline file.
     Config {
         #[command(subcommand)]
@@ -173,6 +178,46 @@ struct ArchiveArgs {
     ops: Vec<String>,
 }
 
+/// What `strait load` writes to.
+#[derive(Subcommand)]
+enum LoadTarget {
+    /// A DynamoDB table keyed by `pk` (S) and `sk` (N): orders with nested maps, lists, sets,
+    /// binary and decimals; 60 % puts, 30 % updates, 10 % deletes, each stamped with
+    /// `last_update_timestamp` and `last_updater_region`. Credentials: the AWS default chain.
+    Dynamodb {
+        /// The table.
+        #[arg(long)]
+        table: String,
+        /// AWS region (else the default chain).
+        #[arg(long)]
+        region: Option<String>,
+        /// Endpoint URL (a local server).
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// Profile of ~/.aws/config.
+        #[arg(long)]
+        profile: Option<String>,
+        /// This side's name, written to `last_updater_region`.
+        #[arg(long, default_value = "us-east-1")]
+        side: String,
+        /// Last digit of this side's timestamps (0-9), so two sides never tie.
+        #[arg(long, default_value_t = 0)]
+        side_digit: u64,
+        /// Operations per second; 0 = as fast as the table takes them.
+        #[arg(long, default_value_t = 100)]
+        rate: u64,
+        /// Operations in all.
+        #[arg(long, default_value_t = 1000)]
+        ops: u64,
+        /// Distinct items (keys 0..keys).
+        #[arg(long, default_value_t = 10_000)]
+        keys: u64,
+        /// Concurrent writers.
+        #[arg(long, default_value_t = 4)]
+        writers: usize,
+    },
+}
+
 #[derive(Subcommand)]
 enum CheckpointAction {
     /// Print the checkpoint as JSON.
@@ -255,6 +300,37 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             json,
         } => verify(config, limit, json).await,
         Command::Checkpoint { action } => checkpoint(action).await,
+        Command::Load {
+            target:
+                LoadTarget::Dynamodb {
+                    table,
+                    region,
+                    endpoint,
+                    profile,
+                    side,
+                    side_digit,
+                    rate,
+                    ops,
+                    keys,
+                    writers,
+                },
+        } => {
+            let spec = strait::load::LoadSpec {
+                table,
+                region,
+                endpoint,
+                profile,
+                side,
+                side_digit: side_digit.min(9),
+                rate,
+                ops,
+                keys,
+                writers,
+            };
+            let report = strait::load::run(&spec).await?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Conflicts {
             action: ConflictsAction::Ls { config, limit },
         } => {
