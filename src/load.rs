@@ -73,7 +73,7 @@ pub fn order_item(key: u64, version: u64, side: &str, ts: u64) -> HashMap<String
         "city".into(),
         s(["Beijing", "Shanghai", "Seattle", "Dublin"][(key % 4) as usize].into()),
     );
-    customer.insert("vip".into(), AttributeValue::Bool(key % 5 == 0));
+    customer.insert("vip".into(), AttributeValue::Bool(key.is_multiple_of(5)));
     let lines = (0..(1 + key % 4))
         .map(|i| {
             let mut l = HashMap::new();

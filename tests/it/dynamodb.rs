@@ -557,3 +557,60 @@ async fn two_way_with_writers_on_both_sides_ends_equal_without_ping_pong() {
     assert!(line.contains("china wins"), "{line}");
     drop(sc);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_load_generator_writes_what_it_reports() {
+    let moto = Moto::start();
+    let c = moto.dynamodb().await;
+    create_table(&c, "orders", None).await;
+    // The loader takes credentials from the AWS default chain (moto accepts any).
+    std::env::set_var("AWS_ACCESS_KEY_ID", "test");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
+    let started = Instant::now();
+    let (code, out, err) = strait_cmd(
+        &[
+            "load",
+            "dynamodb",
+            "--table",
+            "orders",
+            "--endpoint",
+            &moto.endpoint(),
+            "--region",
+            "us-east-1",
+            "--ops",
+            "300",
+            "--rate",
+            "150",
+            "--keys",
+            "100",
+            "--side",
+            "cn-north-1",
+            "--side-digit",
+            "1",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let total: u64 = ["puts", "updates", "deletes"]
+        .iter()
+        .map(|k| report[k].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 300, "{report}");
+    assert_eq!(report["puts"], 180, "{report}");
+    // At 150 ops/s, 300 operations take about two seconds, not less.
+    assert!(started.elapsed() >= Duration::from_millis(1900), "{report}");
+    let items = all_items(&c, "orders").await;
+    assert!(!items.is_empty() && items.len() <= 100);
+    for i in &items {
+        assert_eq!(i.get("last_updater_region"), Some(&s("cn-north-1")));
+        match i.get("last_update_timestamp") {
+            Some(AttributeValue::N(t)) => assert!(t.ends_with('1'), "{t}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    // Puts write whole orders (an update of an absent key creates a partial one).
+    assert!(items
+        .iter()
+        .any(|i| matches!(i.get("customer"), Some(AttributeValue::M(_)))));
+}
