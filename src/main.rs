@@ -595,11 +595,17 @@ async fn verify(path: PathBuf, limit: usize, json: bool) -> anyhow::Result<ExitC
 async fn checkpoint(action: CheckpointAction) -> anyhow::Result<ExitCode> {
     let (CheckpointAction::Show { config } | CheckpointAction::Reset { config }) = &action;
     let cfg = PipelineConfig::load(config).map_err(Error::from)?;
-    let Some(endpoint) = cfg.mongo_sink().or(cfg.mongo_source()) else {
-        anyhow::bail!("a Kafka source keeps its position as consumer-group offsets in Kafka; use Kafka's tools (kafka-consumer-groups --reset-offsets) to move it");
+    let store = match (&cfg.source, cfg.mongo_sink().or(cfg.mongo_source())) {
+        (strait::config::SourceEndpoint::Dynamodb(_), _) => {
+            strait::engine::start::standalone_checkpoint_store(&cfg).await?
+        }
+        (_, Some(endpoint)) => {
+            let client =
+                strait::connectors::mongo::connect::connect(endpoint, Role::Sink).await?;
+            strait::engine::start::checkpoint_store(&cfg, &client).await?
+        }
+        (_, None) => anyhow::bail!("a Kafka source keeps its position as consumer-group offsets in Kafka; use Kafka's tools (kafka-consumer-groups --reset-offsets) to move it"),
     };
-    let client = strait::connectors::mongo::connect::connect(endpoint, Role::Sink).await?;
-    let store = strait::engine::start::checkpoint_store(&cfg, &client).await?;
     match action {
         CheckpointAction::Show { .. } => match store.load(&cfg.id).await.map_err(Error::from)? {
             Some(c) => {

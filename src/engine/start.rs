@@ -100,6 +100,30 @@ pub async fn checkpoint_store(cfg: &PipelineConfig, client: &Client) -> Result<C
     })
 }
 
+/// The checkpoint store of a pipeline without a MongoDB endpoint of its own: a file, or the
+/// MongoDB deployment at `checkpoint.uri`.
+pub async fn standalone_checkpoint_store(cfg: &PipelineConfig) -> Result<CheckpointStore> {
+    let c = &cfg.checkpoint;
+    Ok(match (&c.store, &c.uri) {
+        (CheckpointStoreKind::Mongodb, Some(uri)) => {
+            let defaults = crate::config::MongoEndpoint {
+                kind: Default::default(),
+                uri: uri.clone(),
+                tls: None,
+                connect_timeout: std::time::Duration::from_secs(10),
+                ops: None,
+            };
+            let client = connect_uri(uri, &defaults, Role::Checkpoint).await?;
+            CheckpointStore::Mongo(MongoStore::new(&client, &c.database, &c.collection))
+        }
+        _ => CheckpointStore::File(FileStore::new(
+            c.path
+                .clone()
+                .ok_or_else(|| Error::Internal("checkpoint.path validated".into()))?,
+        )),
+    })
+}
+
 impl MongoPipeline {
     /// Saves the current checkpoint.
     pub(crate) async fn save_checkpoint(&self) -> Result<()> {

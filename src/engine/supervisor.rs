@@ -10,16 +10,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
 use super::lease::Lease;
-use super::start::{check_source, checkpoint_store, MongoPipeline};
+use super::start::{check_source, checkpoint_store, standalone_checkpoint_store, MongoPipeline};
 use super::Engine;
-use crate::checkpoint::{CheckpointStore, Checkpointer, FileStore, MongoStore};
-use crate::config::{
-    CheckpointStoreKind, HistoryLostPolicy, MongoEndpoint, PipelineConfig, SourceEndpoint,
-};
+use crate::checkpoint::{CheckpointStore, Checkpointer};
+use crate::config::{HistoryLostPolicy, PipelineConfig, SourceEndpoint};
 use crate::connectors::dynamodb::source::DynamoSource;
 use crate::connectors::kafka::source::KafkaSource;
 use crate::connectors::mongo::connect::connect;
-use crate::connectors::mongo::connect::connect_uri;
 use crate::connectors::{open_sinks, Source};
 use crate::control::Control;
 use crate::error::{Error, Result, Role};
@@ -222,7 +219,7 @@ impl Supervisor {
             }
             SourceEndpoint::Dynamodb(d) => {
                 let opened = open_sinks(cfg, &self.telemetry, &self.cancel).await?;
-                let store = dynamo_checkpoint_store(cfg).await?;
+                let store = standalone_checkpoint_store(cfg).await?;
                 let lease = match (&store, cfg.checkpoint.lease) {
                     (CheckpointStore::Mongo(m), true) => Some(Lease::new(
                         m.database(),
@@ -378,30 +375,6 @@ async fn run_dynamo(engine: Engine, source: Arc<DynamoSource>) -> Result<()> {
             other => return other,
         }
     }
-}
-
-/// The checkpoint store of a pipeline without a MongoDB endpoint of its own: a file, or the
-/// MongoDB deployment at `checkpoint.uri`.
-async fn dynamo_checkpoint_store(cfg: &PipelineConfig) -> Result<CheckpointStore> {
-    let c = &cfg.checkpoint;
-    Ok(match (&c.store, &c.uri) {
-        (CheckpointStoreKind::Mongodb, Some(uri)) => {
-            let defaults = MongoEndpoint {
-                kind: Default::default(),
-                uri: uri.clone(),
-                tls: None,
-                connect_timeout: Duration::from_secs(10),
-                ops: None,
-            };
-            let client = connect_uri(uri, &defaults, Role::Checkpoint).await?;
-            CheckpointStore::Mongo(MongoStore::new(&client, &c.database, &c.collection))
-        }
-        _ => CheckpointStore::File(FileStore::new(
-            c.path
-                .clone()
-                .ok_or_else(|| Error::Internal("checkpoint.path validated".into()))?,
-        )),
-    })
 }
 
 /// A lease holder id: host name and process id.

@@ -128,6 +128,15 @@ async fn full_sync_then_streaming_copies_every_attribute_type_exactly() {
     assert!(matches!(sample.get("address"), Some(AttributeValue::M(_))));
     // Stopped, changed meanwhile, started again: it goes on from the checkpoint.
     assert!(st.sigterm().success());
+    let (code, out, err) = strait_cmd(
+        &["checkpoint", "show", "-c", cfg.to_str().unwrap()],
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("source_state") && out.contains("shardId-"),
+        "{out}"
+    );
     for i in 0..40 {
         change(&c, "orders", i, 6 + i % 5).await;
     }
