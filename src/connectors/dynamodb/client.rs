@@ -91,15 +91,14 @@ pub enum Failure {
 }
 
 /// Classifies an SDK failure and turns it into strait's error.
-pub(crate) fn classify<E, R>(
-    e: aws_sdk_dynamodb::error::SdkError<E, R>,
+pub(crate) fn classify<E>(
+    e: aws_sdk_dynamodb::error::SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>,
     role: Role,
     context: impl Into<String>,
     target: &str,
 ) -> DynamoError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug,
 {
     use aws_sdk_dynamodb::error::SdkError;
     let context = context.into();
@@ -114,8 +113,7 @@ where
             let err = s.err();
             let code = err.code().unwrap_or("").to_string();
             let message = err.message().unwrap_or("").to_string();
-            let raw = format!("{:?}", s.raw());
-            let server_error = raw.contains("status: StatusCode(5");
+            let server_error = s.raw().status().is_server_error();
             (failure_of(&code, server_error), code, message)
         }
         _ => (Failure::Invalid, String::new(), source_chain(&e)),
