@@ -207,6 +207,16 @@ pub(crate) fn from_stream_item(
         .collect()
 }
 
+/// A table's key attribute names, the hash key first.
+pub(crate) fn key_names(schema: &[aws_sdk_dynamodb::types::KeySchemaElement]) -> Vec<String> {
+    let mut names: Vec<&aws_sdk_dynamodb::types::KeySchemaElement> = schema.iter().collect();
+    names.sort_by_key(|k| k.key_type != aws_sdk_dynamodb::types::KeyType::Hash);
+    names
+        .into_iter()
+        .map(|k| k.attribute_name.clone())
+        .collect()
+}
+
 /// The key attributes of an item, by the table's key names.
 pub(crate) fn key_of(item: &Item, key_names: &[String]) -> Option<Item> {
     key_names

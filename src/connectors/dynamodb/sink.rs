@@ -22,7 +22,7 @@ use tracing::warn;
 
 use super::client::{classify, Failure};
 use super::config::DynamoSinkConfig;
-use super::item::{item_from_bson, item_to_bson, Item};
+use super::item::{item_from_bson, item_to_bson, key_names, Item};
 use super::DynamoError;
 use crate::backoff::Backoff;
 use crate::config::PipelineConfig;
@@ -116,18 +116,12 @@ impl DynamoSink {
                 )),
                 _ => Error::Dynamo(e),
             })?;
-        let mut names: Vec<(String, bool)> = desc
-            .table
-            .map(|t| t.key_schema.unwrap_or_default())
-            .unwrap_or_default()
-            .into_iter()
-            .map(|k| {
-                let hash = k.key_type == aws_sdk_dynamodb::types::KeyType::Hash;
-                (k.attribute_name, hash)
-            })
-            .collect();
-        names.sort_by_key(|(_, hash)| !hash);
-        let names = Arc::new(names.into_iter().map(|(n, _)| n).collect::<Vec<_>>());
+        let names = Arc::new(
+            desc.table
+                .as_ref()
+                .map(|t| key_names(t.key_schema()))
+                .unwrap_or_default(),
+        );
         self.keys
             .lock()
             .await
@@ -430,11 +424,6 @@ fn rejected(table: &str, e: &DynamoError) -> Error {
     }
 }
 
-/// The bytes that identify an item's key (its attributes in name order).
-fn key_bytes(ev: &ChangeEvent) -> &[u8] {
-    ev.key_bytes()
-}
-
 #[async_trait]
 impl Sink for DynamoSink {
     fn name(&self) -> &str {
@@ -477,7 +466,7 @@ impl Sink for DynamoSink {
             match Self::action(ev) {
                 Ok(a) => {
                     let table = self.table_of(ev);
-                    let g = *index.entry((table, key_bytes(ev))).or_insert_with(|| {
+                    let g = *index.entry((table, ev.key_bytes())).or_insert_with(|| {
                         groups.push((table.to_string(), Vec::new()));
                         groups.len() - 1
                     });

@@ -24,7 +24,7 @@ use tracing::{info, warn};
 
 use super::client::{classify, AwsAccess, Failure};
 use super::config::DynamoSourceConfig;
-use super::item::{from_stream_item, item_from_bson, item_to_bson, key_of, Item};
+use super::item::{from_stream_item, item_from_bson, item_to_bson, key_names, key_of, Item};
 use super::shards::{self, ListedShard, ShardProgress};
 use super::DynamoError;
 use crate::backoff::Backoff;
@@ -94,10 +94,6 @@ pub(crate) struct DynamoSource {
     telemetry: Arc<Telemetry>,
 }
 
-fn source_err(e: DynamoError) -> Error {
-    Error::Dynamo(e)
-}
-
 impl DynamoSource {
     /// Connects and checks the table and its stream: it must exist and stream
     /// `NEW_AND_OLD_IMAGES`.
@@ -123,7 +119,7 @@ impl DynamoSource {
                 Failure::NotFound => Error::User(format!(
                     "source: DynamoDB table {t} does not exist at {target} (check [source] table and region)"
                 )),
-                _ => source_err(e),
+                _ => Error::Dynamo(e),
             })?;
         let table = desc
             .table
@@ -150,24 +146,13 @@ impl DynamoSource {
                 "source: the stream of DynamoDB table {t} has view type {view}; strait needs NEW_AND_OLD_IMAGES. A stream's view type cannot change: turn it off (aws dynamodb update-table --table-name {t} --stream-specification StreamEnabled=false), then on again with: {fix}"
             )));
         }
-        let mut key_names: Vec<(String, bool)> = table
-            .key_schema()
-            .iter()
-            .map(|k| {
-                (
-                    k.attribute_name.clone(),
-                    k.key_type == aws_sdk_dynamodb::types::KeyType::Hash,
-                )
-            })
-            .collect();
-        key_names.sort_by_key(|(_, hash)| !hash);
         Ok(Self {
             cfg: cfg.clone(),
             src: src.clone(),
             ddb,
             streams,
             stream_arn,
-            key_names: key_names.into_iter().map(|(n, _)| n).collect(),
+            key_names: key_names(table.key_schema()),
             estimated_items: table.item_count.unwrap_or(0).max(0) as u64,
             target,
             checkpoint,
@@ -273,7 +258,7 @@ impl DynamoSource {
                 .send()
                 .await
                 .map_err(|e| classify(e, Role::Source, "listing the stream's shards", &self.target))
-                .map_err(source_err)?;
+                .map_err(Error::Dynamo)?;
             let Some(d) = resp.stream_description else {
                 break;
             };
@@ -415,13 +400,14 @@ impl DynamoSource {
                     }
                     continue;
                 }
-                Err(e) => return Err(source_err(e)),
+                Err(e) => return Err(Error::Dynamo(e)),
             };
             let here = pos(&after, false);
             let read_at = bson::DateTime::now();
             for item in resp.items.unwrap_or_default() {
                 progress.copied.fetch_add(1, Relaxed);
-                if self.is_echo_item(&item) {
+                let origin = item.get(&self.src.origin_attribute);
+                if self.written_by_other_side(origin.and_then(|v| v.as_s().ok())) {
                     self.telemetry.two_way.echoes.fetch_add(1, Relaxed);
                     continue;
                 }
@@ -493,7 +479,9 @@ impl DynamoSource {
         stop: &CancellationToken,
     ) -> Result<()> {
         self.telemetry.set_state(PipelineState::Streaming);
-        let mut readers: JoinSet<(String, Result<()>)> = JoinSet::new();
+        // A shard read to its end stays in `reading` until its end is durable (done), so it is
+        // not read again meanwhile; the readers' results only carry their errors.
+        let mut readers: JoinSet<Result<()>> = JoinSet::new();
         let mut reading: HashSet<String> = HashSet::new();
         let mut listed = self.list_shards().await?;
         let mut refreshed = tokio::time::Instant::now();
@@ -513,10 +501,7 @@ impl DynamoSource {
                 let p = progress.get(&id).cloned().unwrap_or_default();
                 reading.insert(id.clone());
                 let (me, tx, stop) = (self.clone(), tx.clone(), stop.clone());
-                readers.spawn(async move {
-                    let r = me.read_shard(&id, p, &tx, &stop).await;
-                    (id, r)
-                });
+                readers.spawn(async move { me.read_shard(&id, p, &tx, &stop).await });
             }
             let wait = self.src.shard_refresh.saturating_sub(refreshed.elapsed());
             tokio::select! {
@@ -524,16 +509,12 @@ impl DynamoSource {
                 _ = self.shard_done.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
                 Some(done) = readers.join_next(), if !readers.is_empty() => {
-                    let (id, r) = done.map_err(|e| Error::Internal(format!("shard reader panicked: {e}")))?;
-                    r?;
-                    // Read to its end: it stays in `reading` until its end is durable (done),
-                    // so it is not read again meanwhile.
-                    let _ = id;
+                    done.map_err(|e| Error::Internal(format!("shard reader panicked: {e}")))??;
                 }
             }
         }
         while let Some(done) = readers.join_next().await {
-            if let Ok((_, Err(e))) = done {
+            if let Ok(Err(e)) = done {
                 return Err(e);
             }
         }
@@ -619,7 +600,7 @@ impl DynamoSource {
                         }
                         continue;
                     }
-                    Err(e) => return Err(source_err(e)),
+                    Err(e) => return Err(Error::Dynamo(e)),
                 },
             };
             let resp = self
@@ -653,7 +634,7 @@ impl DynamoSource {
                         }
                         continue;
                     }
-                    _ => return Err(source_err(e)),
+                    _ => return Err(Error::Dynamo(e)),
                 },
             };
             let records = resp.records.unwrap_or_default();
@@ -680,7 +661,11 @@ impl DynamoSource {
                     skipped = Some(here);
                     continue;
                 }
-                if self.is_echo(sr) {
+                let origin = sr
+                    .new_image
+                    .as_ref()
+                    .and_then(|m| m.get(&self.src.origin_attribute));
+                if self.written_by_other_side(origin.and_then(|v| v.as_s().ok())) {
                     self.telemetry.two_way.echoes.fetch_add(1, Relaxed);
                     skipped = Some(here);
                     continue;
@@ -726,27 +711,10 @@ impl DynamoSource {
         }
     }
 
-    /// Whether a scanned item was last written by the other direction of a two-way pair (that
-    /// direction's scan copies it).
-    fn is_echo_item(&self, item: &Item) -> bool {
-        let Some(ignore) = &self.src.ignore_origin else {
-            return false;
-        };
-        matches!(
-            item.get(&self.src.origin_attribute),
-            Some(aws_sdk_dynamodb::types::AttributeValue::S(o)) if o == ignore
-        )
-    }
-
-    /// Whether the record's new image was written by the other direction of a two-way pair.
-    fn is_echo(&self, sr: &aws_sdk_dynamodbstreams::types::StreamRecord) -> bool {
-        let Some(ignore) = &self.src.ignore_origin else {
-            return false;
-        };
-        matches!(
-            sr.new_image.as_ref().and_then(|m| m.get(&self.src.origin_attribute)),
-            Some(aws_sdk_dynamodbstreams::types::AttributeValue::S(o)) if o == ignore
-        )
+    /// Whether an item (scanned, or a stream record's new image) with this origin was written
+    /// by the other direction of a two-way pair: that direction's scan and stream carry it.
+    fn written_by_other_side(&self, origin: Option<&String>) -> bool {
+        matches!((&self.src.ignore_origin, origin), (Some(ignore), Some(o)) if o == ignore)
     }
 
     fn stream_event(
