@@ -69,6 +69,15 @@ pub(crate) fn ready(
         .collect())
 }
 
+/// Forgets shards that are done and no longer listed (older than the stream's retention), so
+/// the checkpoint does not grow with every shard the table ever had (DynamoDB opens new shards
+/// every few hours). A child whose parent is forgotten reads as before: a parent neither saved
+/// nor listed counts as done.
+pub(crate) fn forget_gone(listed: &[ListedShard], progress: &mut BTreeMap<String, ShardProgress>) {
+    let listed_ids: HashSet<&str> = listed.iter().map(|s| s.id.as_str()).collect();
+    progress.retain(|id, p| !p.done || listed_ids.contains(id.as_str()));
+}
+
 /// The progress to start from when nothing is saved: closed shards are done when only changes
 /// from `since_ms` on are wanted and `closed_are_older` (a shard closed now holds only older
 /// changes), open shards skip records before `since_ms`.
@@ -156,6 +165,25 @@ mod tests {
         // Done and gone is fine.
         let progress: BTreeMap<_, _> = [("P".to_string(), done())].into();
         assert_eq!(ready(&listed, &progress, &HashSet::new()).unwrap(), ["B"]);
+    }
+
+    #[test]
+    fn done_shards_that_aged_out_are_forgotten_without_changing_what_is_ready() {
+        let listed = vec![shard("B", Some("P"), false), shard("C", Some("B"), false)];
+        let mut progress: BTreeMap<_, _> = [
+            ("P".to_string(), done()),
+            ("Q".to_string(), done()),
+            ("B".to_string(), ShardProgress::default()),
+        ]
+        .into();
+        let before = ready(&listed, &progress, &HashSet::new()).unwrap();
+        forget_gone(&listed, &mut progress);
+        assert_eq!(progress.keys().collect::<Vec<_>>(), ["B"]);
+        assert_eq!(ready(&listed, &progress, &HashSet::new()).unwrap(), before);
+        // An unfinished shard that is gone is kept: it is a lost position, not history.
+        let mut progress: BTreeMap<_, _> = [("P".to_string(), ShardProgress::default())].into();
+        forget_gone(&listed, &mut progress);
+        assert!(progress.contains_key("P"));
     }
 
     #[test]

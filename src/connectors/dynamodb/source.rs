@@ -489,6 +489,8 @@ impl DynamoSource {
             if refreshed.elapsed() >= self.src.shard_refresh {
                 listed = self.list_shards().await?;
                 refreshed = tokio::time::Instant::now();
+                // Saved with the next commit.
+                shards::forget_gone(&listed, &mut self.state.lock().await.shards);
             }
             let progress = self.state.lock().await.shards.clone();
             let ready = shards::ready(&listed, &progress, &reading).map_err(|lost| {
