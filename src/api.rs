@@ -168,6 +168,9 @@ pub struct Status {
     /// Two-way pipelines: each direction's status, with what it decided (`two_way`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub directions: Vec<serde_json::Value>,
+    /// DynamoDB and Kinesis sources: each shard being read, with its lag and records read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<serde_json::Value>,
 }
 
 /// Builds the status report.
@@ -250,6 +253,18 @@ pub fn status_of(cfg: &PipelineConfig, t: &Telemetry, control: &Control) -> Stat
         rate_limit: control.rate(),
         checkpoint_age_seconds: t.checkpoint_age(),
         directions: Vec::new(),
+        shards: t
+            .shards()
+            .iter()
+            .map(|c| {
+                use std::sync::atomic::Ordering::Relaxed;
+                json!({
+                    "shard": c.id,
+                    "lag_seconds": c.behind_ms.load(Relaxed) as f64 / 1000.0,
+                    "records": c.records.load(Relaxed),
+                })
+            })
+            .collect(),
     }
 }
 

@@ -14,6 +14,7 @@ use crate::core::pattern::{NamespacePattern, PatternError};
 
 pub use crate::connectors::archive::config::{ArchiveSinkConfig, Compression, ExtraSinkType};
 pub use crate::connectors::dynamodb::config::{DynamoSinkConfig, DynamoSourceConfig};
+pub use crate::connectors::kinesis::config::{KinesisSinkConfig, KinesisSourceConfig};
 pub use crate::connectors::kafka::config::{KafkaFormat, KafkaSinkConfig, KafkaSourceConfig};
 use crate::connectors::mongo::config::redact_uri;
 pub use crate::connectors::mongo::config::{EndpointType, MongoEndpoint, TlsConfig};
@@ -173,6 +174,8 @@ pub enum SourceEndpoint {
     Kafka(Box<KafkaSourceConfig>),
     /// A DynamoDB table's stream (and the table, for the full sync).
     Dynamodb(Box<DynamoSourceConfig>),
+    /// A Kinesis data stream of DynamoDB changes.
+    Kinesis(Box<KinesisSourceConfig>),
 }
 
 /// Where changes go.
@@ -185,6 +188,8 @@ pub enum SinkEndpoint {
     Kafka(Box<KafkaSinkConfig>),
     /// A DynamoDB table.
     Dynamodb(Box<DynamoSinkConfig>),
+    /// A Kinesis data stream (DynamoDB changes).
+    Kinesis(Box<KinesisSinkConfig>),
 }
 
 /// A sink of `[sinks.<name>]`.
@@ -228,12 +233,13 @@ fn as_typed<'de, T: Deserialize<'de>, E: serde::de::Error>(v: toml::Value) -> Re
 
 impl<'de> Deserialize<'de> for SourceEndpoint {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let known = "\"mongodb\", \"kafka\" or \"dynamodb\"";
+        let known = "\"mongodb\", \"kafka\", \"dynamodb\" or \"kinesis\"";
         let (ty, v) = typed_table(d, Some("mongodb"), known)?;
         match ty.as_str() {
             "mongodb" => as_typed(v).map(SourceEndpoint::Mongodb),
             "kafka" => as_typed(v).map(|k| SourceEndpoint::Kafka(Box::new(k))),
             "dynamodb" => as_typed(v).map(|k| SourceEndpoint::Dynamodb(Box::new(k))),
+            "kinesis" => as_typed(v).map(|k| SourceEndpoint::Kinesis(Box::new(k))),
             other => Err(serde::de::Error::custom(format!(
                 "type: unknown source type \"{other}\", expected {known}"
             ))),
@@ -243,12 +249,13 @@ impl<'de> Deserialize<'de> for SourceEndpoint {
 
 impl<'de> Deserialize<'de> for SinkEndpoint {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let known = "\"mongodb\", \"kafka\" or \"dynamodb\"";
+        let known = "\"mongodb\", \"kafka\", \"dynamodb\" or \"kinesis\"";
         let (ty, v) = typed_table(d, Some("mongodb"), known)?;
         match ty.as_str() {
             "mongodb" => as_typed(v).map(SinkEndpoint::Mongodb),
             "kafka" => as_typed(v).map(|k| SinkEndpoint::Kafka(Box::new(k))),
             "dynamodb" => as_typed(v).map(|k| SinkEndpoint::Dynamodb(Box::new(k))),
+            "kinesis" => as_typed(v).map(|k| SinkEndpoint::Kinesis(Box::new(k))),
             other => Err(serde::de::Error::custom(format!(
                 "type: unknown sink type \"{other}\", expected {known}"
             ))),
@@ -718,7 +725,9 @@ impl PipelineConfig {
     pub fn mongo_source(&self) -> Option<&MongoEndpoint> {
         match &self.source {
             SourceEndpoint::Mongodb(m) => Some(m),
-            SourceEndpoint::Kafka(_) | SourceEndpoint::Dynamodb(_) => None,
+            SourceEndpoint::Kafka(_) | SourceEndpoint::Dynamodb(_) | SourceEndpoint::Kinesis(_) => {
+                None
+            }
         }
     }
 
@@ -726,7 +735,7 @@ impl PipelineConfig {
     pub fn mongo_sink(&self) -> Option<&MongoEndpoint> {
         match &self.sink {
             SinkEndpoint::Mongodb(m) => Some(m),
-            SinkEndpoint::Kafka(_) | SinkEndpoint::Dynamodb(_) => None,
+            SinkEndpoint::Kafka(_) | SinkEndpoint::Dynamodb(_) | SinkEndpoint::Kinesis(_) => None,
         }
     }
 
@@ -880,15 +889,31 @@ impl PipelineConfig {
                 connector("source", d.validate())?;
                 self.validate_dynamodb_source(&invalid)?;
             }
+            SourceEndpoint::Kinesis(k) => {
+                connector("source", k.validate())?;
+                self.validate_dynamodb_source(&invalid)?;
+            }
         }
         match &self.sink {
             SinkEndpoint::Mongodb(m) => connector("sink", m.validate())?,
             SinkEndpoint::Dynamodb(d) => {
                 connector("sink", d.validate())?;
+                if !matches!(
+                    self.source,
+                    SourceEndpoint::Dynamodb(_) | SourceEndpoint::Kinesis(_)
+                ) {
+                    return Err(invalid(
+                        "sink.type",
+                        "a DynamoDB sink takes items from a DynamoDB or Kinesis source ([source] type = \"dynamodb\" or \"kinesis\"); MongoDB documents into DynamoDB are not supported yet".into(),
+                    ));
+                }
+            }
+            SinkEndpoint::Kinesis(k) => {
+                connector("sink", k.validate())?;
                 if !matches!(self.source, SourceEndpoint::Dynamodb(_)) {
                     return Err(invalid(
                         "sink.type",
-                        "a DynamoDB sink takes items from a DynamoDB source ([source] type = \"dynamodb\"); MongoDB documents into DynamoDB are not supported yet".into(),
+                        "a Kinesis sink takes items from a DynamoDB source ([source] type = \"dynamodb\")".into(),
                     ));
                 }
             }
@@ -1029,21 +1054,25 @@ impl PipelineConfig {
         Ok(())
     }
 
-    /// What a DynamoDB source needs of the rest of the pipeline.
+    /// What a DynamoDB or Kinesis source needs of the rest of the pipeline.
     fn validate_dynamodb_source(
         &self,
         invalid: &dyn Fn(&str, String) -> ConfigError,
     ) -> Result<(), ConfigError> {
-        if !matches!(self.sink, SinkEndpoint::Dynamodb(_)) {
+        let fits = match &self.source {
+            SourceEndpoint::Kinesis(_) => matches!(self.sink, SinkEndpoint::Dynamodb(_)),
+            _ => matches!(self.sink, SinkEndpoint::Dynamodb(_) | SinkEndpoint::Kinesis(_)),
+        };
+        if !fits {
             return Err(invalid(
                 "sink.type",
-                "a DynamoDB source writes to a DynamoDB sink (type = \"dynamodb\"); MongoDB and Kafka sinks of DynamoDB items are not supported yet".into(),
+                "a DynamoDB source writes to a DynamoDB sink (type = \"dynamodb\") or a Kinesis sink (type = \"kinesis\"), a Kinesis source to a DynamoDB sink; MongoDB and Kafka sinks of DynamoDB items are not supported yet".into(),
             ));
         }
         if !self.sinks.is_empty() {
             return Err(invalid(
                 "sinks",
-                "a DynamoDB source has one sink, [sink]".into(),
+                "a DynamoDB or Kinesis source has one sink, [sink]".into(),
             ));
         }
         if self.checkpoint.store == CheckpointStoreKind::Mongodb && self.checkpoint.uri.is_none() {
@@ -1083,11 +1112,13 @@ impl PipelineConfig {
             SourceEndpoint::Mongodb(m) => m.redact(),
             SourceEndpoint::Kafka(k) => k.redact(),
             SourceEndpoint::Dynamodb(d) => d.redact(),
+            SourceEndpoint::Kinesis(k) => k.redact(),
         }
         match &mut c.sink {
             SinkEndpoint::Mongodb(m) => m.redact(),
             SinkEndpoint::Kafka(k) => k.redact(),
             SinkEndpoint::Dynamodb(d) => d.redact(),
+            SinkEndpoint::Kinesis(k) => k.redact(),
         }
         c.checkpoint.uri = c.checkpoint.uri.as_deref().map(redact_uri);
         for s in c.sinks.values_mut() {

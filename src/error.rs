@@ -80,9 +80,9 @@ pub enum Error {
     /// A Kafka sink or source failed.
     #[error(transparent)]
     Kafka(#[from] crate::connectors::kafka::KafkaError),
-    /// A DynamoDB or DynamoDB Streams call failed.
+    /// A DynamoDB, DynamoDB Streams or Kinesis call failed.
     #[error(transparent)]
-    Dynamo(#[from] crate::connectors::dynamodb::DynamoError),
+    Aws(#[from] crate::connectors::aws::AwsError),
     /// The saved position is older than the source's change log.
     #[error("the saved position ({position}) is no longer in the source's change log ({detail}); run with stream.on_history_lost = \"resync\" to copy the data again, or `strait checkpoint reset` to start over")]
     HistoryLost {
@@ -153,8 +153,8 @@ impl Error {
             Error::Archive(_) => ErrorClass::External,
             Error::Kafka(e) if e.is_user() => ErrorClass::User,
             Error::Kafka(_) => ErrorClass::External,
-            Error::Dynamo(e) if e.is_user() => ErrorClass::User,
-            Error::Dynamo(_) => ErrorClass::External,
+            Error::Aws(e) if e.is_user() => ErrorClass::User,
+            Error::Aws(_) => ErrorClass::External,
             Error::Internal(_) | Error::Event(_) => ErrorClass::Internal,
             Error::Stopped | Error::LeaseLost => ErrorClass::External,
         }
@@ -168,7 +168,7 @@ impl Error {
             Error::Unreachable { .. } => true,
             Error::Archive(e) => !e.is_user(),
             Error::Kafka(e) => !e.is_user(),
-            Error::Dynamo(e) => e.is_retryable(),
+            Error::Aws(e) => e.is_retryable(),
             _ => false,
         }
     }

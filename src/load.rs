@@ -13,7 +13,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use aws_smithy_types::Blob;
 use serde::Serialize;
 
-use crate::connectors::dynamodb::client::{classify, AwsAccess};
+use crate::connectors::aws::client::{classify, AwsAccess};
 use crate::error::{Error, Result, Role};
 
 /// What to write.
@@ -212,7 +212,7 @@ pub async fn run(spec: &LoadSpec) -> Result<LoadReport> {
                         // reports what it wrote).
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
-                    Err(e) => return Err(Error::Dynamo(e)),
+                    Err(e) => return Err(Error::Aws(e)),
                 }
             }
         });

@@ -319,6 +319,27 @@ impl Collector for PipelineCollector {
             "Events queued per lane.",
             &depths,
         )?;
+        let shards = t.shards();
+        let shard_lag: Vec<_> = shards
+            .iter()
+            .map(|c| (vec![("shard", c.id.clone())], c.behind_ms.load(Relaxed) as f64 / 1000.0))
+            .collect();
+        gauges(
+            &mut e,
+            "strait_shard_lag_seconds",
+            "DynamoDB / Kinesis: seconds between a shard's newest record read and the read (0: nothing new).",
+            &shard_lag,
+        )?;
+        let shard_records: Vec<_> = shards
+            .iter()
+            .map(|c| (vec![("shard", c.id.clone())], c.records.load(Relaxed)))
+            .collect();
+        counters(
+            &mut e,
+            "strait_shard_records",
+            "DynamoDB / Kinesis: records read per shard.",
+            &shard_records,
+        )?;
         let colls = t.collections();
         for (name, help, read) in [
             (

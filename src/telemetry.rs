@@ -88,6 +88,28 @@ pub struct Telemetry {
     sinks: Mutex<Vec<Arc<SinkCounters>>>,
     /// One direction of a two-way pipeline.
     pub two_way: TwoWayCounters,
+    /// Shards being read (DynamoDB Streams, Kinesis), by id.
+    shards: Mutex<Vec<Arc<ShardLag>>>,
+}
+
+/// How far behind one shard of a DynamoDB or Kinesis stream is read.
+#[derive(Debug)]
+pub struct ShardLag {
+    /// The shard's id.
+    pub id: String,
+    /// Records read from it.
+    pub records: AtomicU64,
+    /// Milliseconds between the newest record of the last read and the time of that read
+    /// (Kinesis: `MillisBehindLatest`); 0 when the read found nothing new.
+    pub behind_ms: AtomicU64,
+}
+
+impl ShardLag {
+    /// Records one read of the shard.
+    pub fn read(&self, records: u64, behind_ms: i64) {
+        self.records.fetch_add(records, Relaxed);
+        self.behind_ms.store(behind_ms.max(0) as u64, Relaxed);
+    }
 }
 
 /// What one direction of a two-way pipeline decided.
@@ -255,6 +277,7 @@ impl Default for Telemetry {
             apply_latency: Histogram::new(LATENCY_BUCKETS),
             lane_depths: Mutex::new(None),
             two_way: TwoWayCounters::default(),
+            shards: Mutex::new(Vec::new()),
         }
     }
 }
@@ -422,6 +445,31 @@ impl Telemetry {
         });
         g.push(c.clone());
         c
+    }
+
+    /// The lag of a shard being read (created on first use).
+    pub fn shard(&self, id: &str) -> Arc<ShardLag> {
+        let mut g = self.shards.lock().unwrap();
+        if let Some(c) = g.iter().find(|c| c.id == id) {
+            return c.clone();
+        }
+        let c = Arc::new(ShardLag {
+            id: id.to_string(),
+            records: AtomicU64::new(0),
+            behind_ms: AtomicU64::new(0),
+        });
+        g.push(c.clone());
+        c
+    }
+
+    /// A shard read to its end: it is no longer reported.
+    pub fn shard_done(&self, id: &str) {
+        self.shards.lock().unwrap().retain(|c| c.id != id);
+    }
+
+    /// The shards being read.
+    pub fn shards(&self) -> Vec<Arc<ShardLag>> {
+        self.shards.lock().unwrap().clone()
     }
 
     /// Every sink's counters, `[sink]` first.

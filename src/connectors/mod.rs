@@ -4,8 +4,10 @@
 //! `engine::supervisor` (see `docs/connectors.md`).
 
 pub mod archive;
+pub mod aws;
 pub mod dynamodb;
 pub mod kafka;
+pub mod kinesis;
 pub mod mongo;
 
 use std::sync::Arc;
@@ -95,11 +97,17 @@ pub(crate) trait Source: Send + Sync {
     }
 }
 
-/// Where records no sink can take are stored, with the reason (a dead-letter topic).
+/// Where records no sink can take are stored, with the reason (a dead-letter topic or file).
 #[async_trait]
 pub(crate) trait DeadLetters: Send + Sync {
-    /// Stores the record with the reason; returns once it is durable.
-    async fn dead_letter(&self, origin: &dyn Origin, reason: &str) -> Result<()>;
+    /// Stores the record (as it arrived, when the source kept it, and as the change strait
+    /// read, when it could be read) with the reason; returns once it is durable.
+    async fn dead_letter(
+        &self,
+        origin: Option<&dyn Origin>,
+        event: Option<&ChangeEvent>,
+        reason: &str,
+    ) -> Result<()>;
 }
 
 /// The order a sink needs kept between the events it is given.
@@ -253,6 +261,9 @@ pub(crate) async fn open_sinks(
         SinkEndpoint::Dynamodb(d) => sinks.push(
             dynamodb::sink::DynamoSink::open_checked("sink", d, cfg, telemetry, cancel).await?,
         ),
+        SinkEndpoint::Kinesis(k) => {
+            sinks.push(kinesis::sink::KinesisSink::open_checked("sink", k, cfg, cancel).await?)
+        }
     }
     for (name, s) in &cfg.sinks {
         let sink: Arc<dyn Sink> = match s {

@@ -104,13 +104,17 @@ pub(crate) async fn run_lane(
         let mut refused = vec![false; items.len()];
         for r in written.refused {
             let item = &items[r.index];
-            match (&dead_letters, &item.origin) {
-                (Some(dl), Some(origin)) => {
-                    dl.dead_letter(origin.as_ref(), &r.error.to_string())
-                        .await?;
+            match &dead_letters {
+                Some(dl) => {
+                    dl.dead_letter(
+                        item.origin.as_deref(),
+                        Some(&item.ev),
+                        &r.error.to_string(),
+                    )
+                    .await?;
                     counters.refused(1);
                 }
-                _ => return Err(r.error),
+                None => return Err(r.error),
             }
             refused[r.index] = true;
         }

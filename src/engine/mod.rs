@@ -307,7 +307,7 @@ impl Dispatcher<'_> {
             } => {
                 let window = self.window(&pos.part);
                 match self.dead_letters {
-                    Some(dl) => dl.dead_letter(origin.as_ref(), &reason).await?,
+                    Some(dl) => dl.dead_letter(Some(origin.as_ref()), None, &reason).await?,
                     None => return Err(Error::Internal(format!("undecodable record: {reason}"))),
                 }
                 window.push_done(pos);

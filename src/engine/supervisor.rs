@@ -14,7 +14,9 @@ use super::start::{check_source, checkpoint_store, standalone_checkpoint_store, 
 use super::Engine;
 use crate::checkpoint::{CheckpointStore, Checkpointer};
 use crate::config::{HistoryLostPolicy, PipelineConfig, SourceEndpoint};
+use crate::connectors::aws::follow::PlannedSource;
 use crate::connectors::dynamodb::source::DynamoSource;
+use crate::connectors::kinesis::source::KinesisSource;
 use crate::connectors::kafka::source::KafkaSource;
 use crate::connectors::mongo::connect::connect;
 use crate::connectors::{open_sinks, Source};
@@ -217,7 +219,7 @@ impl Supervisor {
                 self.telemetry.set_state(PipelineState::Stopped);
                 result
             }
-            SourceEndpoint::Dynamodb(d) => {
+            SourceEndpoint::Dynamodb(_) | SourceEndpoint::Kinesis(_) => {
                 let opened = open_sinks(cfg, &self.telemetry, &self.cancel).await?;
                 let store = standalone_checkpoint_store(cfg).await?;
                 let lease = match (&store, cfg.checkpoint.lease) {
@@ -230,16 +232,28 @@ impl Supervisor {
                     _ => None,
                 };
                 let checkpoint = Arc::new(Checkpointer::new(store, &cfg.id));
-                let source =
-                    Arc::new(DynamoSource::open(d, cfg, checkpoint, &self.telemetry).await?);
-                info!(pipeline = %cfg.id, mode = ?cfg.mode, table = %d.table, "Pipeline started (DynamoDB source).");
                 let engine = engine(opened.sinks);
-                let result = self
-                    .under_lease(lease, &[&self.telemetry], || {
-                        *reporter = Some(self.start_reporter());
-                        run_dynamo(engine, source)
-                    })
-                    .await;
+                let result = match &cfg.source {
+                    SourceEndpoint::Dynamodb(d) => {
+                        let source = DynamoSource::open(d, cfg, checkpoint, &self.telemetry).await?;
+                        info!(pipeline = %cfg.id, mode = ?cfg.mode, table = %d.table, "Pipeline started (DynamoDB source).");
+                        self.under_lease(lease, &[&self.telemetry], || {
+                            *reporter = Some(self.start_reporter());
+                            run_planned(engine, Arc::new(source))
+                        })
+                        .await
+                    }
+                    SourceEndpoint::Kinesis(k) => {
+                        let source = KinesisSource::open(k, cfg, checkpoint, &self.telemetry).await?;
+                        info!(pipeline = %cfg.id, mode = ?cfg.mode, stream = %k.stream, "Pipeline started (Kinesis source).");
+                        self.under_lease(lease, &[&self.telemetry], || {
+                            *reporter = Some(self.start_reporter());
+                            run_planned(engine, Arc::new(source))
+                        })
+                        .await
+                    }
+                    _ => unreachable!("matched above"),
+                };
                 self.telemetry.set_state(PipelineState::Stopped);
                 result
             }
@@ -346,9 +360,12 @@ impl Supervisor {
     }
 }
 
-/// Runs a DynamoDB-source pipeline: the saved or planned positions, then the engine, again from
+/// Runs a DynamoDB or Kinesis pipeline: the saved or planned positions, then the engine, again from
 /// a new plan when the stream's history was lost and `on_history_lost = "resync"`.
-async fn run_dynamo(engine: Engine, source: Arc<DynamoSource>) -> Result<()> {
+async fn run_planned<S: PlannedSource>(engine: Engine, source: Arc<S>) -> Result<()>
+where
+    Arc<S>: Source,
+{
     let cfg = engine.cfg.clone();
     let mut prepared = source.prepare().await;
     loop {

@@ -37,6 +37,7 @@ fn config_reference_documents_every_key() {
         "/src/connectors/mongo/config.rs",
         "/src/connectors/archive/config.rs",
         "/src/connectors/dynamodb/config.rs",
+        "/src/connectors/kinesis/config.rs",
         "/src/serve/config.rs",
     ]
     .map(|f| std::fs::read_to_string(format!("{}{f}", env!("CARGO_MANIFEST_DIR"))).unwrap())

@@ -9,6 +9,7 @@ mod consumers;
 mod crash;
 mod ddl;
 mod dynamodb;
+mod kinesis;
 mod engine;
 mod examples;
 mod failover;

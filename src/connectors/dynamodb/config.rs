@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::client::AwsAccess;
+use crate::connectors::aws::client::AwsAccess;
 use crate::connectors::InvalidSetting;
 
 /// A DynamoDB table read through DynamoDB Streams (its full sync reads the table with `Scan`).
@@ -57,6 +57,12 @@ pub struct DynamoSourceConfig {
     /// The attribute naming where an item's last change was made (two-way sync).
     #[serde(default = "default_origin_attribute")]
     pub origin_attribute: String,
+    /// A file where changes the sink refuses for good (an item DynamoDB does not take) and
+    /// records that cannot be read are appended, one JSON line each with the reason, before the
+    /// pipeline goes past them. Unset: such a change stops the pipeline with the reason (nothing
+    /// is lost; the checkpoint stays before it).
+    #[serde(default)]
+    pub dead_letter_file: Option<std::path::PathBuf>,
 }
 
 /// A DynamoDB table written item by item.
@@ -130,7 +136,7 @@ fn default_origin_attribute() -> String {
     "last_updater_region".into()
 }
 
-fn access(
+pub(crate) fn access(
     region: &Option<String>,
     endpoint: &Option<String>,
     profile: &Option<String>,
@@ -149,7 +155,7 @@ fn access(
     }
 }
 
-fn validate_access(
+pub(crate) fn validate_access(
     endpoint: &Option<String>,
     keys: (&Option<String>, &Option<String>),
 ) -> Result<(), InvalidSetting> {

@@ -226,7 +226,7 @@ pub(crate) fn key_of(item: &Item, key_names: &[String]) -> Option<Item> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -257,9 +257,14 @@ mod tests {
         })
     }
 
+    /// Items of every attribute type, nested.
+    pub(crate) fn item_strategy(size: std::ops::Range<usize>) -> impl Strategy<Value = Item> {
+        proptest::collection::hash_map("[A-Za-z_.-]{1,10}", value(), size)
+    }
+
     proptest! {
         #[test]
-        fn every_attribute_type_round_trips(item in proptest::collection::hash_map("[A-Za-z_.-]{1,10}", value(), 0..8)) {
+        fn every_attribute_type_round_trips(item in item_strategy(0..8)) {
             let doc = item_to_bson(&item);
             prop_assert_eq!(item_from_bson(&doc).unwrap(), item.clone());
             // One item, one byte string: attribute order does not depend on the hash map.

@@ -20,10 +20,10 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::client::{classify, Failure};
+use crate::connectors::aws::client::{classify, Failure};
 use super::config::DynamoSinkConfig;
 use super::item::{item_from_bson, item_to_bson, key_names, Item};
-use super::DynamoError;
+use crate::connectors::aws::AwsError;
 use crate::backoff::Backoff;
 use crate::config::PipelineConfig;
 use crate::connectors::{BatchPolicy, Ordering, Refusal, Sink, Written};
@@ -114,7 +114,7 @@ impl DynamoSink {
                     "{}: DynamoDB table {table} does not exist at {} (create it with the source table's key schema)",
                     self.name, self.target
                 )),
-                _ => Error::Dynamo(e),
+                _ => Error::Aws(e),
             })?;
         let names = Arc::new(
             desc.table
@@ -161,10 +161,10 @@ impl DynamoSink {
         &self,
         what: &str,
         mut call: F,
-    ) -> Result<std::result::Result<T, DynamoError>>
+    ) -> Result<std::result::Result<T, AwsError>>
     where
         F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = std::result::Result<T, DynamoError>>,
+        Fut: std::future::Future<Output = std::result::Result<T, AwsError>>,
     {
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         let mut tries = 0u32;
@@ -189,7 +189,7 @@ impl DynamoSink {
         &self,
         table: &str,
         action: &Action,
-    ) -> Result<std::result::Result<Outcome, DynamoError>> {
+    ) -> Result<std::result::Result<Outcome, AwsError>> {
         let keys = self.key_names(table).await?;
         let ts = self.cfg.timestamp_attribute.as_deref();
         // The condition of last writer wins, when the change carries the timestamp. In two-way
@@ -341,7 +341,7 @@ impl DynamoSink {
                 Err(e) if e.failure() == Failure::Invalid => {
                     return self.write_singly(table, entries).await;
                 }
-                Err(e) => return Err(Error::Dynamo(e)),
+                Err(e) => return Err(Error::Aws(e)),
             }
         }
         Ok(Vec::new())
@@ -356,7 +356,7 @@ impl DynamoSink {
                     index: *i,
                     error: rejected(table, &e),
                 }),
-                Err(e) => return Err(Error::Dynamo(e)),
+                Err(e) => return Err(Error::Aws(e)),
             }
         }
         Ok(refused)
@@ -416,7 +416,7 @@ impl DynamoSink {
     }
 }
 
-fn rejected(table: &str, e: &DynamoError) -> Error {
+fn rejected(table: &str, e: &AwsError) -> Error {
     Error::Rejected {
         ns: table.to_string(),
         code: 0,
@@ -527,7 +527,7 @@ impl Sink for DynamoSink {
                             index: *i,
                             error: rejected(&table, &e),
                         }),
-                        Err(e) => return Err(Error::Dynamo(e)),
+                        Err(e) => return Err(Error::Aws(e)),
                     }
                 }
                 Ok((stale, refused))

@@ -6,31 +6,36 @@
 //! over records created more than [`SCAN_OVERLAP`] before the scan. Changes during the scan are
 //! applied after it (full images, in order per item), so the target converges.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::StreamViewType;
-use aws_sdk_dynamodbstreams::types::{OperationType, ShardIteratorType};
+use aws_sdk_dynamodbstreams::types::ShardIteratorType;
 use bson::raw::cstr;
-use bson::{Document, RawDocumentBuf, Timestamp};
+use bson::{Document, RawDocumentBuf};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, Mutex, Notify};
+use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::client::{classify, AwsAccess, Failure};
 use super::config::DynamoSourceConfig;
-use super::item::{from_stream_item, item_from_bson, item_to_bson, key_names, key_of, Item};
-use super::shards::{self, ListedShard, ShardProgress};
-use super::DynamoError;
+use super::item::{item_from_bson, item_to_bson, key_names, key_of, Item};
+use super::record::{EventName, StreamChange};
+use crate::connectors::aws::dead_letter::DeadLetterFile;
+use crate::connectors::aws::client::{classify, AwsAccess, Failure};
+use crate::connectors::aws::follow::{
+    load_state, save_state, FollowSettings, PlannedSource, Follower, ShardOrigin, ShardRead, ShardRecord, ShardedStream,
+};
+use crate::connectors::aws::shards::{self, ListedShard, ShardProgress};
+use crate::connectors::aws::AwsError;
 use crate::backoff::Backoff;
 use crate::checkpoint::Checkpointer;
 use crate::config::{PipelineConfig, StartAt};
-use crate::connectors::{Source, SourceItem};
+use crate::connectors::{DeadLetters, Source, SourceItem};
 use crate::core::{ChangeEvent, Namespace, PartId, Position};
 use crate::error::{Error, Result, Role};
 use crate::telemetry::{PipelineState, Telemetry};
@@ -40,7 +45,8 @@ use crate::telemetry::{PipelineState, Telemetry};
 /// a clock difference between this host and DynamoDB.
 pub(crate) const SCAN_OVERLAP: Duration = Duration::from_secs(60);
 
-/// The source's part of the checkpoint.
+/// The source's part of the checkpoint (the shards' positions live in the follower while it
+/// runs).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub(crate) struct DynamoState {
     /// The stream the positions belong to (a stream turned off and on again is a new one).
@@ -82,16 +88,28 @@ pub(crate) struct DynamoSource {
     cfg: Arc<PipelineConfig>,
     src: DynamoSourceConfig,
     ddb: aws_sdk_dynamodb::Client,
-    streams: aws_sdk_dynamodbstreams::Client,
     stream_arn: String,
     key_names: Vec<String>,
     estimated_items: u64,
     target: String,
     checkpoint: Arc<Checkpointer>,
-    state: Mutex<DynamoState>,
-    /// Woken when a shard is done (its children may start).
-    shard_done: Notify,
+    /// The full sync's scan while it is unfinished.
+    scan: Mutex<Option<ScanProgress>>,
+    /// Reads the stream's shards (and holds their positions).
+    follower: Arc<Follower<StreamsApi>>,
     telemetry: Arc<Telemetry>,
+    /// Where refused changes and unreadable records go, when configured.
+    dead_letters: Option<Arc<dyn DeadLetters>>,
+}
+
+/// DynamoDB Streams' calls, for the follower.
+pub(crate) struct StreamsApi {
+    client: aws_sdk_dynamodbstreams::Client,
+    stream_arn: String,
+    target: String,
+    database: String,
+    table: String,
+    origin_attribute: String,
 }
 
 impl DynamoSource {
@@ -119,7 +137,7 @@ impl DynamoSource {
                 Failure::NotFound => Error::User(format!(
                     "source: DynamoDB table {t} does not exist at {target} (check [source] table and region)"
                 )),
-                _ => Error::Dynamo(e),
+                _ => Error::Aws(e),
             })?;
         let table = desc
             .table
@@ -146,19 +164,34 @@ impl DynamoSource {
                 "source: the stream of DynamoDB table {t} has view type {view}; strait needs NEW_AND_OLD_IMAGES. A stream's view type cannot change: turn it off (aws dynamodb update-table --table-name {t} --stream-specification StreamEnabled=false), then on again with: {fix}"
             )));
         }
+        let api = StreamsApi {
+            client: streams,
+            stream_arn: stream_arn.clone(),
+            target: target.clone(),
+            database: src.database.clone(),
+            table: src.table.clone(),
+            origin_attribute: src.origin_attribute.clone(),
+        };
+        let settings = FollowSettings {
+            poll_interval: src.poll_interval,
+            shard_refresh: src.shard_refresh,
+            ignore_origin: src.ignore_origin.clone(),
+        };
         Ok(Self {
             cfg: cfg.clone(),
             src: src.clone(),
             ddb,
-            streams,
             stream_arn,
             key_names: key_names(table.key_schema()),
             estimated_items: table.item_count.unwrap_or(0).max(0) as u64,
             target,
             checkpoint,
-            state: Mutex::new(DynamoState::default()),
-            shard_done: Notify::new(),
+            scan: Mutex::new(None),
+            follower: Arc::new(Follower::new(api, settings, BTreeMap::new(), telemetry)),
             telemetry: telemetry.clone(),
+            dead_letters: src.dead_letter_file.as_ref().map(|p| {
+                DeadLetterFile::new(p, &cfg.id) as Arc<dyn DeadLetters>
+            }),
         })
     }
 
@@ -166,47 +199,14 @@ impl DynamoSource {
         Namespace::new(&self.src.database, Some(&self.src.table))
     }
 
-    /// Loads the saved positions, or plans them (and the scan) when there are none. Returns
-    /// false when there is nothing to do (a finished full sync in mode `full`).
-    pub(crate) async fn prepare(&self) -> Result<bool> {
-        let saved = self.checkpoint.store.load(&self.cfg.id).await?;
-        let state = match saved.as_ref().and_then(|c| c.source_state.clone()) {
-            Some(doc) => {
-                let c = saved.clone().unwrap_or_default();
-                *self.checkpoint.state.lock().await = c;
-                let s: DynamoState = bson::deserialize_from_document(doc).map_err(|e| {
-                    Error::Checkpoint(crate::checkpoint::CheckpointError::Corrupt(e.to_string()))
-                })?;
-                if s.stream_arn != self.stream_arn {
-                    return Err(Error::HistoryLost {
-                        position: format!("stream {}", s.stream_arn),
-                        detail: format!(
-                            "the table's stream is now {} (it was turned off and on again)",
-                            self.stream_arn
-                        ),
-                    });
-                }
-                info!(store = %self.checkpoint.store.describe(), shards = s.shards.len(), "Resuming from checkpoint.");
-                s
-            }
-            None => self.plan().await?,
-        };
-        let finished_copy = state.scan.is_none();
-        *self.state.lock().await = state;
-        self.save().await?;
-        Ok(self.cfg.mode.streams() || !finished_copy)
-    }
 
-    /// Starts over: a new scan and new stream positions (a lost position with
-    /// `on_history_lost = "resync"`).
-    pub(crate) async fn replan(&self) -> Result<()> {
-        let s = self.plan().await?;
-        *self.state.lock().await = s;
-        self.save().await
+    async fn set(&self, state: DynamoState) {
+        *self.scan.lock().await = state.scan;
+        *self.follower.shards.lock().await = state.shards;
     }
 
     async fn plan(&self) -> Result<DynamoState> {
-        let listed = self.list_shards().await?;
+        let listed = self.follower.stream.list_shards().await?;
         let now_ms = bson::DateTime::now().timestamp_millis();
         let (scan, shards) = if self.cfg.mode.copies() {
             let segments = self.cfg.full_sync.parallelism.max(1);
@@ -239,49 +239,12 @@ impl DynamoSource {
     }
 
     async fn save(&self) -> Result<()> {
-        let doc = bson::serialize_to_document(&*self.state.lock().await)
-            .map_err(|e| Error::Internal(format!("checkpoint state: {e}")))?;
-        self.checkpoint.state.lock().await.source_state = Some(doc);
-        Ok(self.checkpoint.save().await?)
-    }
-
-    /// Every shard of the stream.
-    async fn list_shards(&self) -> Result<Vec<ListedShard>> {
-        let mut out = Vec::new();
-        let mut start: Option<String> = None;
-        loop {
-            let resp = self
-                .streams
-                .describe_stream()
-                .stream_arn(&self.stream_arn)
-                .set_exclusive_start_shard_id(start.clone())
-                .send()
-                .await
-                .map_err(|e| classify(e, Role::Source, "listing the stream's shards", &self.target))
-                .map_err(Error::Dynamo)?;
-            let Some(d) = resp.stream_description else {
-                break;
-            };
-            for s in d.shards() {
-                let Some(id) = s.shard_id.clone() else {
-                    continue;
-                };
-                out.push(ListedShard {
-                    id,
-                    parent: s.parent_shard_id.clone(),
-                    closed: s
-                        .sequence_number_range
-                        .as_ref()
-                        .and_then(|r| r.ending_sequence_number.as_ref())
-                        .is_some(),
-                });
-            }
-            match d.last_evaluated_shard_id {
-                Some(last) => start = Some(last),
-                None => break,
-            }
-        }
-        Ok(out)
+        let state = DynamoState {
+            stream_arn: self.stream_arn.clone(),
+            scan: self.scan.lock().await.clone(),
+            shards: self.follower.shards.lock().await.clone(),
+        };
+        save_state(&self.checkpoint, &state).await
     }
 
     /// Reads the unfinished scan segments, each as one part, until every item is handed over.
@@ -290,7 +253,7 @@ impl DynamoSource {
         tx: &mpsc::Sender<SourceItem>,
         stop: &CancellationToken,
     ) -> Result<()> {
-        let Some(scan) = self.state.lock().await.scan.clone() else {
+        let Some(scan) = self.scan.lock().await.clone() else {
             return Ok(());
         };
         if scan.finished() {
@@ -400,14 +363,14 @@ impl DynamoSource {
                     }
                     continue;
                 }
-                Err(e) => return Err(Error::Dynamo(e)),
+                Err(e) => return Err(Error::Aws(e)),
             };
             let here = pos(&after, false);
             let read_at = bson::DateTime::now();
             for item in resp.items.unwrap_or_default() {
                 progress.copied.fetch_add(1, Relaxed);
                 let origin = item.get(&self.src.origin_attribute);
-                if self.written_by_other_side(origin.and_then(|v| v.as_s().ok())) {
+                if self.follower.is_echo(origin.and_then(|v| v.as_s().ok()).map(String::as_str)) {
                     self.telemetry.two_way.echoes.fetch_add(1, Relaxed);
                     continue;
                 }
@@ -446,86 +409,153 @@ impl DynamoSource {
         item: &Item,
         read_at: bson::DateTime,
     ) -> Result<ChangeEvent> {
-        let key = key_of(item, &self.key_names)
+        let keys = key_of(item, &self.key_names)
             .ok_or_else(|| Error::Internal("scanned item without its key".into()))?;
         let mut token = RawDocumentBuf::new();
         token.append(cstr!("segment"), segment);
         token.append(cstr!("copyingData"), true);
-        let mut dynamo = RawDocumentBuf::new();
-        dynamo.append(cstr!("eventName"), "INSERT");
-        let mut raw = RawDocumentBuf::new();
-        raw.append(cstr!("_id"), token);
-        raw.append(cstr!("operationType"), "insert");
-        raw.append(cstr!("wallTime"), read_at);
-        raw.append(cstr!("ns"), self.ns_doc());
-        raw.append(cstr!("documentKey"), item_to_bson(&key));
-        raw.append(cstr!("fullDocument"), item_to_bson(item));
-        raw.append(cstr!("dynamodb"), dynamo);
-        Ok(ChangeEvent::from_raw(raw)?)
+        let change = StreamChange {
+            event_name: EventName::Insert,
+            keys,
+            new_image: Some(item.clone()),
+            old_image: None,
+            created_ms: read_at.timestamp_millis(),
+            event_id: None,
+            region: None,
+            table: Some(self.src.table.clone()),
+            sequence_number: None,
+            size_bytes: None,
+            user_identity: None,
+        };
+        change.to_event(token, &self.src.database, &self.src.table)
+    }
+}
+
+#[async_trait]
+impl PlannedSource for DynamoSource {
+    /// Loads the saved positions, or plans them (and the scan) when there are none. Returns
+    /// false when there is nothing to do (a finished full sync in mode `full`).
+    async fn prepare(&self) -> Result<bool> {
+        let state = match load_state::<DynamoState>(&self.checkpoint, &self.cfg.id).await? {
+            Some(s) if s.stream_arn != self.stream_arn => {
+                return Err(Error::HistoryLost {
+                    position: format!("stream {}", s.stream_arn),
+                    detail: format!(
+                        "the table's stream is now {} (it was turned off and on again)",
+                        self.stream_arn
+                    ),
+                })
+            }
+            Some(s) => s,
+            None => self.plan().await?,
+        };
+        let finished_copy = state.scan.is_none();
+        self.set(state).await;
+        self.save().await?;
+        Ok(self.cfg.mode.streams() || !finished_copy)
     }
 
-    fn ns_doc(&self) -> RawDocumentBuf {
-        let mut nsd = RawDocumentBuf::new();
-        nsd.append(cstr!("db"), self.src.database.as_str());
-        nsd.append(cstr!("coll"), self.src.table.as_str());
-        nsd
+    /// Starts over: a new scan and new stream positions (a lost position with
+    /// `on_history_lost = "resync"`).
+    async fn replan(&self) -> Result<()> {
+        let s = self.plan().await?;
+        self.set(s).await;
+        self.save().await
+    }
+}
+
+#[async_trait]
+impl Source for Arc<DynamoSource> {
+    fn dead_letters(&self) -> Option<Arc<dyn DeadLetters>> {
+        self.dead_letters.clone()
     }
 
-    /// Follows the stream's shards until stopped: starts each shard once its parent is done,
-    /// looks for new shards every `shard_refresh`.
-    async fn stream(
-        self: &Arc<Self>,
-        tx: &mpsc::Sender<SourceItem>,
-        stop: &CancellationToken,
-    ) -> Result<()> {
+    async fn run(&self, tx: mpsc::Sender<SourceItem>, stop: CancellationToken) -> Result<()> {
+        self.scan(&tx, &stop).await?;
+        if stop.is_cancelled() || !self.cfg.mode.streams() {
+            return Ok(());
+        }
         self.telemetry.set_state(PipelineState::Streaming);
-        // A shard read to its end stays in `reading` until its end is durable (done), so it is
-        // not read again meanwhile; the readers' results only carry their errors.
-        let mut readers: JoinSet<Result<()>> = JoinSet::new();
-        let mut reading: HashSet<String> = HashSet::new();
-        let mut listed = self.list_shards().await?;
-        let mut refreshed = tokio::time::Instant::now();
-        loop {
-            if refreshed.elapsed() >= self.src.shard_refresh {
-                listed = self.list_shards().await?;
-                refreshed = tokio::time::Instant::now();
-                // Saved with the next commit.
-                shards::forget_gone(&listed, &mut self.state.lock().await.shards);
-            }
-            let progress = self.state.lock().await.shards.clone();
-            let ready = shards::ready(&listed, &progress, &reading).map_err(|lost| {
-                Error::HistoryLost {
-                    position: format!("shard {}", lost.0),
-                    detail: "the shard is no longer in the stream (older than its 24-hour retention) and was not read to its end".into(),
-                }
-            })?;
-            for id in ready {
-                let p = progress.get(&id).cloned().unwrap_or_default();
-                reading.insert(id.clone());
-                let (me, tx, stop) = (self.clone(), tx.clone(), stop.clone());
-                readers.spawn(async move { me.read_shard(&id, p, &tx, &stop).await });
-            }
-            let wait = self.src.shard_refresh.saturating_sub(refreshed.elapsed());
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = self.shard_done.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
-                Some(done) = readers.join_next(), if !readers.is_empty() => {
-                    done.map_err(|e| Error::Internal(format!("shard reader panicked: {e}")))??;
-                }
-            }
-        }
-        while let Some(done) = readers.join_next().await {
-            if let Ok(Err(e)) = done {
-                return Err(e);
-            }
-        }
-        Ok(())
+        self.follower.run(&tx, &stop).await
     }
 
-    async fn iterator(&self, shard: &str, after: Option<&str>) -> Result<String, DynamoError> {
+    async fn commit(&self, durable: &[Position], _last: bool) -> Result<()> {
+        for p in durable {
+            let t = &p.token;
+            if self.follower.commit(t).await {
+                continue;
+            }
+            let Ok(segment) = t.get_i32("segment") else {
+                continue;
+            };
+            let mut scan = self.scan.lock().await;
+            let Some(progress) = scan.as_mut() else {
+                continue;
+            };
+            if let Some(seg) = progress.segments.get_mut(segment as usize) {
+                seg.after = t
+                    .get_document("after")
+                    .ok()
+                    .and_then(|d| Document::try_from(d).ok());
+                seg.done = t.get_bool("done").unwrap_or(false);
+            }
+            if progress.finished() {
+                *scan = None;
+            }
+        }
+        self.save().await
+    }
+}
+
+#[async_trait]
+impl ShardedStream for StreamsApi {
+    /// Every shard of the stream.
+    async fn list_shards(&self) -> Result<Vec<ListedShard>> {
+        let mut out = Vec::new();
+        let mut start: Option<String> = None;
+        loop {
+            let resp = self
+                .client
+                .describe_stream()
+                .stream_arn(&self.stream_arn)
+                .set_exclusive_start_shard_id(start.clone())
+                .send()
+                .await
+                .map_err(|e| classify(e, Role::Source, "listing the stream's shards", &self.target))
+                .map_err(Error::Aws)?;
+            let Some(d) = resp.stream_description else {
+                break;
+            };
+            for s in d.shards() {
+                let Some(id) = s.shard_id.clone() else {
+                    continue;
+                };
+                out.push(ListedShard {
+                    id,
+                    parents: s.parent_shard_id.clone().into_iter().collect(),
+                    closed: s
+                        .sequence_number_range
+                        .as_ref()
+                        .and_then(|r| r.ending_sequence_number.as_ref())
+                        .is_some(),
+                });
+            }
+            match d.last_evaluated_shard_id {
+                Some(last) => start = Some(last),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+
+    async fn iterator(
+        &self,
+        shard: &str,
+        after: Option<&str>,
+    ) -> std::result::Result<String, AwsError> {
         let req = self
-            .streams
+            .client
             .get_shard_iterator()
             .stream_arn(&self.stream_arn)
             .shard_id(shard);
@@ -543,7 +573,7 @@ impl DynamoSource {
                 &self.target,
             )
         })?;
-        resp.shard_iterator.ok_or_else(|| DynamoError::Call {
+        resp.shard_iterator.ok_or_else(|| AwsError::Call {
             role: Role::Source,
             context: format!("opening shard {shard}"),
             failure: Failure::Transient,
@@ -552,300 +582,68 @@ impl DynamoSource {
         })
     }
 
-    fn lost(&self, shard: &str, after: Option<&str>, e: &DynamoError) -> Error {
-        Error::HistoryLost {
-            position: format!("shard {shard} after {}", after.unwrap_or("its start")),
-            detail: e.to_string(),
-        }
-    }
-
-    /// Reads one shard from `p` to its end (or until stopped), in order.
-    async fn read_shard(
-        &self,
-        shard: &str,
-        p: ShardProgress,
-        tx: &mpsc::Sender<SourceItem>,
-        stop: &CancellationToken,
-    ) -> Result<()> {
-        let part = PartId::new(format!("shard/{shard}"));
-        let pos = |seq: Option<&str>, closed: bool, time: Option<Timestamp>| {
-            let mut token = RawDocumentBuf::new();
-            token.append(cstr!("shard"), shard);
-            if let Some(s) = seq {
-                token.append(cstr!("seq"), s);
-            }
-            token.append(cstr!("closed"), closed);
-            Position {
-                part: part.clone(),
-                token,
-                time,
-            }
-        };
-        let mut last: Option<String> = p.after.clone();
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        let mut iterator: Option<String> = None;
-        loop {
-            if stop.is_cancelled() {
-                return Ok(());
-            }
-            let it = match iterator.take() {
-                Some(it) => it,
-                None => match self.iterator(shard, last.as_deref()).await {
-                    Ok(it) => it,
-                    Err(e) if e.failure() == Failure::Trimmed => {
-                        return Err(self.lost(shard, last.as_deref(), &e))
-                    }
-                    Err(e) if e.is_retryable() => {
-                        warn!(error = %e, shard, "Opening the shard failed; retrying.");
-                        if !backoff.wait(Some(stop)).await {
-                            return Ok(());
-                        }
-                        continue;
-                    }
-                    Err(e) => return Err(Error::Dynamo(e)),
-                },
-            };
-            let resp = self
-                .streams
-                .get_records()
-                .shard_iterator(&it)
-                .limit(1000)
-                .send()
-                .await
-                .map_err(|e| {
-                    classify(
-                        e,
-                        Role::Source,
-                        format!("reading shard {shard}"),
-                        &self.target,
-                    )
-                });
-            let resp = match resp {
-                Ok(r) => {
-                    backoff.reset();
-                    r
-                }
-                Err(e) => match e.failure() {
-                    Failure::Trimmed => return Err(self.lost(shard, last.as_deref(), &e)),
-                    // A new iterator from the last record read.
-                    Failure::IteratorExpired => continue,
-                    _ if e.is_retryable() => {
-                        warn!(error = %e, shard, "Reading the shard failed; retrying.");
-                        if !backoff.wait(Some(stop)).await {
-                            return Ok(());
-                        }
-                        continue;
-                    }
-                    _ => return Err(Error::Dynamo(e)),
-                },
-            };
-            let records = resp.records.unwrap_or_default();
-            let empty = records.is_empty();
-            let mut skipped: Option<Position> = None;
-            for rec in records {
-                let Some(sr) = rec.dynamodb.as_ref() else {
-                    continue;
+    async fn read(&self, shard: &str, iterator: &str) -> std::result::Result<ShardRead, AwsError> {
+        let resp = self
+            .client
+            .get_records()
+            .shard_iterator(iterator)
+            .limit(1000)
+            .send()
+            .await
+            .map_err(|e| {
+                classify(
+                    e,
+                    Role::Source,
+                    format!("reading shard {shard}"),
+                    &self.target,
+                )
+            })?;
+        let records = resp
+            .records
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|rec| {
+                let seq = rec.dynamodb.as_ref()?.sequence_number.clone()?;
+                let decoded = StreamChange::from_streams(rec, &self.table);
+                let (arrived_ms, origin) = match &decoded {
+                    Ok(c) => (
+                        c.created_ms,
+                        c.new_image
+                            .as_ref()
+                            .and_then(|m| m.get(&self.origin_attribute))
+                            .and_then(|v| v.as_s().ok())
+                            .cloned(),
+                    ),
+                    Err(_) => (0, None),
                 };
-                let Some(seq) = sr.sequence_number.clone() else {
-                    continue;
-                };
-                let ms = sr
-                    .approximate_creation_date_time
-                    .map(|t| t.to_millis().unwrap_or(0))
-                    .unwrap_or(0);
-                let time = Some(Timestamp {
-                    time: (ms / 1000).max(0) as u32,
-                    increment: 0,
-                });
-                let here = pos(Some(&seq), false, time);
-                last = Some(seq.clone());
-                if p.skip_before_ms.is_some_and(|skip| ms < skip) {
-                    skipped = Some(here);
-                    continue;
-                }
-                let origin = sr
-                    .new_image
-                    .as_ref()
-                    .and_then(|m| m.get(&self.src.origin_attribute));
-                if self.written_by_other_side(origin.and_then(|v| v.as_s().ok())) {
-                    self.telemetry.two_way.echoes.fetch_add(1, Relaxed);
-                    skipped = Some(here);
-                    continue;
-                }
-                if let Some(s) = skipped.take() {
-                    if tx.send(SourceItem::Progress(s)).await.is_err() {
-                        return Ok(());
-                    }
-                }
-                let item = match self.stream_event(shard, rec, ms) {
-                    Ok(ev) => SourceItem::Event {
-                        pos: here,
-                        event: Box::new(ev),
-                        origin: None,
-                    },
-                    Err(e) => return Err(e),
-                };
-                if tx.send(item).await.is_err() {
-                    return Ok(());
-                }
-            }
-            if let Some(s) = skipped {
-                if tx.send(SourceItem::Progress(s)).await.is_err() {
-                    return Ok(());
-                }
-            }
-            match resp.next_shard_iterator {
-                None => {
-                    // Closed and read to its end.
-                    let end = pos(last.as_deref(), true, None);
-                    let _ = tx.send(SourceItem::Progress(end)).await;
-                    info!(shard, "Shard read to its end.");
-                    return Ok(());
-                }
-                Some(next) => iterator = Some(next),
-            }
-            if empty {
-                tokio::select! {
-                    _ = stop.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(self.src.poll_interval) => {}
-                }
-            }
-        }
-    }
-
-    /// Whether an item (scanned, or a stream record's new image) with this origin was written
-    /// by the other direction of a two-way pair: that direction's scan and stream carry it.
-    fn written_by_other_side(&self, origin: Option<&String>) -> bool {
-        matches!((&self.src.ignore_origin, origin), (Some(ignore), Some(o)) if o == ignore)
-    }
-
-    fn stream_event(
-        &self,
-        shard: &str,
-        rec: aws_sdk_dynamodbstreams::types::Record,
-        ms: i64,
-    ) -> Result<ChangeEvent> {
-        let name = rec.event_name.clone();
-        let Some(sr) = rec.dynamodb else {
-            return Err(Error::Internal(format!(
-                "a stream record of shard {shard} without its change"
-            )));
-        };
-        let seq = sr.sequence_number.clone().unwrap_or_default();
-        let op = match &name {
-            Some(OperationType::Insert) => "insert",
-            Some(OperationType::Modify) => "update",
-            Some(OperationType::Remove) => "delete",
-            other => {
-                return Err(Error::Internal(format!(
-                    "stream record {seq} of shard {shard} has event name {other:?}"
-                )))
-            }
-        };
-        let mut token = RawDocumentBuf::new();
-        token.append(cstr!("shard"), shard);
-        token.append(cstr!("seq"), seq.as_str());
-        let when = bson::DateTime::from_millis(ms);
-        let mut dynamo = RawDocumentBuf::new();
-        if let Some(id) = &rec.event_id {
-            dynamo.append(cstr!("eventID"), id.as_str());
-        }
-        dynamo.append(
-            cstr!("eventName"),
-            name.map(|n| n.as_str().to_string()).unwrap_or_default(),
-        );
-        if let Some(r) = &rec.aws_region {
-            dynamo.append(cstr!("awsRegion"), r.as_str());
-        }
-        dynamo.append(cstr!("ApproximateCreationDateTime"), when);
-        dynamo.append(cstr!("SequenceNumber"), seq.as_str());
-        if let Some(n) = sr.size_bytes {
-            dynamo.append(cstr!("SizeBytes"), n);
-        }
-        if let Some(u) = &rec.user_identity {
-            let mut ui = RawDocumentBuf::new();
-            if let Some(t) = &u.r#type {
-                ui.append(cstr!("type"), t.as_str());
-            }
-            if let Some(p) = &u.principal_id {
-                ui.append(cstr!("principalId"), p.as_str());
-            }
-            dynamo.append(cstr!("userIdentity"), ui);
-        }
-        let keys = from_stream_item(sr.keys.unwrap_or_default());
-        let mut raw = RawDocumentBuf::new();
-        raw.append(cstr!("_id"), token);
-        raw.append(cstr!("operationType"), op);
-        raw.append(
-            cstr!("clusterTime"),
-            Timestamp {
-                time: (ms / 1000).max(0) as u32,
-                increment: 0,
-            },
-        );
-        raw.append(cstr!("wallTime"), when);
-        raw.append(cstr!("ns"), self.ns_doc());
-        raw.append(cstr!("documentKey"), item_to_bson(&keys));
-        if let Some(new) = sr.new_image {
-            raw.append(cstr!("fullDocument"), item_to_bson(&from_stream_item(new)));
-        }
-        if let Some(old) = sr.old_image {
-            raw.append(
-                cstr!("fullDocumentBeforeChange"),
-                item_to_bson(&from_stream_item(old)),
-            );
-        }
-        raw.append(cstr!("dynamodb"), dynamo);
-        Ok(ChangeEvent::from_raw(raw)?)
-    }
-}
-
-#[async_trait]
-impl Source for Arc<DynamoSource> {
-    async fn run(&self, tx: mpsc::Sender<SourceItem>, stop: CancellationToken) -> Result<()> {
-        self.scan(&tx, &stop).await?;
-        if stop.is_cancelled() || !self.cfg.mode.streams() {
-            return Ok(());
-        }
-        self.stream(&tx, &stop).await
-    }
-
-    async fn commit(&self, durable: &[Position], _last: bool) -> Result<()> {
-        let mut any_done = false;
-        {
-            let mut s = self.state.lock().await;
-            for p in durable {
-                let t = &p.token;
-                if let Ok(segment) = t.get_i32("segment") {
-                    let Some(scan) = s.scan.as_mut() else {
-                        continue;
-                    };
-                    if let Some(seg) = scan.segments.get_mut(segment as usize) {
-                        seg.after = t
-                            .get_document("after")
-                            .ok()
-                            .and_then(|d| Document::try_from(d).ok());
-                        seg.done = t.get_bool("done").unwrap_or(false);
-                    }
-                    if scan.finished() {
-                        s.scan = None;
-                    }
-                } else if let Ok(shard) = t.get_str("shard") {
-                    let e = s.shards.entry(shard.to_string()).or_default();
-                    if let Ok(seq) = t.get_str("seq") {
-                        e.after = Some(seq.to_string());
-                    }
-                    if t.get_bool("closed").unwrap_or(false) {
-                        e.done = true;
-                        any_done = true;
-                    }
-                }
-            }
-        }
-        self.save().await?;
-        if any_done {
-            self.shard_done.notify_one();
-        }
-        Ok(())
+                let mut token = RawDocumentBuf::new();
+                token.append(cstr!("shard"), shard);
+                token.append(cstr!("seq"), seq.as_str());
+                let change = decoded
+                    .and_then(|c| {
+                        c.to_event(token, &self.database, &self.table)
+                            .map_err(|e| e.to_string())
+                    })
+                    .map_err(|reason| {
+                        let origin: Arc<dyn crate::connectors::Origin> = Arc::new(ShardOrigin {
+                            shard: shard.to_string(),
+                            seq: seq.clone(),
+                            data: None,
+                        });
+                        (origin, format!("stream record {seq} of shard {shard}: {reason}"))
+                    });
+                Some(ShardRecord {
+                    seq,
+                    arrived_ms,
+                    origin,
+                    change,
+                })
+            })
+            .collect();
+        Ok(ShardRead {
+            records,
+            next: resp.next_shard_iterator,
+            behind_ms: None,
+        })
     }
 }

@@ -14,6 +14,7 @@ use super::config::KafkaSourceConfig;
 use super::source::ConsumedRecord;
 use super::{client_config, KafkaError, DURABLE_PRODUCER};
 use crate::connectors::{DeadLetters, Origin};
+use crate::core::ChangeEvent;
 use crate::error::{Error, Result};
 use crate::telemetry::Telemetry;
 
@@ -100,10 +101,14 @@ impl DeadLetterTopic {
 
 #[async_trait]
 impl DeadLetters for DeadLetterTopic {
-    async fn dead_letter(&self, origin: &dyn Origin, reason: &str) -> Result<()> {
+    async fn dead_letter(
+        &self,
+        origin: Option<&dyn Origin>,
+        _event: Option<&ChangeEvent>,
+        reason: &str,
+    ) -> Result<()> {
         let rec = origin
-            .as_any()
-            .downcast_ref::<ConsumedRecord>()
+            .and_then(|o| o.as_any().downcast_ref::<ConsumedRecord>())
             .ok_or_else(|| Error::Internal("a dead letter that is not a Kafka record".into()))?;
         self.send(rec, reason).await
     }

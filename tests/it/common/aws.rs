@@ -263,3 +263,109 @@ pub fn rich_item(i: usize, version: usize) -> Item {
     }
     m
 }
+
+/// A kinesis-local (kinesis-mock) server: Kinesis with real resharding. It binds every
+/// interface; plain HTTP on a free port, streams created and resharded at once.
+pub struct KinesisLocal {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl KinesisLocal {
+    pub fn start() -> KinesisLocal {
+        let main = std::env::var("STRAIT_KINESIS_LOCAL").unwrap_or_else(|_| {
+            let home = std::env::var("HOME").unwrap_or_default();
+            format!("{home}/.cache/strait/kinesis-local/node_modules/kinesis-local/main.js")
+        });
+        assert!(
+            std::path::Path::new(&main).exists(),
+            "kinesis-local not installed at {main}; run dev/test.sh"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let (port, tls) = (super::free_port_for_tests(), super::free_port_for_tests());
+        let log = std::fs::File::create(dir.path().join("kinesis.log")).unwrap();
+        // It reads its server.json (TLS settings) from the working directory.
+        let child = Command::new("node")
+            .arg(&main)
+            .current_dir(std::path::Path::new(&main).parent().unwrap())
+            .env("KINESIS_MOCK_PLAIN_PORT", port.to_string())
+            .env("KINESIS_MOCK_TLS_PORT", tls.to_string())
+            .env("CREATE_STREAM_DURATION", "0ms")
+            .env("SPLIT_SHARD_DURATION", "0ms")
+            .env("MERGE_SHARDS_DURATION", "0ms")
+            .env("LOG_LEVEL", "WARN")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "kinesis-local did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        KinesisLocal {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn client(&self) -> aws_sdk_kinesis::Client {
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(self.endpoint())
+            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+                "test", "test", None, None, "tests",
+            ))
+            .load()
+            .await;
+        aws_sdk_kinesis::Client::new(&sdk)
+    }
+
+    /// The `[source]` / `[sink]` keys that reach this server.
+    pub fn keys(&self) -> String {
+        format!(
+            "region = \"us-east-1\"\nendpoint = \"{}\"\naccess_key_id = \"test\"\nsecret_access_key = \"test\"\n",
+            self.endpoint()
+        )
+    }
+
+    /// Waits until the stream is ACTIVE (after a create, a split or a merge).
+    pub async fn wait_active(&self, c: &aws_sdk_kinesis::Client, stream: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let d = c
+                .describe_stream_summary()
+                .stream_name(stream)
+                .send()
+                .await
+                .unwrap();
+            let status = d.stream_description_summary.unwrap().stream_status;
+            if status == aws_sdk_kinesis::types::StreamStatus::Active {
+                return;
+            }
+            assert!(Instant::now() < deadline, "stream {stream} is {status:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for KinesisLocal {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The Python of moto's virtualenv, which has boto3 (a real consumer of DynamoDB JSON).
+pub fn moto_python() -> std::path::PathBuf {
+    std::path::Path::new(&moto_bin())
+        .parent()
+        .unwrap()
+        .join("python")
+}

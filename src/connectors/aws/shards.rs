@@ -1,6 +1,7 @@
 //! Shard lineage: which shards of a stream may be read now. A shard is read only after its
-//! parent is read to its end and that end is durable, so one item's changes, which move from
-//! a parent to a child when a shard splits, are applied in order.
+//! parents (one after a split, two after a Kinesis merge) are read to their end and that end is
+//! durable, so one item's changes, which move from a parent to a child when shards split or
+//! merge, are applied in order.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -11,8 +12,8 @@ use serde::{Deserialize, Serialize};
 pub(crate) struct ListedShard {
     /// Its id.
     pub(crate) id: String,
-    /// The shard it was split from, if any.
-    pub(crate) parent: Option<String>,
+    /// The shards it was split or merged from (none, one, or two after a merge).
+    pub(crate) parents: Vec<String>,
     /// Whether it is closed (it has an ending sequence number): read to its end, it is done.
     pub(crate) closed: bool,
 }
@@ -52,19 +53,16 @@ pub(crate) fn ready(
             return Err(LostShard(id.clone()));
         }
     }
-    let parent_done = |parent: &Option<String>| match parent {
-        None => true,
-        Some(p) => match progress.get(p) {
-            Some(pp) => pp.done,
-            // Not saved: either listed (it is read first) or gone before it was ever seen.
-            None => !listed_ids.contains(p.as_str()),
-        },
+    let parent_done = |p: &String| match progress.get(p) {
+        Some(pp) => pp.done,
+        // Not saved: either listed (it is read first) or gone before it was ever seen.
+        None => !listed_ids.contains(p.as_str()),
     };
     Ok(listed
         .iter()
         .filter(|s| !progress.get(&s.id).is_some_and(|p| p.done))
         .filter(|s| !reading.contains(&s.id))
-        .filter(|s| parent_done(&s.parent))
+        .filter(|s| s.parents.iter().all(parent_done))
         .map(|s| s.id.clone())
         .collect())
 }
@@ -106,7 +104,7 @@ mod tests {
     fn shard(id: &str, parent: Option<&str>, closed: bool) -> ListedShard {
         ListedShard {
             id: id.into(),
-            parent: parent.map(str::to_string),
+            parents: parent.map(str::to_string).into_iter().collect(),
             closed,
         }
     }
@@ -137,6 +135,26 @@ mod tests {
         assert_eq!(ready(&listed, &progress, &reading).unwrap(), ["A", "B"]);
         progress.insert("A".to_string(), done());
         assert_eq!(ready(&listed, &progress, &reading).unwrap(), ["B", "C"]);
+    }
+
+    #[test]
+    fn a_merged_shard_waits_for_both_parents() {
+        let listed = vec![
+            shard("A", None, true),
+            shard("B", None, true),
+            ListedShard {
+                id: "M".into(),
+                parents: vec!["A".into(), "B".into()],
+                closed: false,
+            },
+        ];
+        let mut progress = BTreeMap::new();
+        assert_eq!(ready(&listed, &progress, &HashSet::new()).unwrap(), ["A", "B"]);
+        progress.insert("A".to_string(), done());
+        let busy: HashSet<String> = ["B".to_string()].into();
+        assert!(ready(&listed, &progress, &busy).unwrap().is_empty());
+        progress.insert("B".to_string(), done());
+        assert_eq!(ready(&listed, &progress, &HashSet::new()).unwrap(), ["M"]);
     }
 
     #[test]

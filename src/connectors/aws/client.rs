@@ -8,7 +8,7 @@ use aws_config::{BehaviorVersion, Region};
 use aws_sdk_dynamodb::config::Credentials;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
-use super::DynamoError;
+use super::AwsError;
 use crate::error::Role;
 
 /// Where and as whom to reach AWS: the keys every DynamoDB / Kinesis table of a config shares.
@@ -96,7 +96,7 @@ pub(crate) fn classify<E>(
     role: Role,
     context: impl Into<String>,
     target: &str,
-) -> DynamoError
+) -> AwsError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
@@ -118,7 +118,7 @@ where
         }
         _ => (Failure::Invalid, String::new(), source_chain(&e)),
     };
-    DynamoError::Call {
+    AwsError::Call {
         role,
         context,
         failure,

@@ -1,0 +1,347 @@
+//! DynamoDB -> Kinesis -> DynamoDB, the hop between two regions: moto for the tables,
+//! kinesis-local for a Kinesis stream that really splits and merges its shards. One item's
+//! changes stay in order across the split and the merge (the target's last-writer-wins check
+//! finds no stale change, and boto3 reading the stream in lineage order sees no item go back in
+//! time), the tables end equal, and SIGKILLs of both pipelines lose nothing.
+
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::StreamViewType;
+
+use crate::common::aws::{create_table, n, rich_item, wait_equal, Item, KinesisLocal, Moto};
+use crate::common::{write_config, Strait};
+
+fn to_kinesis(moto: &Moto, kl: &KinesisLocal, dir: &std::path::Path, port: u16) -> String {
+    format!(
+        "id = \"to-kinesis\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n\n[source]\ntype = \"dynamodb\"\ntable = \"orders\"\n{}poll_interval = \"100ms\"\n\n[sink]\ntype = \"kinesis\"\nstream = \"hop\"\n{}\n[checkpoint]\nstore = \"file\"\npath = \"{}\"\n",
+        moto.keys(),
+        kl.keys(),
+        dir.join("a.ckpt").display()
+    )
+}
+
+fn from_kinesis(moto: &Moto, kl: &KinesisLocal, dir: &std::path::Path, port: u16) -> String {
+    format!(
+        "id = \"from-kinesis\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n\n[source]\ntype = \"kinesis\"\nstream = \"hop\"\n{}poll_interval = \"100ms\"\nshard_refresh = \"1s\"\n\n[sink]\ntype = \"dynamodb\"\ntable = \"orders_copy\"\n{}timestamp_attribute = \"v\"\n\n[checkpoint]\nstore = \"file\"\npath = \"{}\"\n",
+        kl.keys(),
+        moto.keys(),
+        dir.join("b.ckpt").display()
+    )
+}
+
+/// Item `i` at version `v` (every change of an item has a greater `v`).
+fn versioned(i: usize, v: usize) -> Item {
+    let mut item = rich_item(i, v);
+    item.insert("v".into(), n(v));
+    item
+}
+
+/// One round of the writer: most items get a new version, some are deleted (and come back in a
+/// later round).
+async fn round(c: &aws_sdk_dynamodb::Client, items: usize, r: usize) {
+    for i in 0..items {
+        if (i + r).is_multiple_of(9) {
+            let item = versioned(i, r);
+            c.delete_item()
+                .table_name("orders")
+                .key("pk", item["pk"].clone())
+                .key("sk", item["sk"].clone())
+                .send()
+                .await
+                .unwrap();
+        } else if (i + r) % 3 != 1 {
+            c.put_item()
+                .table_name("orders")
+                .set_item(Some(versioned(i, r)))
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+}
+
+async fn counter(port: u16, name: &str, pipeline: &str) -> u64 {
+    let (_, m) = crate::api::http(port, "GET", "/metrics", "").await;
+    crate::api::pipeline_counter(&m, name, pipeline).unwrap_or(0)
+}
+
+async fn open_shards(k: &aws_sdk_kinesis::Client) -> Vec<aws_sdk_kinesis::types::Shard> {
+    let shards = k.list_shards().stream_name("hop").send().await.unwrap();
+    shards
+        .shards()
+        .iter()
+        .filter(|s| {
+            s.sequence_number_range
+                .as_ref()
+                .and_then(|r| r.ending_sequence_number.as_ref())
+                .is_none()
+        })
+        .cloned()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kinesis_hop_keeps_each_items_order_across_a_split_and_a_merge() {
+    let moto = Moto::start();
+    let kl = KinesisLocal::start();
+    let c = moto.dynamodb().await;
+    let k = kl.client().await;
+    create_table(&c, "orders", Some(StreamViewType::NewAndOldImages)).await;
+    create_table(&c, "orders_copy", None).await;
+    k.create_stream()
+        .stream_name("hop")
+        .shard_count(2)
+        .send()
+        .await
+        .unwrap();
+    kl.wait_active(&k, "hop").await;
+    const ITEMS: usize = 120;
+    for i in 0..ITEMS {
+        c.put_item()
+            .table_name("orders")
+            .set_item(Some(versioned(i, 0)))
+            .send()
+            .await
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (
+        crate::common::free_port_for_tests(),
+        crate::common::free_port_for_tests(),
+    );
+    let ca = write_config(dir.path(), "a.toml", &to_kinesis(&moto, &kl, dir.path(), pa));
+    let cb = write_config(dir.path(), "b.toml", &from_kinesis(&moto, &kl, dir.path(), pb));
+    let mut a = Strait::spawn(&ca, &dir.path().join("a.log"));
+    let mut b = Strait::spawn(&cb, &dir.path().join("b.log"));
+    // The full sync goes through Kinesis too. The stream's records of the last minute before
+    // the scan follow it (the scan's overlap): each finds its version already there and is
+    // counted stale, exactly once per item; after that, a stale change would be one applied
+    // out of order.
+    wait_equal(&c, "orders", &c, "orders_copy", Duration::from_secs(60), &b).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while counter(pb, "strait_two_way_stale_total", "from-kinesis").await < ITEMS as u64 {
+        assert!(std::time::Instant::now() < deadline, "{}", b.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for r in 1..=3 {
+        round(&c, ITEMS, r).await;
+    }
+    // Split the first open shard at the middle of its hash range, while changes flow.
+    let shard = open_shards(&k).await.remove(0);
+    let range = shard.hash_key_range.clone().unwrap();
+    let (lo, hi): (u128, u128) = (
+        range.starting_hash_key.parse().unwrap(),
+        range.ending_hash_key.parse().unwrap(),
+    );
+    k.split_shard()
+        .stream_name("hop")
+        .shard_to_split(&shard.shard_id)
+        .new_starting_hash_key((lo + (hi - lo) / 2).to_string())
+        .send()
+        .await
+        .unwrap();
+    kl.wait_active(&k, "hop").await;
+    for r in 4..=6 {
+        round(&c, ITEMS, r).await;
+    }
+    // Merge the two children of the split back into one shard.
+    let mut children: Vec<_> = open_shards(&k)
+        .await
+        .into_iter()
+        .filter(|s| s.parent_shard_id.as_deref() == Some(shard.shard_id.as_str()))
+        .collect();
+    assert_eq!(children.len(), 2, "the split made two children");
+    children.sort_by_key(|s| {
+        s.hash_key_range
+            .as_ref()
+            .unwrap()
+            .starting_hash_key
+            .parse::<u128>()
+            .unwrap()
+    });
+    k.merge_shards()
+        .stream_name("hop")
+        .shard_to_merge(&children[0].shard_id)
+        .adjacent_shard_to_merge(&children[1].shard_id)
+        .send()
+        .await
+        .unwrap();
+    kl.wait_active(&k, "hop").await;
+    for r in 7..=8 {
+        round(&c, ITEMS, r).await;
+    }
+    let took = wait_equal(&c, "orders", &c, "orders_copy", Duration::from_secs(90), &b).await;
+    eprintln!("equal {took:?} after the last write, through a split and a merge");
+    // Per-shard lag is reported while reading.
+    let (_, status) = crate::api::http(pb, "GET", "/status", "").await;
+    assert!(status.contains("\"shards\"") && status.contains("lag_seconds"), "{status}");
+    let (_, metrics) = crate::api::http(pb, "GET", "/metrics", "").await;
+    assert!(metrics.contains("strait_shard_lag_seconds{"), "{metrics}");
+    // In order: the target's last-writer-wins check never saw an older version after a newer.
+    assert_eq!(
+        counter(pb, "strait_two_way_stale_total", "from-kinesis").await,
+        ITEMS as u64
+    );
+    let log_b = b.log_text();
+    assert_eq!(
+        log_b.matches("Shard read to its end").count(),
+        3,
+        "the split parent and the two merged children are read to their end:\n{log_b}"
+    );
+    // boto3 reads the records (its TypeDeserializer takes every image) and, in lineage order,
+    // no item goes back in time; each item's last record is the table's item.
+    let python = crate::common::aws::moto_python();
+    let out = std::process::Command::new(python)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/consumers/kinesis_dynamodb.py"))
+        .args([kl.endpoint(), "hop".into()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("boto3 read {} records of {} items", report["records"], report["items"]);
+    assert_eq!(report["backwards"], 0, "{report}");
+    assert_eq!(report["items"], ITEMS as u64, "{report}");
+    let items = crate::common::aws::all_items(&c, "orders").await;
+    for item in &items {
+        let (pk, sk, v) = (
+            item["pk"].as_s().unwrap(),
+            item["sk"].as_n().unwrap(),
+            item["v"].as_n().unwrap(),
+        );
+        assert_eq!(
+            report["last"][format!("{pk}/{sk}")].to_string(),
+            *v,
+            "{pk}/{sk}"
+        );
+    }
+    // SIGKILLs of both pipelines while the writer runs: nothing lost.
+    for r in 9..=12 {
+        round(&c, ITEMS / 2, r).await;
+        if r % 2 == 1 {
+            a.sigkill_running();
+            a = Strait::spawn(&ca, &dir.path().join(format!("a{r}.log")));
+        } else {
+            b.sigkill_running();
+            b = Strait::spawn(&cb, &dir.path().join(format!("b{r}.log")));
+        }
+    }
+    let took = wait_equal(&c, "orders", &c, "orders_copy", Duration::from_secs(90), &b).await;
+    eprintln!("equal {took:?} after the last write and 4 SIGKILLs");
+    assert!(a.sigterm().success());
+    assert!(b.sigterm().success());
+}
+
+/// A record in the shape Kinesis Data Streams for DynamoDB writes, as another producer would.
+fn record(event: &str, keys: serde_json::Value, new: Option<serde_json::Value>) -> Vec<u8> {
+    let mut d = serde_json::json!({ "ApproximateCreationDateTime": 1_764_000_000_000_i64, "Keys": keys });
+    if let Some(n) = new {
+        d["NewImage"] = n;
+    }
+    serde_json::to_vec(&serde_json::json!({
+        "awsRegion": "us-east-1", "eventID": "x", "eventName": event, "userIdentity": null,
+        "recordFormat": "application/json", "tableName": "orders", "dynamodb": d,
+        "eventSource": "aws:dynamodb",
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn records_that_cannot_be_read_or_written_go_to_the_dead_letter_file() {
+    let moto = Moto::start();
+    let kl = KinesisLocal::start();
+    let c = moto.dynamodb().await;
+    let k = kl.client().await;
+    create_table(&c, "orders_copy", None).await;
+    k.create_stream()
+        .stream_name("hop")
+        .shard_count(1)
+        .send()
+        .await
+        .unwrap();
+    kl.wait_active(&k, "hop").await;
+    let item = |pk: &str, extra: &str| {
+        serde_json::json!({ "pk": { "S": pk }, "sk": { "N": "1" }, "note": { "S": extra } })
+    };
+    let key = |pk: &str| serde_json::json!({ "pk": { "S": pk }, "sk": { "N": "1" } });
+    let records: Vec<(&str, Vec<u8>)> = vec![
+        ("a", record("INSERT", key("a"), Some(item("a", "first")))),
+        ("garbage", b"{not json".to_vec()),
+        // Larger than DynamoDB's 400 KB item limit: the target refuses it for good.
+        (
+            "big",
+            record("INSERT", key("big"), Some(item("big", &"x".repeat(410_000)))),
+        ),
+        (
+            "no-sk",
+            record(
+                "INSERT",
+                serde_json::json!({ "pk": { "S": "no-sk" } }),
+                Some(serde_json::json!({ "pk": { "S": "no-sk" } })),
+            ),
+        ),
+        ("c", record("INSERT", key("c"), Some(item("c", "after them")))),
+    ];
+    for (pk, data) in records {
+        k.put_record()
+            .stream_name("hop")
+            .partition_key(pk)
+            .data(aws_sdk_kinesis::primitives::Blob::new(data))
+            .send()
+            .await
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let dead = dir.path().join("dead.jsonl");
+    let port = crate::common::free_port_for_tests();
+    let cfg = from_kinesis(&moto, &kl, dir.path(), port).replace(
+        "shard_refresh = \"1s\"\n",
+        &format!("shard_refresh = \"1s\"\ndead_letter_file = \"{}\"\n", dead.display()),
+    );
+    let cfg = write_config(dir.path(), "b.toml", &cfg);
+    let mut st = Strait::spawn(&cfg, &dir.path().join("b.log"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let items = crate::common::aws::all_items(&c, "orders_copy").await;
+        let pks: Vec<_> = items.iter().map(|i| i["pk"].as_s().unwrap().clone()).collect();
+        if pks == ["a", "c"] {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{pks:?}\n{}", st.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Each key has its own lane: the refused ones may land after "c".
+    let lines: Vec<serde_json::Value> = loop {
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&dead)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if lines.len() >= 3 || std::time::Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(lines.len(), 3, "{lines:?}\n{}", st.log_text());
+    assert_eq!(lines[0]["data"], "{not json", "{}", lines[0]);
+    assert!(lines[0]["reason"].as_str().unwrap().contains("not JSON"), "{}", lines[0]);
+    for l in &lines {
+        assert_eq!(l["pipeline"], "from-kinesis");
+        assert!(l["shard"].as_str().unwrap().starts_with("shardId-"), "{l}");
+        assert!(!l["seq"].as_str().unwrap().is_empty(), "{l}");
+    }
+    let mut pks: Vec<_> = lines[1..]
+        .iter()
+        .map(|l| l["record"]["dynamodb"]["Keys"]["pk"]["S"].as_str().unwrap().to_string())
+        .collect();
+    pks.sort();
+    assert_eq!(pks, ["big", "no-sk"], "{lines:?}");
+    let big = lines.iter().find(|l| l["record"]["dynamodb"]["Keys"]["pk"]["S"] == "big").unwrap();
+    assert!(big["reason"].as_str().unwrap().contains("size"), "{}", big["reason"]);
+    assert_eq!(
+        big["record"]["dynamodb"]["NewImage"]["note"]["S"].as_str().unwrap().len(),
+        410_000
+    );
+    let (_, metrics) = crate::api::http(port, "GET", "/metrics", "").await;
+    assert!(metrics.contains("refused"), "{metrics}");
+    assert!(st.sigterm().success());
+}
