@@ -396,6 +396,13 @@ async fn a_table_that_cannot_be_read_stops_at_start_with_one_line() {
         line.contains("cannot reach") && line.contains(&port.to_string()),
         "{line}"
     );
+    // Credentials AWS does not know: one line that says so.
+    let checking = Moto::start_checking_credentials();
+    let line = run("credentials", config(&checking, dir.path(), "good", "good", ""));
+    assert!(
+        line.contains("refused the credentials") && line.contains("access_key_id"),
+        "{line}"
+    );
     // A bad key names the file line.
     let text =
         config(&moto, dir.path(), "good", "good", "").replace("poll_interval", "poll_intervall");

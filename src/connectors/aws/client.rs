@@ -111,10 +111,21 @@ where
         SdkError::ResponseError(_) => (Failure::Transient, String::new(), source_chain(&e)),
         SdkError::ServiceError(s) => {
             let err = s.err();
-            let code = err.code().unwrap_or("").to_string();
-            let message = err.message().unwrap_or("").to_string();
-            let server_error = s.raw().status().is_server_error();
-            (failure_of(&code, server_error), code, message)
+            let mut code = err.code().unwrap_or("").to_string();
+            let mut message = err.message().unwrap_or("").to_string();
+            let status = s.raw().status();
+            if code.is_empty() {
+                // A body the SDK did not parse (an XML error from a proxy or a local server).
+                let body = String::from_utf8_lossy(s.raw().body().bytes().unwrap_or_default());
+                code = between(&body, "<Code>", "</Code>").unwrap_or_default();
+                message = between(&body, "<Message>", "</Message>")
+                    .unwrap_or_else(|| format!("HTTP status {}", status.as_u16()));
+            }
+            let failure = match failure_of(&code, status.is_server_error()) {
+                Failure::Invalid if matches!(status.as_u16(), 401 | 403) => Failure::Auth,
+                f => f,
+            };
+            (failure, code, message)
         }
         _ => (Failure::Invalid, String::new(), source_chain(&e)),
     };
@@ -125,6 +136,12 @@ where
         code,
         message,
     }
+}
+
+fn between(text: &str, open: &str, close: &str) -> Option<String> {
+    let start = text.find(open)? + open.len();
+    let len = text[start..].find(close)?;
+    Some(text[start..start + len].to_string())
 }
 
 fn source_chain(e: &dyn std::error::Error) -> String {
@@ -151,7 +168,9 @@ pub(crate) fn failure_of(code: &str, server_error: bool) -> Failure {
         | "AccessDeniedException"
         | "MissingAuthenticationToken"
         | "ExpiredTokenException"
-        | "IncompleteSignature" => Failure::Auth,
+        | "IncompleteSignature"
+        | "InvalidClientTokenId"
+        | "SignatureDoesNotMatch" => Failure::Auth,
         "ResourceNotFoundException" => Failure::NotFound,
         "ConditionalCheckFailedException" => Failure::ConditionFailed,
         "TrimmedDataAccessException" => Failure::Trimmed,

@@ -28,6 +28,16 @@ fn moto_bin() -> String {
 
 impl Moto {
     pub fn start() -> Moto {
+        Self::start_with(&[])
+    }
+
+    /// moto checking credentials like AWS: no access key is known, so every request is refused
+    /// (`INITIAL_NO_AUTH_ACTION_COUNT=0` turns its IAM checks on).
+    pub fn start_checking_credentials() -> Moto {
+        Self::start_with(&[("INITIAL_NO_AUTH_ACTION_COUNT", "0")])
+    }
+
+    fn start_with(env: &[(&str, &str)]) -> Moto {
         let bin = moto_bin();
         assert!(
             std::path::Path::new(&bin).exists(),
@@ -38,6 +48,7 @@ impl Moto {
         let log = std::fs::File::create(dir.path().join("moto.log")).unwrap();
         let child = Command::new(bin)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
