@@ -13,6 +13,10 @@
 //! 4. live: the loader writing flat out while strait runs; the time from its last write until
 //!    both tables hold the same items (the lag after the writer stops).
 //!
+//! 5. through Kinesis (kinesis-local, 2 shards): the source table (as it is after 3 and 4) copied
+//!    again into a new table through two pipelines, DynamoDB -> Kinesis and Kinesis ->
+//!    DynamoDB: items/s of the copy, ratio to raw, and the lag after a loader stops.
+//!
 //! Both tables must hold the same items at the end (checked). strait's peak RSS is its
 //! `VmHWM`. Knobs: BENCH_DDB_ITEMS (5000), BENCH_DDB_OPS (3000), STRAIT_MOTO, STRAIT_BIN.
 
@@ -34,6 +38,7 @@ use harness::{env_opt, env_u64, free_port, peak_rss_kb, strait_bin, CpuPhase};
 
 type Item = HashMap<String, AttributeValue>;
 
+/// A test server process (moto or kinesis-local) and its port, killed on drop.
 struct Moto(Child, u16);
 impl Drop for Moto {
     fn drop(&mut self) {
@@ -386,4 +391,114 @@ async fn main() {
     assert!(all_items(&c, "src").await == all_items(&c, "dst").await);
     harness::sigterm(&mut st);
     println!("tables equal: yes");
+
+    // 5. Through Kinesis.
+    let kl = start_kinesis_local();
+    let kendpoint = format!("http://127.0.0.1:{}", kl.1);
+    let k = kinesis_client(&kendpoint).await;
+    k.create_stream()
+        .stream_name("hop")
+        .shard_count(2)
+        .send()
+        .await
+        .unwrap();
+    loop {
+        let d = k.describe_stream_summary().stream_name("hop").send().await.unwrap();
+        if d.stream_description_summary.unwrap().stream_status
+            == aws_sdk_kinesis::types::StreamStatus::Active
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    create(&c, "dst2").await;
+    let n = all_items(&c, "src").await.len() as u64;
+    let kkeys = format!("region = \"us-east-1\"\nendpoint = \"{kendpoint}\"\naccess_key_id = \"bench\"\nsecret_access_key = \"bench\"\n");
+    let (pa, pb) = (free_port(), free_port());
+    let a = format!(
+        "id = \"to-kinesis\"\n[api]\nlisten = \"127.0.0.1:{pa}\"\n[full_sync]\nparallelism = 4\n[source]\ntype = \"dynamodb\"\ntable = \"src\"\n{keys}poll_interval = \"100ms\"\n[sink]\ntype = \"kinesis\"\nstream = \"hop\"\n{kkeys}[checkpoint]\nstore = \"file\"\npath = \"{}\"\n",
+        dir.path().join("a.json").display()
+    );
+    let b = format!(
+        "id = \"from-kinesis\"\n[api]\nlisten = \"127.0.0.1:{pb}\"\n[source]\ntype = \"kinesis\"\nstream = \"hop\"\n{kkeys}poll_interval = \"100ms\"\n[sink]\ntype = \"dynamodb\"\ntable = \"dst2\"\n{keys}[checkpoint]\nstore = \"file\"\npath = \"{}\"\n",
+        dir.path().join("b.json").display()
+    );
+    let (path_a, path_b) = (dir.path().join("a.toml"), dir.path().join("b.toml"));
+    std::fs::write(&path_a, a).unwrap();
+    std::fs::write(&path_b, b).unwrap();
+    let started = Instant::now();
+    let mut sa = harness::strait(&path_a, "dynamodb-to-kinesis");
+    let mut sb = harness::strait(&path_b, "kinesis-to-dynamodb");
+    let cpu = CpuPhase::start(&[
+        ("strait->kinesis", sa.id()),
+        ("kinesis->strait", sb.id()),
+        ("moto", moto.0.id()),
+        ("kinesis-local", kl.0.id()),
+    ]);
+    let full = settled(pb, n, started).await;
+    let rate = n as f64 / full.as_secs_f64();
+    println!(
+        "through Kinesis, full sync: {n} items in {:.2} s = {rate:.0} items/s = {:.2} x raw write, {:.2} x direct full sync (includes start-up) [{}]",
+        full.as_secs_f64(),
+        rate / raw_rate,
+        rate / full_rate,
+        cpu.report()
+    );
+    let report = load(&endpoint, "src", ops, 0);
+    let stopped = Instant::now();
+    let before = applied(pb);
+    let lag = settled(pb, before + 1, stopped).await;
+    println!(
+        "through Kinesis, live: loader {:.0} ops/s; the last change applied {:.2} s after the loader's last write",
+        report["ops_per_second"].as_f64().unwrap(),
+        lag.as_secs_f64()
+    );
+    until_equal(&c, "src", "dst2").await;
+    println!(
+        "strait peak RSS (VmHWM): DynamoDB -> Kinesis {} MB, Kinesis -> DynamoDB {} MB",
+        peak_rss_kb(sa.id()) / 1024,
+        peak_rss_kb(sb.id()) / 1024
+    );
+    harness::sigterm(&mut sa);
+    harness::sigterm(&mut sb);
+    println!("tables equal through Kinesis: yes");
+}
+
+fn start_kinesis_local() -> Moto {
+    let main = env_opt("STRAIT_KINESIS_LOCAL").unwrap_or_else(|| {
+        format!(
+            "{}/.cache/strait/kinesis-local/node_modules/kinesis-local/main.js",
+            std::env::var("HOME").unwrap_or_default()
+        )
+    });
+    let (port, tls) = (free_port(), free_port());
+    let child = Command::new("node")
+        .arg(&main)
+        .current_dir(std::path::Path::new(&main).parent().unwrap())
+        .env("KINESIS_MOCK_PLAIN_PORT", port.to_string())
+        .env("KINESIS_MOCK_TLS_PORT", tls.to_string())
+        .env("CREATE_STREAM_DURATION", "0ms")
+        .env("LOG_LEVEL", "WARN")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kinesis-local (dev/install-servers.sh installs it)");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "kinesis-local did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Moto(child, port)
+}
+
+async fn kinesis_client(endpoint: &str) -> aws_sdk_kinesis::Client {
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "bench", "bench", None, None, "bench",
+        ))
+        .load()
+        .await;
+    aws_sdk_kinesis::Client::new(&sdk)
 }
