@@ -403,7 +403,12 @@ async fn main() {
         .await
         .unwrap();
     loop {
-        let d = k.describe_stream_summary().stream_name("hop").send().await.unwrap();
+        let d = k
+            .describe_stream_summary()
+            .stream_name("hop")
+            .send()
+            .await
+            .unwrap();
         if d.stream_description_summary.unwrap().stream_status
             == aws_sdk_kinesis::types::StreamStatus::Active
         {

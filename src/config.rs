@@ -14,8 +14,8 @@ use crate::core::pattern::{NamespacePattern, PatternError};
 
 pub use crate::connectors::archive::config::{ArchiveSinkConfig, Compression, ExtraSinkType};
 pub use crate::connectors::dynamodb::config::{DynamoSinkConfig, DynamoSourceConfig};
-pub use crate::connectors::kinesis::config::{KinesisSinkConfig, KinesisSourceConfig};
 pub use crate::connectors::kafka::config::{KafkaFormat, KafkaSinkConfig, KafkaSourceConfig};
+pub use crate::connectors::kinesis::config::{KinesisSinkConfig, KinesisSourceConfig};
 use crate::connectors::mongo::config::redact_uri;
 pub use crate::connectors::mongo::config::{EndpointType, MongoEndpoint, TlsConfig};
 use crate::connectors::InvalidSetting;
@@ -898,13 +898,16 @@ impl PipelineConfig {
             SinkEndpoint::Mongodb(m) => connector("sink", m.validate())?,
             SinkEndpoint::Dynamodb(d) => {
                 connector("sink", d.validate())?;
-                if !matches!(
-                    self.source,
-                    SourceEndpoint::Dynamodb(_) | SourceEndpoint::Kinesis(_)
-                ) {
+                if matches!(self.source, SourceEndpoint::Kafka(_)) {
                     return Err(invalid(
                         "sink.type",
-                        "a DynamoDB sink takes items from a DynamoDB or Kinesis source ([source] type = \"dynamodb\" or \"kinesis\"); MongoDB documents into DynamoDB are not supported yet".into(),
+                        "a DynamoDB sink takes items from a DynamoDB or Kinesis source, or documents from a MongoDB source; Kafka records into DynamoDB are not supported".into(),
+                    ));
+                }
+                if matches!(self.source, SourceEndpoint::Mongodb(_)) && d.stamp_origin.is_some() {
+                    return Err(invalid(
+                        "sink.stamp_origin",
+                        "two-way sync between MongoDB and DynamoDB is not supported".into(),
                     ));
                 }
             }
@@ -1061,12 +1064,12 @@ impl PipelineConfig {
     ) -> Result<(), ConfigError> {
         let fits = match &self.source {
             SourceEndpoint::Kinesis(_) => matches!(self.sink, SinkEndpoint::Dynamodb(_)),
-            _ => matches!(self.sink, SinkEndpoint::Dynamodb(_) | SinkEndpoint::Kinesis(_)),
+            _ => !matches!(self.sink, SinkEndpoint::Kafka(_)),
         };
         if !fits {
             return Err(invalid(
                 "sink.type",
-                "a DynamoDB source writes to a DynamoDB sink (type = \"dynamodb\") or a Kinesis sink (type = \"kinesis\"), a Kinesis source to a DynamoDB sink; MongoDB and Kafka sinks of DynamoDB items are not supported yet".into(),
+                "a DynamoDB source writes to a DynamoDB, Kinesis or MongoDB sink, a Kinesis source to a DynamoDB sink; Kafka sinks of DynamoDB items are not supported yet".into(),
             ));
         }
         if !self.sinks.is_empty() {
@@ -1075,10 +1078,13 @@ impl PipelineConfig {
                 "a DynamoDB or Kinesis source has one sink, [sink]".into(),
             ));
         }
-        if self.checkpoint.store == CheckpointStoreKind::Mongodb && self.checkpoint.uri.is_none() {
+        if self.checkpoint.store == CheckpointStoreKind::Mongodb
+            && self.checkpoint.uri.is_none()
+            && self.mongo_sink().is_none()
+        {
             return Err(invalid(
                 "checkpoint.store",
-                "a DynamoDB pipeline keeps its checkpoint in a file (store = \"file\" with path) or in MongoDB at checkpoint.uri".into(),
+                "a DynamoDB pipeline keeps its checkpoint in a file (store = \"file\" with path), in MongoDB at checkpoint.uri, or in its MongoDB sink".into(),
             ));
         }
         Ok(())

@@ -322,7 +322,12 @@ impl Collector for PipelineCollector {
         let shards = t.shards();
         let shard_lag: Vec<_> = shards
             .iter()
-            .map(|c| (vec![("shard", c.id.clone())], c.behind_ms.load(Relaxed) as f64 / 1000.0))
+            .map(|c| {
+                (
+                    vec![("shard", c.id.clone())],
+                    c.behind_ms.load(Relaxed) as f64 / 1000.0,
+                )
+            })
             .collect();
         gauges(
             &mut e,

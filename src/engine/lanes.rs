@@ -106,12 +106,8 @@ pub(crate) async fn run_lane(
             let item = &items[r.index];
             match &dead_letters {
                 Some(dl) => {
-                    dl.dead_letter(
-                        item.origin.as_deref(),
-                        Some(&item.ev),
-                        &r.error.to_string(),
-                    )
-                    .await?;
+                    dl.dead_letter(item.origin.as_deref(), Some(&item.ev), &r.error.to_string())
+                        .await?;
                     counters.refused(1);
                 }
                 None => return Err(r.error),

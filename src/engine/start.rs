@@ -104,7 +104,9 @@ pub async fn checkpoint_store(cfg: &PipelineConfig, client: &Client) -> Result<C
 /// MongoDB deployment at `checkpoint.uri`.
 pub async fn standalone_checkpoint_store(cfg: &PipelineConfig) -> Result<CheckpointStore> {
     let c = &cfg.checkpoint;
-    Ok(match (&c.store, &c.uri) {
+    // Without checkpoint.uri, a MongoDB sink keeps it (as for MongoDB sources).
+    let uri = c.uri.as_ref().or(cfg.mongo_sink().map(|m| &m.uri));
+    Ok(match (&c.store, uri) {
         (CheckpointStoreKind::Mongodb, Some(uri)) => {
             let defaults = crate::config::MongoEndpoint {
                 kind: Default::default(),

@@ -16,8 +16,8 @@ use crate::checkpoint::{CheckpointStore, Checkpointer};
 use crate::config::{HistoryLostPolicy, PipelineConfig, SourceEndpoint};
 use crate::connectors::aws::follow::PlannedSource;
 use crate::connectors::dynamodb::source::DynamoSource;
-use crate::connectors::kinesis::source::KinesisSource;
 use crate::connectors::kafka::source::KafkaSource;
+use crate::connectors::kinesis::source::KinesisSource;
 use crate::connectors::mongo::connect::connect;
 use crate::connectors::{open_sinks, Source};
 use crate::control::Control;
@@ -235,7 +235,8 @@ impl Supervisor {
                 let engine = engine(opened.sinks);
                 let result = match &cfg.source {
                     SourceEndpoint::Dynamodb(d) => {
-                        let source = DynamoSource::open(d, cfg, checkpoint, &self.telemetry).await?;
+                        let source =
+                            DynamoSource::open(d, cfg, checkpoint, &self.telemetry).await?;
                         info!(pipeline = %cfg.id, mode = ?cfg.mode, table = %d.table, "Pipeline started (DynamoDB source).");
                         self.under_lease(lease, &[&self.telemetry], || {
                             *reporter = Some(self.start_reporter());
@@ -244,7 +245,8 @@ impl Supervisor {
                         .await
                     }
                     SourceEndpoint::Kinesis(k) => {
-                        let source = KinesisSource::open(k, cfg, checkpoint, &self.telemetry).await?;
+                        let source =
+                            KinesisSource::open(k, cfg, checkpoint, &self.telemetry).await?;
                         info!(pipeline = %cfg.id, mode = ?cfg.mode, stream = %k.stream, "Pipeline started (Kinesis source).");
                         self.under_lease(lease, &[&self.telemetry], || {
                             *reporter = Some(self.start_reporter());

@@ -398,7 +398,10 @@ async fn a_table_that_cannot_be_read_stops_at_start_with_one_line() {
     );
     // Credentials AWS does not know: one line that says so.
     let checking = Moto::start_checking_credentials();
-    let line = run("credentials", config(&checking, dir.path(), "good", "good", ""));
+    let line = run(
+        "credentials",
+        config(&checking, dir.path(), "good", "good", ""),
+    );
     assert!(
         line.contains("refused the credentials") && line.contains("access_key_id"),
         "{line}"

@@ -109,8 +109,16 @@ async fn a_kinesis_hop_keeps_each_items_order_across_a_split_and_a_merge() {
         crate::common::free_port_for_tests(),
         crate::common::free_port_for_tests(),
     );
-    let ca = write_config(dir.path(), "a.toml", &to_kinesis(&moto, &kl, dir.path(), pa));
-    let cb = write_config(dir.path(), "b.toml", &from_kinesis(&moto, &kl, dir.path(), pb));
+    let ca = write_config(
+        dir.path(),
+        "a.toml",
+        &to_kinesis(&moto, &kl, dir.path(), pa),
+    );
+    let cb = write_config(
+        dir.path(),
+        "b.toml",
+        &from_kinesis(&moto, &kl, dir.path(), pb),
+    );
     let mut a = Strait::spawn(&ca, &dir.path().join("a.log"));
     let mut b = Strait::spawn(&cb, &dir.path().join("b.log"));
     // The full sync goes through Kinesis too. The stream's records of the last minute before
@@ -174,7 +182,10 @@ async fn a_kinesis_hop_keeps_each_items_order_across_a_split_and_a_merge() {
     eprintln!("equal {took:?} after the last write, through a split and a merge");
     // Per-shard lag is reported while reading.
     let (_, status) = crate::api::http(pb, "GET", "/status", "").await;
-    assert!(status.contains("\"shards\"") && status.contains("lag_seconds"), "{status}");
+    assert!(
+        status.contains("\"shards\"") && status.contains("lag_seconds"),
+        "{status}"
+    );
     let (_, metrics) = crate::api::http(pb, "GET", "/metrics", "").await;
     assert!(metrics.contains("strait_shard_lag_seconds{"), "{metrics}");
     // In order: the target's last-writer-wins check never saw an older version after a newer.
@@ -192,13 +203,23 @@ async fn a_kinesis_hop_keeps_each_items_order_across_a_split_and_a_merge() {
     // no item goes back in time; each item's last record is the table's item.
     let python = crate::common::aws::moto_python();
     let out = std::process::Command::new(python)
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/consumers/kinesis_dynamodb.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/consumers/kinesis_dynamodb.py"
+        ))
         .args([kl.endpoint(), "hop".into()])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    eprintln!("boto3 read {} records of {} items", report["records"], report["items"]);
+    eprintln!(
+        "boto3 read {} records of {} items",
+        report["records"], report["items"]
+    );
     assert_eq!(report["backwards"], 0, "{report}");
     assert_eq!(report["items"], ITEMS as u64, "{report}");
     let items = crate::common::aws::all_items(&c, "orders").await;
@@ -233,7 +254,8 @@ async fn a_kinesis_hop_keeps_each_items_order_across_a_split_and_a_merge() {
 
 /// A record in the shape Kinesis Data Streams for DynamoDB writes, as another producer would.
 fn record(event: &str, keys: serde_json::Value, new: Option<serde_json::Value>) -> Vec<u8> {
-    let mut d = serde_json::json!({ "ApproximateCreationDateTime": 1_764_000_000_000_i64, "Keys": keys });
+    let mut d =
+        serde_json::json!({ "ApproximateCreationDateTime": 1_764_000_000_000_i64, "Keys": keys });
     if let Some(n) = new {
         d["NewImage"] = n;
     }
@@ -259,9 +281,7 @@ async fn records_that_cannot_be_read_or_written_go_to_the_dead_letter_file() {
         .await
         .unwrap();
     kl.wait_active(&k, "hop").await;
-    let item = |pk: &str, extra: &str| {
-        serde_json::json!({ "pk": { "S": pk }, "sk": { "N": "1" }, "note": { "S": extra } })
-    };
+    let item = |pk: &str, extra: &str| serde_json::json!({ "pk": { "S": pk }, "sk": { "N": "1" }, "note": { "S": extra } });
     let key = |pk: &str| serde_json::json!({ "pk": { "S": pk }, "sk": { "N": "1" } });
     let records: Vec<(&str, Vec<u8>)> = vec![
         ("a", record("INSERT", key("a"), Some(item("a", "first")))),
@@ -269,7 +289,11 @@ async fn records_that_cannot_be_read_or_written_go_to_the_dead_letter_file() {
         // Larger than DynamoDB's 400 KB item limit: the target refuses it for good.
         (
             "big",
-            record("INSERT", key("big"), Some(item("big", &"x".repeat(410_000)))),
+            record(
+                "INSERT",
+                key("big"),
+                Some(item("big", &"x".repeat(410_000))),
+            ),
         ),
         (
             "no-sk",
@@ -279,7 +303,10 @@ async fn records_that_cannot_be_read_or_written_go_to_the_dead_letter_file() {
                 Some(serde_json::json!({ "pk": { "S": "no-sk" } })),
             ),
         ),
-        ("c", record("INSERT", key("c"), Some(item("c", "after them")))),
+        (
+            "c",
+            record("INSERT", key("c"), Some(item("c", "after them"))),
+        ),
     ];
     for (pk, data) in records {
         k.put_record()
@@ -295,18 +322,28 @@ async fn records_that_cannot_be_read_or_written_go_to_the_dead_letter_file() {
     let port = crate::common::free_port_for_tests();
     let cfg = from_kinesis(&moto, &kl, dir.path(), port).replace(
         "shard_refresh = \"1s\"\n",
-        &format!("shard_refresh = \"1s\"\ndead_letter_file = \"{}\"\n", dead.display()),
+        &format!(
+            "shard_refresh = \"1s\"\ndead_letter_file = \"{}\"\n",
+            dead.display()
+        ),
     );
     let cfg = write_config(dir.path(), "b.toml", &cfg);
     let mut st = Strait::spawn(&cfg, &dir.path().join("b.log"));
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let items = crate::common::aws::all_items(&c, "orders_copy").await;
-        let pks: Vec<_> = items.iter().map(|i| i["pk"].as_s().unwrap().clone()).collect();
+        let pks: Vec<_> = items
+            .iter()
+            .map(|i| i["pk"].as_s().unwrap().clone())
+            .collect();
         if pks == ["a", "c"] {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "{pks:?}\n{}", st.log_text());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{pks:?}\n{}",
+            st.log_text()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Each key has its own lane: the refused ones may land after "c".
@@ -323,7 +360,11 @@ async fn records_that_cannot_be_read_or_written_go_to_the_dead_letter_file() {
     };
     assert_eq!(lines.len(), 3, "{lines:?}\n{}", st.log_text());
     assert_eq!(lines[0]["data"], "{not json", "{}", lines[0]);
-    assert!(lines[0]["reason"].as_str().unwrap().contains("not JSON"), "{}", lines[0]);
+    assert!(
+        lines[0]["reason"].as_str().unwrap().contains("not JSON"),
+        "{}",
+        lines[0]
+    );
     for l in &lines {
         assert_eq!(l["pipeline"], "from-kinesis");
         assert!(l["shard"].as_str().unwrap().starts_with("shardId-"), "{l}");
@@ -331,14 +372,29 @@ async fn records_that_cannot_be_read_or_written_go_to_the_dead_letter_file() {
     }
     let mut pks: Vec<_> = lines[1..]
         .iter()
-        .map(|l| l["record"]["dynamodb"]["Keys"]["pk"]["S"].as_str().unwrap().to_string())
+        .map(|l| {
+            l["record"]["dynamodb"]["Keys"]["pk"]["S"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     pks.sort();
     assert_eq!(pks, ["big", "no-sk"], "{lines:?}");
-    let big = lines.iter().find(|l| l["record"]["dynamodb"]["Keys"]["pk"]["S"] == "big").unwrap();
-    assert!(big["reason"].as_str().unwrap().contains("size"), "{}", big["reason"]);
+    let big = lines
+        .iter()
+        .find(|l| l["record"]["dynamodb"]["Keys"]["pk"]["S"] == "big")
+        .unwrap();
+    assert!(
+        big["reason"].as_str().unwrap().contains("size"),
+        "{}",
+        big["reason"]
+    );
     assert_eq!(
-        big["record"]["dynamodb"]["NewImage"]["note"]["S"].as_str().unwrap().len(),
+        big["record"]["dynamodb"]["NewImage"]["note"]["S"]
+            .as_str()
+            .unwrap()
+            .len(),
         410_000
     );
     let (_, metrics) = crate::api::http(port, "GET", "/metrics", "").await;

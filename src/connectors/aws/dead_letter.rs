@@ -40,10 +40,7 @@ impl DeadLetterFile {
     }
 
     fn io(&self, e: std::io::Error) -> Error {
-        Error::User(format!(
-            "dead-letter file {}: {e}",
-            self.path.display()
-        ))
+        Error::User(format!("dead-letter file {}: {e}", self.path.display()))
     }
 }
 
@@ -71,10 +68,10 @@ pub(crate) fn dead_letter_line(
     if let Some(ev) = event {
         line["record"] = match StreamChange::from_event(ev) {
             Ok(c) => c.to_json(),
-            Err(_) => bson::Bson::Document(
-                bson::Document::try_from(ev.raw.as_ref()).unwrap_or_default(),
-            )
-            .into_relaxed_extjson(),
+            Err(_) => {
+                bson::Bson::Document(bson::Document::try_from(ev.raw.as_ref()).unwrap_or_default())
+                    .into_relaxed_extjson()
+            }
         };
     }
     if let Some(data) = shard.and_then(|s| s.data.as_ref()) {

@@ -77,12 +77,14 @@ pub(crate) trait ShardedStream: Send + Sync + 'static {
     async fn list_shards(&self) -> Result<Vec<ListedShard>>;
 
     /// An iterator at the shard's oldest record (`after` = None) or after the record `after`.
-    async fn iterator(&self, shard: &str, after: Option<&str>)
-        -> std::result::Result<String, AwsError>;
+    async fn iterator(
+        &self,
+        shard: &str,
+        after: Option<&str>,
+    ) -> std::result::Result<String, AwsError>;
 
     /// One read from `iterator`.
-    async fn read(&self, shard: &str, iterator: &str)
-        -> std::result::Result<ShardRead, AwsError>;
+    async fn read(&self, shard: &str, iterator: &str) -> std::result::Result<ShardRead, AwsError>;
 }
 
 /// A source whose positions are planned at its first start and saved in strait's checkpoint
@@ -300,7 +302,8 @@ impl<S: ShardedStream> Follower<S> {
             );
             let mut skipped: Option<Position> = None;
             for rec in read.records {
-                let here = shard_position(shard, Some(&rec.seq), false, Some(seconds(rec.arrived_ms)));
+                let here =
+                    shard_position(shard, Some(&rec.seq), false, Some(seconds(rec.arrived_ms)));
                 last = Some(rec.seq.clone());
                 if p.skip_before_ms.is_some_and(|skip| rec.arrived_ms < skip) {
                     skipped = Some(here);

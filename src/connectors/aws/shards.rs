@@ -149,7 +149,10 @@ mod tests {
             },
         ];
         let mut progress = BTreeMap::new();
-        assert_eq!(ready(&listed, &progress, &HashSet::new()).unwrap(), ["A", "B"]);
+        assert_eq!(
+            ready(&listed, &progress, &HashSet::new()).unwrap(),
+            ["A", "B"]
+        );
         progress.insert("A".to_string(), done());
         let busy: HashSet<String> = ["B".to_string()].into();
         assert!(ready(&listed, &progress, &busy).unwrap().is_empty());

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub(crate) mod item;
+pub(crate) mod mapping;
 pub(crate) mod record;
 pub(crate) mod sink;
 pub(crate) mod source;

@@ -19,6 +19,7 @@ use bson::{RawDocumentBuf, Timestamp};
 use serde_json::{json, Map, Value};
 
 use super::item::{from_stream_item, item_from_bson, item_to_bson, Item};
+use super::mapping::{document_id, item_to_document};
 use crate::core::{ChangeEvent, OpType};
 use crate::error::Result;
 
@@ -58,6 +59,16 @@ impl EventName {
             EventName::Remove => "delete",
         }
     }
+}
+
+/// How items are written into strait's events.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Shape<'a> {
+    /// DynamoDB JSON in BSON (exact; for DynamoDB and Kinesis sinks).
+    DynamoJson,
+    /// MongoDB documents ([`mapping`](super::mapping)) keyed by `_id` from these key names
+    /// (hash key first); inserts and modifies are whole-document replaces.
+    Documents(&'a [String]),
 }
 
 /// One change of an item.
@@ -131,6 +142,7 @@ impl StreamChange {
         token: RawDocumentBuf,
         db: &str,
         coll: &str,
+        shape: Shape<'_>,
     ) -> Result<ChangeEvent> {
         let when = bson::DateTime::from_millis(self.created_ms);
         let mut dynamo = RawDocumentBuf::new();
@@ -161,8 +173,14 @@ impl StreamChange {
         ns.append(cstr!("db"), db);
         ns.append(cstr!("coll"), coll);
         let mut raw = RawDocumentBuf::new();
+        let op = match (shape, self.event_name) {
+            // A whole image replaces the document (a scanned item too: the target may hold an
+            // older state of it).
+            (Shape::Documents(_), EventName::Insert | EventName::Modify) => "replace",
+            _ => self.event_name.op(),
+        };
         raw.append(cstr!("_id"), token);
-        raw.append(cstr!("operationType"), self.event_name.op());
+        raw.append(cstr!("operationType"), op);
         raw.append(
             cstr!("clusterTime"),
             Timestamp {
@@ -172,12 +190,24 @@ impl StreamChange {
         );
         raw.append(cstr!("wallTime"), when);
         raw.append(cstr!("ns"), ns);
-        raw.append(cstr!("documentKey"), item_to_bson(&self.keys));
+        let image = |item: &Item| match shape {
+            Shape::DynamoJson => item_to_bson(item),
+            Shape::Documents(keys) => item_to_document(item, keys),
+        };
+        let key = match shape {
+            Shape::DynamoJson => item_to_bson(&self.keys),
+            Shape::Documents(keys) => {
+                let mut k = RawDocumentBuf::new();
+                k.append(cstr!("_id"), document_id(&self.keys, keys));
+                k
+            }
+        };
+        raw.append(cstr!("documentKey"), key);
         if let Some(new) = &self.new_image {
-            raw.append(cstr!("fullDocument"), item_to_bson(new));
+            raw.append(cstr!("fullDocument"), image(new));
         }
         if let Some(old) = &self.old_image {
-            raw.append(cstr!("fullDocumentBeforeChange"), item_to_bson(old));
+            raw.append(cstr!("fullDocumentBeforeChange"), image(old));
         }
         raw.append(cstr!("dynamodb"), dynamo);
         Ok(ChangeEvent::from_raw(raw)?)
@@ -233,10 +263,7 @@ impl StreamChange {
     /// The record as Kinesis Data Streams for DynamoDB writes it.
     pub(crate) fn to_json(&self) -> Value {
         let mut d = Map::new();
-        d.insert(
-            "ApproximateCreationDateTime".into(),
-            json!(self.created_ms),
-        );
+        d.insert("ApproximateCreationDateTime".into(), json!(self.created_ms));
         d.insert("Keys".into(), item_to_json(&self.keys));
         if let Some(n) = &self.new_image {
             d.insert("NewImage".into(), item_to_json(n));
@@ -427,15 +454,20 @@ mod tests {
             let bytes = serde_json::to_vec(&change.to_json()).unwrap();
             let back = StreamChange::from_json(&bytes).unwrap();
             prop_assert_eq!(&back, &change);
-            let ev = back.to_event(bson::rawdoc! { "shard": "s", "seq": "1" }, "dynamodb", "orders").unwrap();
+            let ev = back.to_event(bson::rawdoc! { "shard": "s", "seq": "1" }, "dynamodb", "orders", Shape::DynamoJson).unwrap();
             prop_assert_eq!(StreamChange::from_event(&ev).unwrap(), change);
         }
     }
 
     #[test]
     fn malformed_records_say_what_is_wrong() {
-        assert!(StreamChange::from_json(b"{").unwrap_err().starts_with("not JSON"));
-        let e = StreamChange::from_json(br#"{"eventName":"INSERT","dynamodb":{"Keys":{"pk":{"Q":"x"}}}}"#).unwrap_err();
+        assert!(StreamChange::from_json(b"{")
+            .unwrap_err()
+            .starts_with("not JSON"));
+        let e = StreamChange::from_json(
+            br#"{"eventName":"INSERT","dynamodb":{"Keys":{"pk":{"Q":"x"}}}}"#,
+        )
+        .unwrap_err();
         assert!(e.contains("Keys.pk"), "{e}");
         let e = StreamChange::from_json(br#"{"eventName":"UPSERT","dynamodb":{}}"#).unwrap_err();
         assert!(e.contains("UPSERT"), "{e}");

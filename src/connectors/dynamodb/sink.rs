@@ -14,20 +14,21 @@ use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::{
     AttributeValue, DeleteRequest, PutRequest, ReturnValuesOnConditionCheckFailure, WriteRequest,
 };
-use bson::RawDocument;
+use bson::{RawDocument, RawDocumentBuf};
 use futures::stream::{self, StreamExt};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::connectors::aws::client::{classify, Failure};
 use super::config::DynamoSinkConfig;
 use super::item::{item_from_bson, item_to_bson, key_names, Item};
-use crate::connectors::aws::AwsError;
+use super::mapping::document_to_item;
 use crate::backoff::Backoff;
-use crate::config::PipelineConfig;
+use crate::config::{PipelineConfig, SourceEndpoint};
+use crate::connectors::aws::client::{classify, Failure};
+use crate::connectors::aws::AwsError;
 use crate::connectors::{BatchPolicy, Ordering, Refusal, Sink, Written};
-use crate::core::{ChangeEvent, OpType};
+use crate::core::{ChangeEvent, Namespace, OpType};
 use crate::error::{Error, Result, Role};
 use crate::telemetry::Telemetry;
 
@@ -45,6 +46,9 @@ pub(crate) struct DynamoSink {
     keys: Mutex<HashMap<String, Arc<Vec<String>>>>,
     cancel: CancellationToken,
     telemetry: Arc<Telemetry>,
+    /// The changes are MongoDB documents (a MongoDB source), mapped to items
+    /// ([`mapping`](super::mapping)); else DynamoDB JSON from a DynamoDB or Kinesis source.
+    documents: bool,
 }
 
 /// What one change does to the target.
@@ -83,9 +87,15 @@ impl DynamoSink {
             keys: Mutex::new(HashMap::new()),
             cancel: cancel.clone(),
             telemetry: telemetry.clone(),
+            documents: matches!(pipeline.source, SourceEndpoint::Mongodb(_)),
         };
         if let Some(t) = &cfg.table {
-            sink.key_names(t).await?;
+            let keys = sink.key_names(t).await?;
+            if sink.documents && keys.as_slice() != ["_id"] {
+                return Err(Error::User(format!(
+                    "{name}: DynamoDB table {t} is keyed by {keys:?}; MongoDB documents need a table whose only key is the hash key \"_id\" (type S for ObjectId and string ids, N for numbers)"
+                )));
+            }
         }
         Ok(Arc::new(sink))
     }
@@ -129,7 +139,39 @@ impl DynamoSink {
         Ok(names)
     }
 
-    fn action(ev: &ChangeEvent) -> std::result::Result<Action, String> {
+    /// What a MongoDB source's change does to the target: `None` for an update whose document
+    /// was not looked up (deleted since: its delete follows).
+    fn document_action(ev: &ChangeEvent) -> std::result::Result<Option<Action>, String> {
+        match ev.op {
+            OpType::Insert | OpType::Update | OpType::Replace => match &ev.full_document {
+                Some(d) => Ok(Some(Action::Put(document_to_item(d)?))),
+                None if ev.op == OpType::Update => Ok(None),
+                None => Err("the change has no full document".into()),
+            },
+            OpType::Delete => {
+                let id = ev
+                    .document_key
+                    .as_deref()
+                    .and_then(|k| k.get("_id").ok().flatten())
+                    .ok_or("the delete has no _id")?;
+                let key = document_to_item(&bson::rawdoc! { "_id": bson::RawBson::from(id) })?;
+                Ok(Some(Action::Delete { key, old: None }))
+            }
+            ref other => Err(format!(
+                "{} is not a change of one document",
+                other.as_str()
+            )),
+        }
+    }
+
+    fn action(&self, ev: &ChangeEvent) -> std::result::Result<Option<Action>, String> {
+        if self.documents {
+            return Self::document_action(ev);
+        }
+        Self::item_action(ev).map(Some)
+    }
+
+    fn item_action(ev: &ChangeEvent) -> std::result::Result<Action, String> {
         let doc = |d: Option<&RawDocument>, what: &str| -> std::result::Result<Item, String> {
             let d = d.ok_or_else(|| format!("the change has no {what}"))?;
             item_from_bson(d)
@@ -445,6 +487,47 @@ impl Sink for DynamoSink {
         op.is_data()
     }
 
+    fn takes_copy(&self) -> bool {
+        // A MongoDB source's full sync hands its documents over here; a DynamoDB source's
+        // scan travels as events.
+        self.documents
+    }
+
+    async fn copy(&self, ns: &Namespace, docs: Vec<RawDocumentBuf>) -> Result<u64> {
+        let table = self
+            .cfg
+            .table
+            .clone()
+            .unwrap_or_else(|| ns.coll_name().to_string());
+        let mut actions = Vec::with_capacity(docs.len());
+        for (i, d) in docs.iter().enumerate() {
+            let item = document_to_item(d).map_err(|message| Error::Rejected {
+                ns: ns.to_string(),
+                code: 0,
+                message,
+            })?;
+            actions.push((i, Action::Put(item)));
+        }
+        let chunks: Vec<Vec<(usize, Action)>> = actions
+            .chunks(self.cfg.batch_items)
+            .map(<[_]>::to_vec)
+            .collect();
+        let results: Vec<Result<Vec<Refusal>>> = stream::iter(chunks)
+            .map(|c| {
+                let table = table.clone();
+                async move { self.write_batch(&table, &c).await }
+            })
+            .buffer_unordered(CONCURRENT_WRITES)
+            .collect()
+            .await;
+        for r in results {
+            if let Some(refused) = r?.into_iter().next() {
+                return Err(refused.error);
+            }
+        }
+        Ok(docs.len() as u64)
+    }
+
     fn ordering(&self) -> Ordering {
         Ordering::ByKey { lanes: self.lanes }
     }
@@ -463,8 +546,9 @@ impl Sink for DynamoSink {
         let mut groups: Vec<(String, Vec<(usize, Action)>)> = Vec::new();
         let mut index: HashMap<(&str, &[u8]), usize> = HashMap::new();
         for (i, ev) in batch.iter().enumerate() {
-            match Self::action(ev) {
-                Ok(a) => {
+            match self.action(ev) {
+                Ok(None) => {}
+                Ok(Some(a)) => {
                     let table = self.table_of(ev);
                     let g = *index.entry((table, ev.key_bytes())).or_insert_with(|| {
                         groups.push((table.to_string(), Vec::new()));

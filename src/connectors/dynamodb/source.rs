@@ -24,17 +24,18 @@ use tracing::{info, warn};
 
 use super::config::DynamoSourceConfig;
 use super::item::{item_from_bson, item_to_bson, key_names, key_of, Item};
-use super::record::{EventName, StreamChange};
-use crate::connectors::aws::dead_letter::DeadLetterFile;
-use crate::connectors::aws::client::{classify, AwsAccess, Failure};
-use crate::connectors::aws::follow::{
-    load_state, save_state, FollowSettings, PlannedSource, Follower, ShardOrigin, ShardRead, ShardRecord, ShardedStream,
-};
-use crate::connectors::aws::shards::{self, ListedShard, ShardProgress};
-use crate::connectors::aws::AwsError;
+use super::record::{EventName, Shape, StreamChange};
 use crate::backoff::Backoff;
 use crate::checkpoint::Checkpointer;
 use crate::config::{PipelineConfig, StartAt};
+use crate::connectors::aws::client::{classify, AwsAccess, Failure};
+use crate::connectors::aws::dead_letter::DeadLetterFile;
+use crate::connectors::aws::follow::{
+    load_state, save_state, FollowSettings, Follower, PlannedSource, ShardOrigin, ShardRead,
+    ShardRecord, ShardedStream,
+};
+use crate::connectors::aws::shards::{self, ListedShard, ShardProgress};
+use crate::connectors::aws::AwsError;
 use crate::connectors::{DeadLetters, Source, SourceItem};
 use crate::core::{ChangeEvent, Namespace, PartId, Position};
 use crate::error::{Error, Result, Role};
@@ -110,6 +111,18 @@ pub(crate) struct StreamsApi {
     database: String,
     table: String,
     origin_attribute: String,
+    key_names: Vec<String>,
+    /// Items as MongoDB documents (the sink is MongoDB).
+    documents: bool,
+}
+
+/// The shape of events for a sink that is (`documents`) or is not MongoDB.
+fn shape(documents: bool, key_names: &[String]) -> Shape<'_> {
+    if documents {
+        Shape::Documents(key_names)
+    } else {
+        Shape::DynamoJson
+    }
 }
 
 impl DynamoSource {
@@ -171,6 +184,8 @@ impl DynamoSource {
             database: src.database.clone(),
             table: src.table.clone(),
             origin_attribute: src.origin_attribute.clone(),
+            key_names: key_names(table.key_schema()),
+            documents: cfg.mongo_sink().is_some(),
         };
         let settings = FollowSettings {
             poll_interval: src.poll_interval,
@@ -189,16 +204,16 @@ impl DynamoSource {
             scan: Mutex::new(None),
             follower: Arc::new(Follower::new(api, settings, BTreeMap::new(), telemetry)),
             telemetry: telemetry.clone(),
-            dead_letters: src.dead_letter_file.as_ref().map(|p| {
-                DeadLetterFile::new(p, &cfg.id) as Arc<dyn DeadLetters>
-            }),
+            dead_letters: src
+                .dead_letter_file
+                .as_ref()
+                .map(|p| DeadLetterFile::new(p, &cfg.id) as Arc<dyn DeadLetters>),
         })
     }
 
     fn ns(&self) -> Namespace {
         Namespace::new(&self.src.database, Some(&self.src.table))
     }
-
 
     async fn set(&self, state: DynamoState) {
         *self.scan.lock().await = state.scan;
@@ -370,7 +385,10 @@ impl DynamoSource {
             for item in resp.items.unwrap_or_default() {
                 progress.copied.fetch_add(1, Relaxed);
                 let origin = item.get(&self.src.origin_attribute);
-                if self.follower.is_echo(origin.and_then(|v| v.as_s().ok()).map(String::as_str)) {
+                if self
+                    .follower
+                    .is_echo(origin.and_then(|v| v.as_s().ok()).map(String::as_str))
+                {
                     self.telemetry.two_way.echoes.fetch_add(1, Relaxed);
                     continue;
                 }
@@ -427,7 +445,13 @@ impl DynamoSource {
             size_bytes: None,
             user_identity: None,
         };
-        change.to_event(token, &self.src.database, &self.src.table)
+        let api = &self.follower.stream;
+        change.to_event(
+            token,
+            &self.src.database,
+            &self.src.table,
+            shape(api.documents, &api.key_names),
+        )
     }
 }
 
@@ -548,7 +572,6 @@ impl ShardedStream for StreamsApi {
         Ok(out)
     }
 
-
     async fn iterator(
         &self,
         shard: &str,
@@ -621,8 +644,13 @@ impl ShardedStream for StreamsApi {
                 token.append(cstr!("seq"), seq.as_str());
                 let change = decoded
                     .and_then(|c| {
-                        c.to_event(token, &self.database, &self.table)
-                            .map_err(|e| e.to_string())
+                        c.to_event(
+                            token,
+                            &self.database,
+                            &self.table,
+                            shape(self.documents, &self.key_names),
+                        )
+                        .map_err(|e| e.to_string())
                     })
                     .map_err(|reason| {
                         let origin: Arc<dyn crate::connectors::Origin> = Arc::new(ShardOrigin {
@@ -630,7 +658,10 @@ impl ShardedStream for StreamsApi {
                             seq: seq.clone(),
                             data: None,
                         });
-                        (origin, format!("stream record {seq} of shard {shard}: {reason}"))
+                        (
+                            origin,
+                            format!("stream record {seq} of shard {shard}: {reason}"),
+                        )
                     });
                 Some(ShardRecord {
                     seq,

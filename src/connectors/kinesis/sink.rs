@@ -313,7 +313,9 @@ mod tests {
         let entries: Vec<Entry> = (0..1200).map(|i| entry(i, &i.to_string(), 10)).collect();
         let sizes: Vec<usize> = rounds(entries, 500).iter().map(Vec::len).collect();
         assert_eq!(sizes, vec![500, 500, 200]);
-        let entries: Vec<Entry> = (0..12).map(|i| entry(i, &i.to_string(), 1_000_000)).collect();
+        let entries: Vec<Entry> = (0..12)
+            .map(|i| entry(i, &i.to_string(), 1_000_000))
+            .collect();
         for call in rounds(entries, 500) {
             assert!(call.iter().map(Entry::bytes).sum::<usize>() <= MAX_CALL_BYTES);
         }
@@ -321,7 +323,10 @@ mod tests {
 
     #[test]
     fn long_keys_hash_to_a_stable_partition_key() {
-        assert_eq!(partition_key("{\"pk\":{\"S\":\"a\"}}"), "{\"pk\":{\"S\":\"a\"}}");
+        assert_eq!(
+            partition_key("{\"pk\":{\"S\":\"a\"}}"),
+            "{\"pk\":{\"S\":\"a\"}}"
+        );
         let long = "k".repeat(300);
         let p = partition_key(&long);
         assert!(p.len() <= MAX_PARTITION_KEY);

@@ -21,15 +21,15 @@ use tracing::info;
 use super::config::KinesisSourceConfig;
 use crate::checkpoint::Checkpointer;
 use crate::config::{PipelineConfig, StartAt};
-use crate::connectors::aws::dead_letter::DeadLetterFile;
 use crate::connectors::aws::client::{classify, Failure};
+use crate::connectors::aws::dead_letter::DeadLetterFile;
 use crate::connectors::aws::follow::{
-    load_state, save_state, FollowSettings, PlannedSource, Follower, ShardOrigin, ShardRead, ShardRecord,
-    ShardedStream,
+    load_state, save_state, FollowSettings, Follower, PlannedSource, ShardOrigin, ShardRead,
+    ShardRecord, ShardedStream,
 };
 use crate::connectors::aws::shards::{self, ListedShard, ShardProgress};
 use crate::connectors::aws::AwsError;
-use crate::connectors::dynamodb::record::StreamChange;
+use crate::connectors::dynamodb::record::{Shape, StreamChange};
 use crate::connectors::{DeadLetters, Origin, Source, SourceItem};
 use crate::core::Position;
 use crate::error::{Error, Result, Role};
@@ -94,9 +94,10 @@ impl KinesisSource {
             checkpoint,
             follower: Arc::new(Follower::new(api, settings, BTreeMap::new(), telemetry)),
             telemetry: telemetry.clone(),
-            dead_letters: src.dead_letter_file.as_ref().map(|p| {
-                DeadLetterFile::new(p, &cfg.id) as Arc<dyn DeadLetters>
-            }),
+            dead_letters: src
+                .dead_letter_file
+                .as_ref()
+                .map(|p| DeadLetterFile::new(p, &cfg.id) as Arc<dyn DeadLetters>),
         })
     }
 
@@ -104,16 +105,17 @@ impl KinesisSource {
         &self.follower.stream.stream_arn
     }
 
-
     async fn plan(&self) -> Result<KinesisState> {
         let listed = self.follower.stream.list_shards().await?;
         let shards = if self.cfg.mode.copies() {
             shards::initial(&listed, None, false)
         } else {
             match self.cfg.stream.start_at {
-                StartAt::Now => {
-                    shards::initial(&listed, Some(bson::DateTime::now().timestamp_millis()), true)
-                }
+                StartAt::Now => shards::initial(
+                    &listed,
+                    Some(bson::DateTime::now().timestamp_millis()),
+                    true,
+                ),
                 StartAt::Timestamp(t) => shards::initial(&listed, Some(i64::from(t) * 1000), false),
             }
         };
@@ -276,7 +278,7 @@ impl ShardedStream for KinesisApi {
                 let change = decoded
                     .and_then(|c| {
                         let table = c.table.clone().unwrap_or_else(|| "items".into());
-                        c.to_event(token, &self.database, &table)
+                        c.to_event(token, &self.database, &table, Shape::DynamoJson)
                             .map_err(|e| e.to_string())
                     })
                     .map_err(|reason| {
