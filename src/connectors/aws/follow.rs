@@ -23,6 +23,7 @@ use super::shards::{self, ListedShard, ShardProgress};
 use super::AwsError;
 use crate::backoff::Backoff;
 use crate::checkpoint::{CheckpointError, Checkpointer};
+use crate::connectors::dynamodb::record::StreamChange;
 use crate::connectors::{Origin, SourceItem};
 use crate::core::{ChangeEvent, PartId, Position};
 use crate::error::{Error, Result};
@@ -56,6 +57,61 @@ pub(crate) struct ShardOrigin {
 impl Origin for ShardOrigin {
     fn as_any(&self) -> &dyn std::any::Any {
         self
+    }
+}
+
+impl ShardRecord {
+    /// A record of `shard` whose change `decoded` holds (or why it cannot be read): the change
+    /// becomes strait's event at the record's position (`{shard, seq}`) through `to_event`; a
+    /// record that cannot be read keeps its raw `data` for the dead-letter destination.
+    pub(crate) fn new(
+        shard: &str,
+        seq: String,
+        decoded: std::result::Result<StreamChange, String>,
+        arrived_ms: impl FnOnce(&StreamChange) -> i64,
+        origin_attribute: &str,
+        data: Option<Vec<u8>>,
+        to_event: impl FnOnce(&StreamChange, RawDocumentBuf) -> Result<ChangeEvent>,
+    ) -> Self {
+        let arrived_ms = decoded.as_ref().map(arrived_ms).unwrap_or(0);
+        let origin = decoded.as_ref().ok().and_then(|c| {
+            c.new_image
+                .as_ref()?
+                .get(origin_attribute)?
+                .as_s()
+                .ok()
+                .cloned()
+        });
+        let mut token = RawDocumentBuf::new();
+        token.append(cstr!("shard"), shard);
+        token.append(cstr!("seq"), seq.as_str());
+        let change = decoded
+            .and_then(|c| to_event(&c, token).map_err(|e| e.to_string()))
+            .map_err(|reason| {
+                let origin: Arc<dyn Origin> = Arc::new(ShardOrigin {
+                    shard: shard.to_string(),
+                    seq: seq.clone(),
+                    data,
+                });
+                (origin, format!("record {seq} of shard {shard}: {reason}"))
+            });
+        Self {
+            seq,
+            arrived_ms,
+            origin,
+            change,
+        }
+    }
+}
+
+/// The error of a `GetShardIterator` that answered without an iterator.
+pub(crate) fn no_iterator(shard: &str) -> AwsError {
+    AwsError::Call {
+        role: crate::error::Role::Source,
+        context: format!("opening shard {shard}"),
+        failure: Failure::Transient,
+        code: String::new(),
+        message: "no shard iterator returned".into(),
     }
 }
 

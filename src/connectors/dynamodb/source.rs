@@ -31,7 +31,7 @@ use crate::config::{PipelineConfig, StartAt};
 use crate::connectors::aws::client::{classify, AwsAccess, Failure};
 use crate::connectors::aws::dead_letter::DeadLetterFile;
 use crate::connectors::aws::follow::{
-    load_state, save_state, FollowSettings, Follower, PlannedSource, ShardOrigin, ShardRead,
+    load_state, no_iterator, save_state, FollowSettings, Follower, PlannedSource, ShardRead,
     ShardRecord, ShardedStream,
 };
 use crate::connectors::aws::shards::{self, ListedShard, ShardProgress};
@@ -596,13 +596,7 @@ impl ShardedStream for StreamsApi {
                 &self.target,
             )
         })?;
-        resp.shard_iterator.ok_or_else(|| AwsError::Call {
-            role: Role::Source,
-            context: format!("opening shard {shard}"),
-            failure: Failure::Transient,
-            code: String::new(),
-            message: "no shard iterator returned".into(),
-        })
+        resp.shard_iterator.ok_or_else(|| no_iterator(shard))
     }
 
     async fn read(&self, shard: &str, iterator: &str) -> std::result::Result<ShardRead, AwsError> {
@@ -628,47 +622,22 @@ impl ShardedStream for StreamsApi {
             .filter_map(|rec| {
                 let seq = rec.dynamodb.as_ref()?.sequence_number.clone()?;
                 let decoded = StreamChange::from_streams(rec, &self.table);
-                let (arrived_ms, origin) = match &decoded {
-                    Ok(c) => (
-                        c.created_ms,
-                        c.new_image
-                            .as_ref()
-                            .and_then(|m| m.get(&self.origin_attribute))
-                            .and_then(|v| v.as_s().ok())
-                            .cloned(),
-                    ),
-                    Err(_) => (0, None),
-                };
-                let mut token = RawDocumentBuf::new();
-                token.append(cstr!("shard"), shard);
-                token.append(cstr!("seq"), seq.as_str());
-                let change = decoded
-                    .and_then(|c| {
+                Some(ShardRecord::new(
+                    shard,
+                    seq,
+                    decoded,
+                    |c| c.created_ms,
+                    &self.origin_attribute,
+                    None,
+                    |c, token| {
                         c.to_event(
                             token,
                             &self.database,
                             &self.table,
                             shape(self.documents, &self.key_names),
                         )
-                        .map_err(|e| e.to_string())
-                    })
-                    .map_err(|reason| {
-                        let origin: Arc<dyn crate::connectors::Origin> = Arc::new(ShardOrigin {
-                            shard: shard.to_string(),
-                            seq: seq.clone(),
-                            data: None,
-                        });
-                        (
-                            origin,
-                            format!("stream record {seq} of shard {shard}: {reason}"),
-                        )
-                    });
-                Some(ShardRecord {
-                    seq,
-                    arrived_ms,
-                    origin,
-                    change,
-                })
+                    },
+                ))
             })
             .collect();
         Ok(ShardRead {

@@ -11,8 +11,6 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use aws_sdk_kinesis::types::ShardIteratorType;
-use bson::raw::cstr;
-use bson::RawDocumentBuf;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -24,13 +22,13 @@ use crate::config::{PipelineConfig, StartAt};
 use crate::connectors::aws::client::{classify, Failure};
 use crate::connectors::aws::dead_letter::DeadLetterFile;
 use crate::connectors::aws::follow::{
-    load_state, save_state, FollowSettings, Follower, PlannedSource, ShardOrigin, ShardRead,
+    load_state, no_iterator, save_state, FollowSettings, Follower, PlannedSource, ShardRead,
     ShardRecord, ShardedStream,
 };
 use crate::connectors::aws::shards::{self, ListedShard, ShardProgress};
 use crate::connectors::aws::AwsError;
 use crate::connectors::dynamodb::record::{Shape, StreamChange};
-use crate::connectors::{DeadLetters, Origin, Source, SourceItem};
+use crate::connectors::{DeadLetters, Source, SourceItem};
 use crate::core::Position;
 use crate::error::{Error, Result, Role};
 use crate::telemetry::{PipelineState, Telemetry};
@@ -228,13 +226,7 @@ impl ShardedStream for KinesisApi {
                 &self.target,
             )
         })?;
-        resp.shard_iterator.ok_or_else(|| AwsError::Call {
-            role: Role::Source,
-            context: format!("opening shard {shard}"),
-            failure: Failure::Transient,
-            code: String::new(),
-            message: "no shard iterator returned".into(),
-        })
+        resp.shard_iterator.ok_or_else(|| no_iterator(shard))
     }
 
     async fn read(&self, shard: &str, iterator: &str) -> std::result::Result<ShardRead, AwsError> {
@@ -257,45 +249,24 @@ impl ShardedStream for KinesisApi {
             .records
             .into_iter()
             .map(|rec| {
-                let seq = rec.sequence_number;
                 let arrived_ms = rec
                     .approximate_arrival_timestamp
                     .and_then(|t| t.to_millis().ok())
                     .unwrap_or(0);
                 let data = rec.data.into_inner();
                 let decoded = StreamChange::from_json(&data);
-                let origin = decoded.as_ref().ok().and_then(|c| {
-                    c.new_image
-                        .as_ref()?
-                        .get(&self.origin_attribute)?
-                        .as_s()
-                        .ok()
-                        .cloned()
-                });
-                let mut token = RawDocumentBuf::new();
-                token.append(cstr!("shard"), shard);
-                token.append(cstr!("seq"), seq.as_str());
-                let change = decoded
-                    .and_then(|c| {
-                        let table = c.table.clone().unwrap_or_else(|| "items".into());
-                        c.to_event(token, &self.database, &table, Shape::DynamoJson)
-                            .map_err(|e| e.to_string())
-                    })
-                    .map_err(|reason| {
-                        let reason = format!("Kinesis record {seq} of shard {shard}: {reason}");
-                        let origin: Arc<dyn Origin> = Arc::new(ShardOrigin {
-                            shard: shard.to_string(),
-                            seq: seq.clone(),
-                            data: Some(data),
-                        });
-                        (origin, reason)
-                    });
-                ShardRecord {
-                    seq,
-                    arrived_ms,
-                    origin,
-                    change,
-                }
+                ShardRecord::new(
+                    shard,
+                    rec.sequence_number,
+                    decoded,
+                    |_| arrived_ms,
+                    &self.origin_attribute,
+                    Some(data),
+                    |c, token| {
+                        let table = c.table.as_deref().unwrap_or("items");
+                        c.to_event(token, &self.database, table, Shape::DynamoJson)
+                    },
+                )
             })
             .collect();
         Ok(ShardRead {
