@@ -401,3 +401,38 @@ async fn records_that_cannot_be_read_or_written_go_to_the_dead_letter_file() {
     assert!(metrics.contains("refused"), "{metrics}");
     assert!(st.sigterm().success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_stream_stops_at_start_with_one_line() {
+    let moto = Moto::start();
+    let kl = KinesisLocal::start();
+    let c = moto.dynamodb().await;
+    create_table(&c, "orders", Some(StreamViewType::NewAndOldImages)).await;
+    create_table(&c, "orders_copy", None).await;
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in [
+        (
+            "sink",
+            to_kinesis(&moto, &kl, dir.path(), crate::common::free_port_for_tests()),
+        ),
+        (
+            "source",
+            from_kinesis(&moto, &kl, dir.path(), crate::common::free_port_for_tests()),
+        ),
+    ] {
+        let cfg = write_config(dir.path(), &format!("{name}.toml"), &text);
+        let (code, _, err) = crate::common::strait_cmd(
+            &["run", "-c", cfg.to_str().unwrap()],
+            Duration::from_secs(60),
+        );
+        assert_ne!(code, 0, "{name}: {err}");
+        let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(errors.len(), 1, "{name}: {err}");
+        assert!(
+            errors[0].contains("Kinesis stream hop does not exist")
+                && errors[0].contains("aws kinesis create-stream"),
+            "{name}: {}",
+            errors[0]
+        );
+    }
+}

@@ -63,17 +63,20 @@ impl Origin for ShardOrigin {
 impl ShardRecord {
     /// A record of `shard` whose change `decoded` holds (or why it cannot be read): the change
     /// becomes strait's event at the record's position (`{shard, seq}`) through `to_event`; a
-    /// record that cannot be read keeps its raw `data` for the dead-letter destination.
+    /// record that cannot be read keeps its raw `data` for the dead-letter destination. It
+    /// arrived at `arrived_ms` when the service says (Kinesis), else when the change was made.
     pub(crate) fn new(
         shard: &str,
         seq: String,
         decoded: std::result::Result<StreamChange, String>,
-        arrived_ms: impl FnOnce(&StreamChange) -> i64,
+        arrived_ms: Option<i64>,
         origin_attribute: &str,
         data: Option<Vec<u8>>,
         to_event: impl FnOnce(&StreamChange, RawDocumentBuf) -> Result<ChangeEvent>,
     ) -> Self {
-        let arrived_ms = decoded.as_ref().map(arrived_ms).unwrap_or(0);
+        let arrived_ms = arrived_ms
+            .or_else(|| decoded.as_ref().ok().map(|c| c.created_ms))
+            .unwrap_or(0);
         let origin = decoded.as_ref().ok().and_then(|c| {
             c.new_image
                 .as_ref()?

@@ -626,7 +626,7 @@ impl ShardedStream for StreamsApi {
                     shard,
                     seq,
                     decoded,
-                    |c| c.created_ms,
+                    None,
                     &self.origin_attribute,
                     None,
                     |c, token| {

@@ -116,7 +116,7 @@ impl KinesisSink {
         let sdk = access.sdk_config().await;
         let target = access.describe(sdk.region());
         let client = aws_sdk_kinesis::Client::new(&sdk);
-        let stream_arn = super::source::describe(&client, &cfg.stream, Role::Sink, &target).await?;
+        let stream_arn = super::stream_arn(&client, &cfg.stream, Role::Sink, &target).await?;
         Ok(Arc::new(Self {
             name: name.to_string(),
             cfg: cfg.clone(),
@@ -166,9 +166,7 @@ impl KinesisSink {
                     for (e, res) in call.into_iter().zip(r.records) {
                         if let Some(code) = res.error_code {
                             let failure = failure_of(&code, false);
-                            if !matches!(failure, Failure::Throttled | Failure::Transient)
-                                && code != "InternalFailure"
-                            {
+                            if !matches!(failure, Failure::Throttled | Failure::Transient) {
                                 return Err(Error::Aws(AwsError::Call {
                                     role: Role::Sink,
                                     context: format!("putting records into {}", self.cfg.stream),

@@ -17,9 +17,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::config::KinesisSourceConfig;
+use super::stream_arn;
 use crate::checkpoint::Checkpointer;
 use crate::config::{PipelineConfig, StartAt};
-use crate::connectors::aws::client::{classify, Failure};
+use crate::connectors::aws::client::classify;
 use crate::connectors::aws::dead_letter::DeadLetterFile;
 use crate::connectors::aws::follow::{
     load_state, no_iterator, save_state, FollowSettings, Follower, PlannedSource, ShardRead,
@@ -74,7 +75,7 @@ impl KinesisSource {
         let sdk = access.sdk_config().await;
         let target = access.describe(sdk.region());
         let client = aws_sdk_kinesis::Client::new(&sdk);
-        let stream_arn = describe(&client, &src.stream, Role::Source, &target).await?;
+        let stream_arn = stream_arn(&client, &src.stream, Role::Source, &target).await?;
         let api = KinesisApi {
             client,
             stream_arn,
@@ -131,34 +132,6 @@ impl KinesisSource {
         };
         save_state(&self.checkpoint, &state).await
     }
-}
-
-/// The ARN of a stream given by name or ARN; a missing stream is one clear line.
-pub(crate) async fn describe(
-    client: &aws_sdk_kinesis::Client,
-    stream: &str,
-    role: Role,
-    target: &str,
-) -> Result<String> {
-    let req = client.describe_stream_summary();
-    let req = if stream.starts_with("arn:") {
-        req.stream_arn(stream)
-    } else {
-        req.stream_name(stream)
-    };
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| classify(e, role, format!("describing Kinesis stream {stream}"), target))
-        .map_err(|e| match e.failure() {
-            Failure::NotFound => Error::User(format!(
-                "{role}: Kinesis stream {stream} does not exist at {target} (create it: aws kinesis create-stream --stream-name {stream} --shard-count 1)"
-            )),
-            _ => Error::Aws(e),
-        })?;
-    resp.stream_description_summary
-        .map(|d| d.stream_arn)
-        .ok_or_else(|| Error::Internal("DescribeStreamSummary without a summary".into()))
 }
 
 #[async_trait]
@@ -259,7 +232,7 @@ impl ShardedStream for KinesisApi {
                     shard,
                     rec.sequence_number,
                     decoded,
-                    |_| arrived_ms,
+                    Some(arrived_ms),
                     &self.origin_attribute,
                     Some(data),
                     |c, token| {
