@@ -117,22 +117,22 @@ pub struct DynamoSinkConfig {
     pub origin_attribute: String,
 }
 
-fn default_connect_timeout() -> Duration {
+pub(crate) fn default_connect_timeout() -> Duration {
     Duration::from_secs(10)
 }
-fn default_poll_interval() -> Duration {
+pub(crate) fn default_poll_interval() -> Duration {
     Duration::from_millis(200)
 }
-fn default_shard_refresh() -> Duration {
+pub(crate) fn default_shard_refresh() -> Duration {
     Duration::from_secs(5)
 }
-fn default_database() -> String {
+pub(crate) fn default_database() -> String {
     "dynamodb".into()
 }
 fn default_batch_items() -> usize {
     25
 }
-fn default_origin_attribute() -> String {
+pub(crate) fn default_origin_attribute() -> String {
     "last_updater_region".into()
 }
 
@@ -180,7 +180,28 @@ pub(crate) fn validate_access(
     }
 }
 
-fn redact(secret: &mut Option<String>) {
+/// The checks of a stream source's two-way and namespace keys (DynamoDB and Kinesis).
+pub(crate) fn validate_naming(
+    ignore_origin: &Option<String>,
+    origin_attribute: &str,
+    database: &str,
+) -> Result<(), InvalidSetting> {
+    if ignore_origin.as_deref() == Some("") || origin_attribute.is_empty() {
+        return Err(InvalidSetting::new(
+            "ignore_origin",
+            "ignore_origin and origin_attribute must not be empty",
+        ));
+    }
+    if database.is_empty() || database.contains('.') {
+        return Err(InvalidSetting::new(
+            "database",
+            "must be a non-empty name without dots",
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn redact(secret: &mut Option<String>) {
     if secret.is_some() {
         *secret = Some("***".into());
     }
@@ -207,18 +228,7 @@ impl DynamoSourceConfig {
         if self.table.is_empty() {
             return Err(InvalidSetting::new("table", "must not be empty"));
         }
-        if self.ignore_origin.as_deref() == Some("") || self.origin_attribute.is_empty() {
-            return Err(InvalidSetting::new(
-                "ignore_origin",
-                "ignore_origin and origin_attribute must not be empty",
-            ));
-        }
-        if self.database.is_empty() || self.database.contains('.') {
-            return Err(InvalidSetting::new(
-                "database",
-                "must be a non-empty name without dots",
-            ));
-        }
+        validate_naming(&self.ignore_origin, &self.origin_attribute, &self.database)?;
         validate_access(
             &self.endpoint,
             (&self.access_key_id, &self.secret_access_key),

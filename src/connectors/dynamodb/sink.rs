@@ -389,6 +389,30 @@ impl DynamoSink {
         Ok(Vec::new())
     }
 
+    /// Writes each table's puts and deletes (one per item) in `BatchWriteItem` calls of
+    /// `batch_items`, `CONCURRENT_WRITES` at once; returns the changes DynamoDB refused.
+    async fn write_batches(
+        &self,
+        per_table: impl IntoIterator<Item = (String, Vec<(usize, Action)>)>,
+    ) -> Result<Vec<Refusal>> {
+        let mut chunks: Vec<(String, Vec<(usize, Action)>)> = Vec::new();
+        for (table, entries) in per_table {
+            for c in entries.chunks(self.cfg.batch_items) {
+                chunks.push((table.clone(), c.to_vec()));
+            }
+        }
+        let results: Vec<Result<Vec<Refusal>>> = stream::iter(chunks)
+            .map(|(t, c)| async move { self.write_batch(&t, &c).await })
+            .buffer_unordered(CONCURRENT_WRITES)
+            .collect()
+            .await;
+        let mut refused = Vec::new();
+        for r in results {
+            refused.extend(r?);
+        }
+        Ok(refused)
+    }
+
     async fn write_singly(&self, table: &str, entries: &[(usize, Action)]) -> Result<Vec<Refusal>> {
         let mut refused = Vec::new();
         for (i, a) in entries {
@@ -508,22 +532,13 @@ impl Sink for DynamoSink {
             })?;
             actions.push((i, Action::Put(item)));
         }
-        let chunks: Vec<Vec<(usize, Action)>> = actions
-            .chunks(self.cfg.batch_items)
-            .map(<[_]>::to_vec)
-            .collect();
-        let results: Vec<Result<Vec<Refusal>>> = stream::iter(chunks)
-            .map(|c| {
-                let table = table.clone();
-                async move { self.write_batch(&table, &c).await }
-            })
-            .buffer_unordered(CONCURRENT_WRITES)
-            .collect()
-            .await;
-        for r in results {
-            if let Some(refused) = r?.into_iter().next() {
-                return Err(refused.error);
-            }
+        if let Some(refused) = self
+            .write_batches([(table, actions)])
+            .await?
+            .into_iter()
+            .next()
+        {
+            return Err(refused.error);
         }
         Ok(docs.len() as u64)
     }
@@ -574,20 +589,7 @@ impl Sink for DynamoSink {
                     per_table.entry(table).or_default().push(last);
                 }
             }
-            let mut chunks: Vec<(String, Vec<(usize, Action)>)> = Vec::new();
-            for (table, entries) in per_table {
-                for c in entries.chunks(self.cfg.batch_items) {
-                    chunks.push((table.clone(), c.to_vec()));
-                }
-            }
-            let results: Vec<Result<Vec<Refusal>>> = stream::iter(chunks)
-                .map(|(t, c)| async move { self.write_batch(&t, &c).await })
-                .buffer_unordered(CONCURRENT_WRITES)
-                .collect()
-                .await;
-            for r in results {
-                written.refused.extend(r?);
-            }
+            written.refused = self.write_batches(per_table).await?;
             return Ok(written);
         }
         // Last writer wins: each change conditional, one item's changes in order.

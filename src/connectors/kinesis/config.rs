@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::connectors::aws::client::AwsAccess;
+use crate::connectors::dynamodb::config as ddb;
 use crate::connectors::InvalidSetting;
 
 /// A Kinesis data stream read shard by shard.
@@ -36,25 +37,25 @@ pub struct KinesisSourceConfig {
     #[serde(default)]
     pub session_token: Option<String>,
     /// How long to wait for a connection.
-    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    #[serde(default = "ddb::default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// Wait between reads of a shard that had nothing new (Kinesis allows 5 reads a second per
     /// shard, shared by every consumer).
-    #[serde(default = "default_poll_interval", with = "humantime_serde")]
+    #[serde(default = "ddb::default_poll_interval", with = "humantime_serde")]
     pub poll_interval: Duration,
     /// How often the shard list is read for new shards (after splits and merges).
-    #[serde(default = "default_shard_refresh", with = "humantime_serde")]
+    #[serde(default = "ddb::default_shard_refresh", with = "humantime_serde")]
     pub shard_refresh: Duration,
     /// The database name changes get in strait's namespaces (`<database>.<tableName>`, the
     /// table named in each record), for `scope`, `rename` and the sink's default table.
-    #[serde(default = "default_database")]
+    #[serde(default = "ddb::default_database")]
     pub database: String,
     /// Two-way sync: inserts and updates whose new image has `origin_attribute` equal to this
     /// value are passed over (written by the other direction).
     #[serde(default)]
     pub ignore_origin: Option<String>,
     /// The attribute naming where an item's last change was made (two-way sync).
-    #[serde(default = "default_origin_attribute")]
+    #[serde(default = "ddb::default_origin_attribute")]
     pub origin_attribute: String,
     /// A file where changes the sink refuses for good (an item DynamoDB does not take) and
     /// records that cannot be read are appended, one JSON line each with the reason, before the
@@ -92,28 +93,13 @@ pub struct KinesisSinkConfig {
     #[serde(default)]
     pub session_token: Option<String>,
     /// How long to wait for a connection.
-    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    #[serde(default = "ddb::default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// Records per `PutRecords` call (at most 500; a call also stays under 5 MiB).
     #[serde(default = "default_batch_records")]
     pub batch_records: usize,
 }
 
-fn default_connect_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_poll_interval() -> Duration {
-    Duration::from_millis(200)
-}
-fn default_shard_refresh() -> Duration {
-    Duration::from_secs(5)
-}
-fn default_database() -> String {
-    "dynamodb".into()
-}
-fn default_origin_attribute() -> String {
-    "last_updater_region".into()
-}
 fn default_batch_records() -> usize {
     500
 }
@@ -121,7 +107,7 @@ fn default_batch_records() -> usize {
 impl KinesisSourceConfig {
     /// Where and as whom to reach AWS.
     pub(crate) fn access(&self) -> AwsAccess {
-        crate::connectors::dynamodb::config::access(
+        ddb::access(
             &self.region,
             &self.endpoint,
             &self.profile,
@@ -139,19 +125,8 @@ impl KinesisSourceConfig {
         if self.stream.is_empty() {
             return Err(InvalidSetting::new("stream", "must not be empty"));
         }
-        if self.ignore_origin.as_deref() == Some("") || self.origin_attribute.is_empty() {
-            return Err(InvalidSetting::new(
-                "ignore_origin",
-                "ignore_origin and origin_attribute must not be empty",
-            ));
-        }
-        if self.database.is_empty() || self.database.contains('.') {
-            return Err(InvalidSetting::new(
-                "database",
-                "must be a non-empty name without dots",
-            ));
-        }
-        crate::connectors::dynamodb::config::validate_access(
+        ddb::validate_naming(&self.ignore_origin, &self.origin_attribute, &self.database)?;
+        ddb::validate_access(
             &self.endpoint,
             (&self.access_key_id, &self.secret_access_key),
         )
@@ -159,18 +134,15 @@ impl KinesisSourceConfig {
 
     /// Hides the secret key, for printing.
     pub(crate) fn redact(&mut self) {
-        for s in [&mut self.secret_access_key, &mut self.session_token] {
-            if s.is_some() {
-                *s = Some("***".into());
-            }
-        }
+        ddb::redact(&mut self.secret_access_key);
+        ddb::redact(&mut self.session_token);
     }
 }
 
 impl KinesisSinkConfig {
     /// Where and as whom to reach AWS.
     pub(crate) fn access(&self) -> AwsAccess {
-        crate::connectors::dynamodb::config::access(
+        ddb::access(
             &self.region,
             &self.endpoint,
             &self.profile,
@@ -194,7 +166,7 @@ impl KinesisSinkConfig {
                 "must be between 1 and 500 (PutRecords' limit)",
             ));
         }
-        crate::connectors::dynamodb::config::validate_access(
+        ddb::validate_access(
             &self.endpoint,
             (&self.access_key_id, &self.secret_access_key),
         )
@@ -202,10 +174,7 @@ impl KinesisSinkConfig {
 
     /// Hides the secret key, for printing.
     pub(crate) fn redact(&mut self) {
-        for s in [&mut self.secret_access_key, &mut self.session_token] {
-            if s.is_some() {
-                *s = Some("***".into());
-            }
-        }
+        ddb::redact(&mut self.secret_access_key);
+        ddb::redact(&mut self.session_token);
     }
 }
