@@ -277,7 +277,7 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match rt.block_on(dispatch(cli.command)) {
+    let code = match rt.block_on(dispatch(cli.command)) {
         Ok(code) => code,
         Err(e) => {
             let code = match e.downcast_ref::<Error>().map(Error::class) {
@@ -287,7 +287,13 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(code)
         }
-    }
+    };
+    // Exit without shutting the runtime down: a dropped MongoDB client spawns its `endSessions`
+    // task, and if the shutdown drops the connection pool's worker under it the driver (3.9)
+    // panics in that task, printing a backtrace after strait's own last line. Everything
+    // strait must make durable is synced by the time `dispatch` returns.
+    std::mem::forget(rt);
+    code
 }
 
 async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {

@@ -60,36 +60,51 @@ impl ArchiveError {
     /// rather than wait for a server to come back.
     pub fn is_user(&self) -> bool {
         match self {
-            ArchiveError::Store { error, .. } => matches!(
-                **error,
-                object_store::Error::NotFound { .. }
-                    | object_store::Error::PermissionDenied { .. }
-                    | object_store::Error::Unauthenticated { .. }
-            ),
+            ArchiveError::Store { error, .. } => refusal(error).is_some(),
             ArchiveError::Invalid { .. } => true,
             ArchiveError::Corrupt { .. } => false,
         }
     }
 }
 
-/// A one-line account of a store error: what kind of refusal it is and its root cause (the
-/// store's own message repeats every layer of its chain).
-fn describe(e: &object_store::Error) -> String {
-    let kind = match e {
-        object_store::Error::NotFound { .. } => "not found (does the bucket exist?): ",
-        object_store::Error::PermissionDenied { .. } => {
-            "permission denied (check the credentials and the bucket policy): "
+/// What the user must fix when the store refused a request, or `None` for a failure that may
+/// pass. `object_store` types some refusals only by the HTTP status in its message (a `LIST`
+/// of a missing bucket is a generic error reading "status code: 404 Not Found").
+fn refusal(e: &object_store::Error) -> Option<&'static str> {
+    const NOT_FOUND: &str = "not found (does the bucket exist?): ";
+    const DENIED: &str = "permission denied (check the credentials and the bucket policy): ";
+    const UNAUTHENTICATED: &str = "authentication failed (check the access key and secret): ";
+    match e {
+        object_store::Error::NotFound { .. } => Some(NOT_FOUND),
+        object_store::Error::PermissionDenied { .. } => Some(DENIED),
+        object_store::Error::Unauthenticated { .. } => Some(UNAUTHENTICATED),
+        _ => {
+            let root = root_cause(e);
+            let status = root.split_once("status code: ")?.1.get(..3)?;
+            match status {
+                "404" => Some(NOT_FOUND),
+                "403" => Some(DENIED),
+                "401" => Some(UNAUTHENTICATED),
+                _ => None,
+            }
         }
-        object_store::Error::Unauthenticated { .. } => {
-            "authentication failed (check the access key and secret): "
-        }
-        _ => "",
-    };
+    }
+}
+
+/// The innermost error's message (the store's own display repeats every layer of its chain).
+fn root_cause(e: &object_store::Error) -> String {
     let mut root: &dyn std::error::Error = e;
     while let Some(next) = root.source() {
         root = next;
     }
-    let mut msg = root.to_string().replace('\n', " ");
+    root.to_string()
+}
+
+/// A one-line account of a store error: what kind of refusal it is and its root cause (the
+/// store's own message repeats every layer of its chain).
+fn describe(e: &object_store::Error) -> String {
+    let kind = refusal(e).unwrap_or_default();
+    let mut msg = root_cause(e).replace('\n', " ");
     if msg.len() > 400 {
         let mut cut = 400;
         while !msg.is_char_boundary(cut) {
@@ -255,5 +270,48 @@ impl ArchiveSink {
             .filter(|l| !l.is_empty())
             .map(|l| serde_json::from_slice(l).map_err(|e| corrupt(e.to_string())))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("Server returned non-2xx status code: {0}: <Error><Code>X</Code></Error>")]
+    struct Status(&'static str);
+
+    fn generic(status: &'static str) -> object_store::Error {
+        object_store::Error::Generic {
+            store: "S3",
+            source: Box::new(Status(status)),
+        }
+    }
+
+    #[test]
+    fn refusals_typed_only_by_their_http_status_are_the_users_to_fix() {
+        assert_eq!(
+            refusal(&generic("404 Not Found")),
+            Some("not found (does the bucket exist?): ")
+        );
+        assert!(refusal(&generic("403 Forbidden"))
+            .unwrap()
+            .starts_with("permission denied"));
+        assert!(refusal(&generic("401 Unauthorized"))
+            .unwrap()
+            .starts_with("authentication"));
+        assert_eq!(refusal(&generic("503 Service Unavailable")), None);
+        let e = ArchiveError::Store {
+            sink: "deletes".into(),
+            target: "s3://b".into(),
+            context: "listing the archive".into(),
+            error: Box::new(generic("404 Not Found")),
+        };
+        assert!(e.is_user());
+        assert_eq!(
+            e.to_string(),
+            "archive sink deletes (s3://b): listing the archive: not found (does the bucket \
+             exist?): Server returned non-2xx status code: 404 Not Found: <Error><Code>X</Code></Error>"
+        );
     }
 }
