@@ -151,6 +151,9 @@ pub struct Status {
     pub pending: usize,
     /// Events read from the source.
     pub read: u64,
+    /// Changes and records sent to the source's dead letters (file, SQS queue, Kafka topic).
+    #[serde(default)]
+    pub dead_lettered: u64,
     /// Writes applied per operation type.
     pub applied: serde_json::Value,
     /// Per kind of sink: applied and failed.
@@ -200,6 +203,7 @@ pub fn status_of(cfg: &PipelineConfig, t: &Telemetry, control: &Control) -> Stat
         lane_queue_depth: t.lane_depths(),
         pending: s.pending,
         read: s.read,
+        dead_lettered: t.dead_lettered.load(std::sync::atomic::Ordering::Relaxed),
         applied: json!({ "insert": s.inserts, "update": s.updates, "replace": s.replaces, "delete": s.deletes, "ddl": s.ddl, "skipped": s.skipped }),
         sinks: {
             use std::sync::atomic::Ordering::Relaxed;

@@ -1442,4 +1442,18 @@ mod tests {
         );
         assert_eq!(redact_uri("mongodb://h:1"), "mongodb://h:1");
     }
+
+    #[test]
+    fn a_stream_source_keeps_its_dead_letters_in_one_place() {
+        let text = "[source]\ntype = \"dynamodb\"\ntable = \"t\"\ndead_letter_file = \"d.jsonl\"\ndead_letter_queue = \"q\"\n[sink]\ntype = \"dynamodb\"\ntable = \"u\"\n[checkpoint]\nstore = \"file\"\npath = \"c.json\"\n";
+        let e = PipelineConfig::parse(text, Path::new("p.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("dead_letter_queue") && e.contains("not both"),
+            "{e}"
+        );
+        let one = text.replace("dead_letter_file = \"d.jsonl\"\n", "");
+        PipelineConfig::parse(&one, Path::new("p.toml")).unwrap();
+    }
 }

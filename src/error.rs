@@ -19,6 +19,8 @@ pub enum Role {
     Checkpoint,
     /// The control database of `strait serve` (pipeline configs, workers, leases).
     Control,
+    /// Where refused changes are kept (a DynamoDB or Kinesis source's SQS queue).
+    DeadLetters,
 }
 
 impl std::fmt::Display for Role {
@@ -28,6 +30,7 @@ impl std::fmt::Display for Role {
             Role::Sink => "sink",
             Role::Checkpoint => "checkpoint store",
             Role::Control => "control database",
+            Role::DeadLetters => "dead-letter queue",
         })
     }
 }

@@ -240,6 +240,11 @@ impl Collector for PipelineCollector {
                 t.stream_restarts.load(Relaxed),
             ),
             (
+                "strait_dead_lettered",
+                "Changes and records sent to the dead letters (file, SQS queue, Kafka topic).",
+                t.dead_lettered.load(Relaxed),
+            ),
+            (
                 "strait_unique_key_repairs",
                 "Writes that collided on a unique secondary index and were repaired from the source's current documents.",
                 t.unique_repairs.load(Relaxed),

@@ -74,6 +74,8 @@ pub struct Telemetry {
     /// Writes that collided on a unique secondary index and were repaired from the source's
     /// current documents.
     pub unique_repairs: AtomicU64,
+    /// Changes and records sent to the source's dead letters (file, SQS queue, Kafka topic).
+    pub dead_lettered: AtomicU64,
     /// Writes per sink round trip.
     pub batch_size: Histogram,
     /// Seconds per sink round trip.
@@ -270,6 +272,7 @@ impl Default for Telemetry {
             last_error: Mutex::new(None),
             stream_restarts: AtomicU64::new(0),
             unique_repairs: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
             archive: ArchiveCounters::default(),
             kafka: KafkaCounters::default(),
             sinks: Mutex::new(Vec::new()),

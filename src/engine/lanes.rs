@@ -109,6 +109,9 @@ pub(crate) async fn run_lane(
                     dl.dead_letter(item.origin.as_deref(), Some(&item.ev), &r.error.to_string())
                         .await?;
                     counters.refused(1);
+                    telemetry
+                        .dead_lettered
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 None => return Err(r.error),
             }

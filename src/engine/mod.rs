@@ -307,7 +307,12 @@ impl Dispatcher<'_> {
             } => {
                 let window = self.window(&pos.part);
                 match self.dead_letters {
-                    Some(dl) => dl.dead_letter(Some(origin.as_ref()), None, &reason).await?,
+                    Some(dl) => {
+                        dl.dead_letter(Some(origin.as_ref()), None, &reason).await?;
+                        e.telemetry
+                            .dead_lettered
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     None => return Err(Error::Internal(format!("undecodable record: {reason}"))),
                 }
                 window.push_done(pos);

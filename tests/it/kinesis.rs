@@ -267,13 +267,18 @@ fn record(event: &str, keys: serde_json::Value, new: Option<serde_json::Value>) 
     .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn records_that_cannot_be_read_or_written_go_to_the_dead_letter_file() {
-    let moto = Moto::start();
-    let kl = KinesisLocal::start();
+/// Puts two good records and three bad ones on stream "hop" (kinesis-local), runs
+/// `from-kinesis` with `dead_letter` (the source's dead-letter key) into moto's table
+/// `orders_copy` (created by the caller), waits for the good ones in the table, and gives the running process.
+async fn run_with_bad_records(
+    moto: &Moto,
+    kl: &KinesisLocal,
+    dir: &std::path::Path,
+    port: u16,
+    dead_letter: &str,
+) -> Strait {
     let c = moto.dynamodb().await;
     let k = kl.client().await;
-    create_table(&c, "orders_copy", None).await;
     k.create_stream()
         .stream_name("hop")
         .shard_count(1)
@@ -317,18 +322,12 @@ async fn records_that_cannot_be_read_or_written_go_to_the_dead_letter_file() {
             .await
             .unwrap();
     }
-    let dir = tempfile::tempdir().unwrap();
-    let dead = dir.path().join("dead.jsonl");
-    let port = crate::common::free_port_for_tests();
-    let cfg = from_kinesis(&moto, &kl, dir.path(), port).replace(
+    let cfg = from_kinesis(moto, kl, dir, port).replace(
         "shard_refresh = \"1s\"\n",
-        &format!(
-            "shard_refresh = \"1s\"\ndead_letter_file = \"{}\"\n",
-            dead.display()
-        ),
+        &format!("shard_refresh = \"1s\"\n{dead_letter}\n"),
     );
-    let cfg = write_config(dir.path(), "b.toml", &cfg);
-    let mut st = Strait::spawn(&cfg, &dir.path().join("b.log"));
+    let cfg = write_config(dir, "b.toml", &cfg);
+    let st = Strait::spawn(&cfg, &dir.join("b.log"));
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let items = crate::common::aws::all_items(&c, "orders_copy").await;
@@ -346,26 +345,20 @@ async fn records_that_cannot_be_read_or_written_go_to_the_dead_letter_file() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // Each key has its own lane: the refused ones may land after "c".
-    let lines: Vec<serde_json::Value> = loop {
-        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&dead)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        if lines.len() >= 3 || std::time::Instant::now() > deadline {
-            break lines;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    assert_eq!(lines.len(), 3, "{lines:?}\n{}", st.log_text());
+    st
+}
+
+/// Checks the three dead letters of `run_with_bad_records` (in the order they were written),
+/// and gives the one of the item over 400 KB.
+fn check_dead_letters(lines: &[serde_json::Value]) -> serde_json::Value {
+    assert_eq!(lines.len(), 3, "{lines:?}");
     assert_eq!(lines[0]["data"], "{not json", "{}", lines[0]);
     assert!(
         lines[0]["reason"].as_str().unwrap().contains("not JSON"),
         "{}",
         lines[0]
     );
-    for l in &lines {
+    for l in lines {
         assert_eq!(l["pipeline"], "from-kinesis");
         assert!(l["shard"].as_str().unwrap().starts_with("shardId-"), "{l}");
         assert!(!l["seq"].as_str().unwrap().is_empty(), "{l}");
@@ -390,6 +383,32 @@ async fn records_that_cannot_be_read_or_written_go_to_the_dead_letter_file() {
         "{}",
         big["reason"]
     );
+    big.clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn records_that_cannot_be_read_or_written_go_to_the_dead_letter_file() {
+    let (moto, kl) = (Moto::start(), KinesisLocal::start());
+    create_table(&moto.dynamodb().await, "orders_copy", None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let dead = dir.path().join("dead.jsonl");
+    let port = crate::common::free_port_for_tests();
+    let key = format!("dead_letter_file = \"{}\"", dead.display());
+    let mut st = run_with_bad_records(&moto, &kl, dir.path(), port, &key).await;
+    // Each key has its own lane: the refused ones may land after "c".
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let lines: Vec<serde_json::Value> = loop {
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&dead)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if lines.len() >= 3 || std::time::Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let big = check_dead_letters(&lines);
     assert_eq!(
         big["record"]["dynamodb"]["NewImage"]["note"]["S"]
             .as_str()
@@ -399,6 +418,87 @@ async fn records_that_cannot_be_read_or_written_go_to_the_dead_letter_file() {
     );
     let (_, metrics) = crate::api::http(port, "GET", "/metrics", "").await;
     assert!(metrics.contains("refused"), "{metrics}");
+    assert!(
+        metrics.contains("strait_dead_lettered_total{pipeline=\"from-kinesis\"} 3"),
+        "{metrics}"
+    );
+    assert!(st.sigterm().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dead_letters_go_to_an_sqs_queue_with_the_sinks_access() {
+    let (moto, kl) = (Moto::start(), KinesisLocal::start());
+    create_table(&moto.dynamodb().await, "orders_copy", None).await;
+    let sqs = moto.sqs().await;
+    let url = sqs
+        .create_queue()
+        .queue_name("strait-dead")
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // A queue that does not exist stops the pipeline at start, with one line.
+    let missing = from_kinesis(&moto, &kl, dir.path(), crate::common::free_port_for_tests())
+        .replace(
+            "shard_refresh = \"1s\"\n",
+            "shard_refresh = \"1s\"\ndead_letter_queue = \"no-such-queue\"\n",
+        );
+    let k = kl.client().await;
+    k.create_stream()
+        .stream_name("probe")
+        .shard_count(1)
+        .send()
+        .await
+        .unwrap();
+    kl.wait_active(&k, "probe").await;
+    let missing = write_config(
+        dir.path(),
+        "missing.toml",
+        &missing.replace("stream = \"hop\"", "stream = \"probe\""),
+    );
+    let (code, out, err) = crate::common::strait_cmd(
+        &["run", "-c", missing.to_str().unwrap()],
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, 2, "{out}{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("dead-letter queue no-such-queue") && last.contains("NonExistentQueue"),
+        "{err}"
+    );
+
+    let port = crate::common::free_port_for_tests();
+    let key = "dead_letter_queue = \"strait-dead\"";
+    let mut st = run_with_bad_records(&moto, &kl, dir.path(), port, key).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut letters = Vec::new();
+    while letters.len() < 3 && std::time::Instant::now() < deadline {
+        let got = sqs
+            .receive_message()
+            .queue_url(&url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
+        for m in got.messages() {
+            letters.push(serde_json::from_str::<serde_json::Value>(m.body().unwrap()).unwrap());
+        }
+    }
+    // SQS does not keep the order; the undecodable record has "data".
+    letters.sort_by_key(|l| l.get("data").is_none());
+    let big = check_dead_letters(&letters);
+    // The 410 KB image does not fit in an SQS message: the keys stay, the images go.
+    assert!(big["record"]["dynamodb"].get("NewImage").is_none(), "{big}");
+    assert!(
+        big["omitted"].as_str().unwrap().contains("message limit"),
+        "{big}"
+    );
+    let (_, status) = crate::api::http(port, "GET", "/status", "").await;
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["dead_lettered"], 3, "{status}");
     assert!(st.sigterm().success());
 }
 

@@ -171,7 +171,9 @@ pub(crate) fn failure_of(code: &str, server_error: bool) -> Failure {
         | "IncompleteSignature"
         | "InvalidClientTokenId"
         | "SignatureDoesNotMatch" => Failure::Auth,
-        "ResourceNotFoundException" => Failure::NotFound,
+        "ResourceNotFoundException"
+        | "QueueDoesNotExist"
+        | "AWS.SimpleQueueService.NonExistentQueue" => Failure::NotFound,
         "ConditionalCheckFailedException" => Failure::ConditionFailed,
         "TrimmedDataAccessException" => Failure::Trimmed,
         "ExpiredIteratorException" => Failure::IteratorExpired,

@@ -1,6 +1,7 @@
-//! The dead-letter file of a DynamoDB or Kinesis source: changes the target refused for good
-//! and records that could not be read, one JSON line each with the reason, appended and synced
-//! before the pipeline goes past them.
+//! Where a DynamoDB or Kinesis source keeps the changes the target refused for good and the
+//! records that could not be read: a file (one JSON line each, appended and synced) or an SQS
+//! queue (one message each, the same JSON as its body), written before the pipeline goes past
+//! them.
 //!
 //! ```json
 //! {"time": "2026-12-04T19:20:00Z", "pipeline": "cn-to-global", "reason": "...",
@@ -12,16 +13,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 use tracing::warn;
 
+use super::client::{classify, AwsAccess};
 use super::follow::ShardOrigin;
 use crate::connectors::dynamodb::record::StreamChange;
 use crate::connectors::{DeadLetters, Origin};
 use crate::core::ChangeEvent;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Role};
 
 /// Appends dead letters to a file.
 pub(crate) struct DeadLetterFile {
@@ -44,13 +46,13 @@ impl DeadLetterFile {
     }
 }
 
-/// One dead letter as its JSON line.
-pub(crate) fn dead_letter_line(
+/// One dead letter as JSON.
+pub(crate) fn dead_letter_json(
     pipeline: &str,
     origin: Option<&dyn Origin>,
     event: Option<&ChangeEvent>,
     reason: &str,
-) -> String {
+) -> Value {
     let mut line = json!({
         "time": bson::DateTime::now().try_to_rfc3339_string().unwrap_or_default(),
         "pipeline": pipeline,
@@ -77,7 +79,7 @@ pub(crate) fn dead_letter_line(
     if let Some(data) = shard.and_then(|s| s.data.as_ref()) {
         line["data"] = json!(String::from_utf8_lossy(data));
     }
-    line.to_string()
+    line
 }
 
 #[async_trait]
@@ -88,7 +90,7 @@ impl DeadLetters for DeadLetterFile {
         event: Option<&ChangeEvent>,
         reason: &str,
     ) -> Result<()> {
-        let mut line = dead_letter_line(&self.pipeline, origin, event, reason);
+        let mut line = dead_letter_json(&self.pipeline, origin, event, reason).to_string();
         line.push('\n');
         let mut guard = self.file.lock().await;
         if guard.is_none() {
@@ -107,5 +109,142 @@ impl DeadLetters for DeadLetterFile {
         f.sync_data().await.map_err(|e| self.io(e))?;
         warn!(file = %self.path.display(), %reason, "Change written to the dead-letter file.");
         Ok(())
+    }
+}
+
+/// SQS's largest message body (256 KiB; an item can be 400 KB).
+const SQS_MAX_BODY: usize = 256 * 1024;
+
+/// Sends dead letters to an SQS queue.
+pub(crate) struct DeadLetterQueue {
+    client: aws_sdk_sqs::Client,
+    url: String,
+    pipeline: String,
+}
+
+impl DeadLetterQueue {
+    /// Reaches the queue (a name is looked up; a URL is used as it is), so a missing queue
+    /// stops the pipeline at start rather than at its first refused change.
+    pub(crate) async fn open(queue: &str, access: &AwsAccess, pipeline: &str) -> Result<Arc<Self>> {
+        let sdk = access.sdk_config().await;
+        let target = access.describe(sdk.region());
+        let client = aws_sdk_sqs::Client::new(&sdk);
+        let context = format!("dead-letter queue {queue}");
+        let url = if queue.starts_with("https://") || queue.starts_with("http://") {
+            client
+                .get_queue_attributes()
+                .queue_url(queue)
+                .send()
+                .await
+                .map_err(|e| classify(e, Role::DeadLetters, &context, &target))?;
+            queue.to_string()
+        } else {
+            let found = client
+                .get_queue_url()
+                .queue_name(queue)
+                .send()
+                .await
+                .map_err(|e| classify(e, Role::DeadLetters, &context, &target))?;
+            found.queue_url.unwrap_or_default()
+        };
+        Ok(Arc::new(Self {
+            client,
+            url,
+            pipeline: pipeline.to_string(),
+        }))
+    }
+}
+
+/// The message body: the dead letter's JSON, without the item's images (the keys stay) when
+/// they would not fit in one SQS message.
+fn queue_body(mut letter: Value) -> String {
+    let body = letter.to_string();
+    if body.len() <= SQS_MAX_BODY {
+        return body;
+    }
+    if let Some(d) = letter
+        .get_mut("record")
+        .and_then(|r| r.get_mut("dynamodb"))
+        .and_then(Value::as_object_mut)
+    {
+        d.remove("NewImage");
+        d.remove("OldImage");
+    }
+    if let Some(o) = letter.as_object_mut() {
+        o.remove("data");
+        o.insert(
+            "omitted".into(),
+            json!(format!(
+                "the images and data: {} bytes, over SQS's {SQS_MAX_BODY}-byte message limit",
+                body.len()
+            )),
+        );
+    }
+    letter.to_string()
+}
+
+#[async_trait]
+impl DeadLetters for DeadLetterQueue {
+    async fn dead_letter(
+        &self,
+        origin: Option<&dyn Origin>,
+        event: Option<&ChangeEvent>,
+        reason: &str,
+    ) -> Result<()> {
+        let body = queue_body(dead_letter_json(&self.pipeline, origin, event, reason));
+        self.client
+            .send_message()
+            .queue_url(&self.url)
+            .message_body(body)
+            .send()
+            .await
+            .map_err(|e| {
+                Error::from(classify(
+                    e,
+                    Role::DeadLetters,
+                    "sending a dead letter",
+                    &self.url,
+                ))
+            })?;
+        warn!(queue = %self.url, %reason, "Change sent to the dead-letter queue.");
+        Ok(())
+    }
+}
+
+/// A source's dead letters from its keys: `dead_letter_queue` (reached with `access`) or
+/// `dead_letter_file`; none when neither is set.
+pub(crate) async fn open(
+    file: Option<&Path>,
+    queue: Option<&str>,
+    access: &AwsAccess,
+    pipeline: &str,
+) -> Result<Option<Arc<dyn DeadLetters>>> {
+    Ok(match (queue, file) {
+        (Some(q), _) => {
+            Some(DeadLetterQueue::open(q, access, pipeline).await? as Arc<dyn DeadLetters>)
+        }
+        (None, Some(f)) => Some(DeadLetterFile::new(f, pipeline) as Arc<dyn DeadLetters>),
+        (None, None) => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_letter_too_large_for_sqs_keeps_its_keys_and_says_what_it_left_out() {
+        let small = json!({ "reason": "r", "record": { "dynamodb": { "Keys": { "pk": { "S": "a" } }, "NewImage": { "v": { "S": "x" } } } } });
+        assert_eq!(queue_body(small.clone()), small.to_string());
+        let mut big = small;
+        big["record"]["dynamodb"]["NewImage"]["v"]["S"] = json!("x".repeat(300_000));
+        let body: Value = serde_json::from_str(&queue_body(big)).unwrap();
+        assert!(body.to_string().len() <= SQS_MAX_BODY);
+        assert_eq!(body["record"]["dynamodb"]["Keys"]["pk"]["S"], "a");
+        assert!(body["record"]["dynamodb"].get("NewImage").is_none());
+        assert!(
+            body["omitted"].as_str().unwrap().contains("message limit"),
+            "{body}"
+        );
     }
 }

@@ -63,6 +63,11 @@ pub struct DynamoSourceConfig {
     /// is lost; the checkpoint stays before it).
     #[serde(default)]
     pub dead_letter_file: Option<std::path::PathBuf>,
+    /// An SQS queue (its name, or its URL) that takes what `dead_letter_file` would, one
+    /// message each, reached with this table's region and keys. Instead of `dead_letter_file`. A letter over SQS's
+    /// 256 KiB message limit keeps the item's keys and leaves out its images.
+    #[serde(default)]
+    pub dead_letter_queue: Option<String>,
 }
 
 /// A DynamoDB table written item by item.
@@ -201,6 +206,26 @@ pub(crate) fn validate_naming(
     Ok(())
 }
 
+/// A source keeps its dead letters in one place.
+pub(crate) fn validate_dead_letters(
+    file: &Option<std::path::PathBuf>,
+    queue: &Option<String>,
+) -> Result<(), InvalidSetting> {
+    if file.is_some() && queue.is_some() {
+        return Err(InvalidSetting::new(
+            "dead_letter_queue",
+            "set dead_letter_file or dead_letter_queue, not both",
+        ));
+    }
+    if queue.as_deref() == Some("") {
+        return Err(InvalidSetting::new(
+            "dead_letter_queue",
+            "must be a queue name or URL",
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn redact(secret: &mut Option<String>) {
     if secret.is_some() {
         *secret = Some("***".into());
@@ -229,6 +254,7 @@ impl DynamoSourceConfig {
             return Err(InvalidSetting::new("table", "must not be empty"));
         }
         validate_naming(&self.ignore_origin, &self.origin_attribute, &self.database)?;
+        validate_dead_letters(&self.dead_letter_file, &self.dead_letter_queue)?;
         validate_access(
             &self.endpoint,
             (&self.access_key_id, &self.secret_access_key),

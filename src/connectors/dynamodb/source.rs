@@ -29,7 +29,7 @@ use crate::backoff::Backoff;
 use crate::checkpoint::Checkpointer;
 use crate::config::{PipelineConfig, StartAt};
 use crate::connectors::aws::client::{classify, AwsAccess, Failure};
-use crate::connectors::aws::dead_letter::DeadLetterFile;
+use crate::connectors::aws::dead_letter;
 use crate::connectors::aws::follow::{
     load_state, no_iterator, save_state, FollowSettings, Follower, PlannedSource, ShardRead,
     ShardRecord, ShardedStream,
@@ -192,6 +192,13 @@ impl DynamoSource {
             shard_refresh: src.shard_refresh,
             ignore_origin: src.ignore_origin.clone(),
         };
+        let dead_letters = dead_letter::open(
+            src.dead_letter_file.as_deref(),
+            src.dead_letter_queue.as_deref(),
+            &access,
+            &cfg.id,
+        )
+        .await?;
         Ok(Self {
             cfg: cfg.clone(),
             src: src.clone(),
@@ -204,10 +211,7 @@ impl DynamoSource {
             scan: Mutex::new(None),
             follower: Arc::new(Follower::new(api, settings, BTreeMap::new(), telemetry)),
             telemetry: telemetry.clone(),
-            dead_letters: src
-                .dead_letter_file
-                .as_ref()
-                .map(|p| DeadLetterFile::new(p, &cfg.id) as Arc<dyn DeadLetters>),
+            dead_letters,
         })
     }
 

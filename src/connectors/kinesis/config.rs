@@ -63,6 +63,11 @@ pub struct KinesisSourceConfig {
     /// is lost; the checkpoint stays before it).
     #[serde(default)]
     pub dead_letter_file: Option<std::path::PathBuf>,
+    /// An SQS queue (its name, or its URL) that takes what `dead_letter_file` would, one
+    /// message each, reached with the DynamoDB sink's region and keys. Instead of `dead_letter_file`. A letter over SQS's
+    /// 256 KiB message limit keeps the item's keys and leaves out its images.
+    #[serde(default)]
+    pub dead_letter_queue: Option<String>,
 }
 
 /// A Kinesis data stream written with `PutRecords`.
@@ -126,6 +131,7 @@ impl KinesisSourceConfig {
             return Err(InvalidSetting::new("stream", "must not be empty"));
         }
         ddb::validate_naming(&self.ignore_origin, &self.origin_attribute, &self.database)?;
+        ddb::validate_dead_letters(&self.dead_letter_file, &self.dead_letter_queue)?;
         ddb::validate_access(
             &self.endpoint,
             (&self.access_key_id, &self.secret_access_key),

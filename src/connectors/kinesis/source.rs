@@ -19,9 +19,9 @@ use tracing::info;
 use super::config::KinesisSourceConfig;
 use super::stream_arn;
 use crate::checkpoint::Checkpointer;
-use crate::config::{PipelineConfig, StartAt};
+use crate::config::{PipelineConfig, SinkEndpoint, StartAt};
 use crate::connectors::aws::client::classify;
-use crate::connectors::aws::dead_letter::DeadLetterFile;
+use crate::connectors::aws::dead_letter;
 use crate::connectors::aws::follow::{
     load_state, no_iterator, save_state, FollowSettings, Follower, PlannedSource, ShardRead,
     ShardRecord, ShardedStream,
@@ -88,15 +88,24 @@ impl KinesisSource {
             shard_refresh: src.shard_refresh,
             ignore_origin: src.ignore_origin.clone(),
         };
+        // The queue lives with the table the records are written to.
+        let queue_access = match &cfg.sink {
+            SinkEndpoint::Dynamodb(d) => d.access(),
+            _ => access,
+        };
+        let dead_letters = dead_letter::open(
+            src.dead_letter_file.as_deref(),
+            src.dead_letter_queue.as_deref(),
+            &queue_access,
+            &cfg.id,
+        )
+        .await?;
         Ok(Self {
             cfg: cfg.clone(),
             checkpoint,
             follower: Arc::new(Follower::new(api, settings, BTreeMap::new(), telemetry)),
             telemetry: telemetry.clone(),
-            dead_letters: src
-                .dead_letter_file
-                .as_ref()
-                .map(|p| DeadLetterFile::new(p, &cfg.id) as Arc<dyn DeadLetters>),
+            dead_letters,
         })
     }
 

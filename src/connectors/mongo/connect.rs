@@ -105,6 +105,7 @@ fn tls_failure(
         Role::Sink => ("sink", "sink"),
         Role::Checkpoint => ("checkpoint store", "sink"),
         Role::Control => ("control database", "control"),
+        Role::DeadLetters => ("dead-letter queue", "dead_letter"),
     };
     let tls = endpoint.tls.as_ref();
     let cas = match tls.and_then(|t| t.ca_file.as_ref()) {

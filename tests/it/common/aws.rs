@@ -84,6 +84,10 @@ impl Moto {
         aws_sdk_dynamodb::Client::new(&self.sdk().await)
     }
 
+    pub async fn sqs(&self) -> aws_sdk_sqs::Client {
+        aws_sdk_sqs::Client::new(&self.sdk().await)
+    }
+
     /// The `[source]` / `[sink]` keys that reach this server.
     pub fn keys(&self) -> String {
         format!(
