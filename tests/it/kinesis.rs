@@ -536,3 +536,44 @@ async fn a_missing_stream_stops_at_start_with_one_line() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dead_letters_go_to_a_kafka_topic_keyed_by_item() {
+    let (moto, kl) = (Moto::start(), KinesisLocal::start());
+    let broker = crate::common::kafka::Broker::start();
+    broker.create_topic("dead", 1).await;
+    create_table(&moto.dynamodb().await, "orders_copy", None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = crate::common::free_port_for_tests();
+    let key = format!(
+        "dead_letter_kafka = {{ brokers = \"{}\", topic = \"dead\" }}",
+        broker.bootstrap()
+    );
+    let mut st = run_with_bad_records(&moto, &kl, dir.path(), port, &key).await;
+    let records = broker.consume_all("dead", 3, Duration::from_secs(30)).await;
+    let letters: Vec<serde_json::Value> = records.iter().map(|r| r.json()).collect();
+    let big = check_dead_letters(&letters);
+    assert_eq!(
+        big["record"]["dynamodb"]["NewImage"]["note"]["S"]
+            .as_str()
+            .unwrap()
+            .len(),
+        410_000
+    );
+    for (r, l) in records.iter().zip(&letters) {
+        let reason = r
+            .header("__connect.errors.exception.message")
+            .unwrap()
+            .unwrap();
+        assert_eq!(std::str::from_utf8(reason).unwrap(), l["reason"]);
+        // Keyed by the item's key, when the letter has an item.
+        match l["record"]["dynamodb"].get("Keys") {
+            Some(keys) => assert_eq!(r.key_str(), Some(keys.to_string())),
+            None => assert_eq!(r.key_str(), None),
+        }
+    }
+    let (_, status) = crate::api::http(port, "GET", "/status", "").await;
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["dead_lettered"], 3, "{status}");
+    assert!(st.sigterm().success());
+}

@@ -21,9 +21,12 @@ use tracing::warn;
 use super::client::{classify, AwsAccess};
 use super::follow::ShardOrigin;
 use crate::connectors::dynamodb::record::StreamChange;
+use crate::connectors::kafka::config::KafkaDeadLetterConfig;
+use crate::connectors::kafka::dead_letter::DeadLetterTopic;
 use crate::connectors::{DeadLetters, Origin};
 use crate::core::ChangeEvent;
 use crate::error::{Error, Result, Role};
+use crate::telemetry::Telemetry;
 
 /// Appends dead letters to a file.
 pub(crate) struct DeadLetterFile {
@@ -211,21 +214,79 @@ impl DeadLetters for DeadLetterQueue {
     }
 }
 
-/// A source's dead letters from its keys: `dead_letter_queue` (reached with `access`) or
-/// `dead_letter_file`; none when neither is set.
+/// A Kafka topic that takes dead letters: each one the JSON letter as the value, keyed by the
+/// item's key, with Kafka Connect's error headers.
+pub(crate) struct DeadLetterKafka {
+    topic: DeadLetterTopic,
+    pipeline: String,
+}
+
+#[async_trait]
+impl DeadLetters for DeadLetterKafka {
+    async fn dead_letter(
+        &self,
+        origin: Option<&dyn Origin>,
+        event: Option<&ChangeEvent>,
+        reason: &str,
+    ) -> Result<()> {
+        let letter = dead_letter_json(&self.pipeline, origin, event, reason);
+        let key = letter
+            .get("record")
+            .and_then(|r| r.get("dynamodb"))
+            .and_then(|d| d.get("Keys"))
+            .map(Value::to_string);
+        let value = letter.to_string();
+        let headers = vec![("strait.pipeline", Some(self.pipeline.as_bytes()))];
+        self.topic
+            .produce(
+                key.as_deref().map(str::as_bytes),
+                Some(value.as_bytes()),
+                headers,
+                reason,
+            )
+            .await?;
+        warn!(%reason, "Change sent to the dead-letter topic.");
+        Ok(())
+    }
+}
+
+/// Where a DynamoDB or Kinesis source keeps its dead letters (its `dead_letter_*` keys).
+pub(crate) struct DeadLetterKeys<'a> {
+    /// `dead_letter_file`.
+    pub(crate) file: Option<&'a Path>,
+    /// `dead_letter_queue`, reached with the DynamoDB table's access.
+    pub(crate) queue: Option<&'a str>,
+    /// `dead_letter_kafka`.
+    pub(crate) kafka: Option<&'a KafkaDeadLetterConfig>,
+}
+
+/// A source's dead letters from its keys; none when no key is set.
 pub(crate) async fn open(
-    file: Option<&Path>,
-    queue: Option<&str>,
+    keys: DeadLetterKeys<'_>,
     access: &AwsAccess,
     pipeline: &str,
+    telemetry: &Arc<Telemetry>,
 ) -> Result<Option<Arc<dyn DeadLetters>>> {
-    Ok(match (queue, file) {
-        (Some(q), _) => {
-            Some(DeadLetterQueue::open(q, access, pipeline).await? as Arc<dyn DeadLetters>)
-        }
-        (None, Some(f)) => Some(DeadLetterFile::new(f, pipeline) as Arc<dyn DeadLetters>),
-        (None, None) => None,
-    })
+    if let Some(q) = keys.queue {
+        return Ok(Some(DeadLetterQueue::open(q, access, pipeline).await?));
+    }
+    if let Some(k) = keys.kafka {
+        let topic = DeadLetterTopic::open_at(
+            &k.brokers,
+            &k.security,
+            &k.options,
+            k.topic.clone(),
+            pipeline,
+            telemetry,
+        )?;
+        return Ok(Some(Arc::new(DeadLetterKafka {
+            topic,
+            pipeline: pipeline.to_string(),
+        })));
+    }
+    Ok(keys
+        .file
+        .map(|f| DeadLetterFile::new(f, pipeline) as Arc<dyn DeadLetters>))
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::connectors::aws::client::AwsAccess;
+use crate::connectors::kafka::config::KafkaDeadLetterConfig;
 use crate::connectors::InvalidSetting;
 
 /// A DynamoDB table read through DynamoDB Streams (its full sync reads the table with `Scan`).
@@ -68,6 +69,9 @@ pub struct DynamoSourceConfig {
     /// 256 KiB message limit keeps the item's keys and leaves out its images.
     #[serde(default)]
     pub dead_letter_queue: Option<String>,
+    /// A Kafka topic that takes them instead (`brokers`, `topic`, `security`, `options`).
+    #[serde(default)]
+    pub dead_letter_kafka: Option<KafkaDeadLetterConfig>,
 }
 
 /// A DynamoDB table written item by item.
@@ -210,12 +214,22 @@ pub(crate) fn validate_naming(
 pub(crate) fn validate_dead_letters(
     file: &Option<std::path::PathBuf>,
     queue: &Option<String>,
+    kafka: &Option<KafkaDeadLetterConfig>,
 ) -> Result<(), InvalidSetting> {
-    if file.is_some() && queue.is_some() {
+    let set = [file.is_some(), queue.is_some(), kafka.is_some()];
+    if set.iter().filter(|s| **s).count() > 1 {
+        let key = if kafka.is_some() {
+            "dead_letter_kafka"
+        } else {
+            "dead_letter_queue"
+        };
         return Err(InvalidSetting::new(
-            "dead_letter_queue",
-            "set dead_letter_file or dead_letter_queue, not both",
+            key,
+            "set one of dead_letter_file, dead_letter_queue and dead_letter_kafka, not both",
         ));
+    }
+    if let Some(k) = kafka {
+        k.validate()?;
     }
     if queue.as_deref() == Some("") {
         return Err(InvalidSetting::new(
@@ -254,7 +268,11 @@ impl DynamoSourceConfig {
             return Err(InvalidSetting::new("table", "must not be empty"));
         }
         validate_naming(&self.ignore_origin, &self.origin_attribute, &self.database)?;
-        validate_dead_letters(&self.dead_letter_file, &self.dead_letter_queue)?;
+        validate_dead_letters(
+            &self.dead_letter_file,
+            &self.dead_letter_queue,
+            &self.dead_letter_kafka,
+        )?;
         validate_access(
             &self.endpoint,
             (&self.access_key_id, &self.secret_access_key),
@@ -265,6 +283,9 @@ impl DynamoSourceConfig {
     pub(crate) fn redact(&mut self) {
         redact(&mut self.secret_access_key);
         redact(&mut self.session_token);
+        if let Some(k) = &mut self.dead_letter_kafka {
+            k.security = k.security.redacted();
+        }
     }
 }
 

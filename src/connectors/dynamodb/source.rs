@@ -192,13 +192,12 @@ impl DynamoSource {
             shard_refresh: src.shard_refresh,
             ignore_origin: src.ignore_origin.clone(),
         };
-        let dead_letters = dead_letter::open(
-            src.dead_letter_file.as_deref(),
-            src.dead_letter_queue.as_deref(),
-            &access,
-            &cfg.id,
-        )
-        .await?;
+        let keys = dead_letter::DeadLetterKeys {
+            file: src.dead_letter_file.as_deref(),
+            queue: src.dead_letter_queue.as_deref(),
+            kafka: src.dead_letter_kafka.as_ref(),
+        };
+        let dead_letters = dead_letter::open(keys, &access, &cfg.id, telemetry).await?;
         Ok(Self {
             cfg: cfg.clone(),
             src: src.clone(),

@@ -359,6 +359,43 @@ impl KafkaSinkConfig {
     }
 }
 
+/// A Kafka topic that takes a DynamoDB or Kinesis source's dead letters
+/// (`[source.dead_letter_kafka]`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaDeadLetterConfig {
+    /// Bootstrap brokers, `"host:port,host:port"`.
+    pub brokers: String,
+    /// The topic; each letter is one record keyed by the item's key (DynamoDB JSON), so one
+    /// item's letters stay in order.
+    pub topic: String,
+    /// Authentication and TLS.
+    #[serde(default)]
+    pub security: KafkaSecurity,
+    /// Any other librdkafka producer property.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+impl KafkaDeadLetterConfig {
+    /// Checks the settings that depend on nothing else.
+    pub(crate) fn validate(&self) -> Result<(), InvalidSetting> {
+        if self.brokers.trim().is_empty() {
+            return Err(InvalidSetting::new(
+                "dead_letter_kafka.brokers",
+                "must not be empty",
+            ));
+        }
+        if self.topic.trim().is_empty() {
+            return Err(InvalidSetting::new(
+                "dead_letter_kafka.topic",
+                "must not be empty",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl KafkaSourceConfig {
     /// Checks the settings that depend on nothing outside this table.
     pub(crate) fn validate(&self) -> Result<(), InvalidSetting> {

@@ -1,6 +1,7 @@
 //! The dead-letter topic of a Kafka source: records that cannot be decoded or applied, with
 //! Kafka Connect's `__connect.errors.*` headers saying why.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tracing::warn;
 
-use super::config::KafkaSourceConfig;
+use super::config::{KafkaSecurity, KafkaSourceConfig};
 use super::source::ConsumedRecord;
 use super::{client_config, KafkaError, DURABLE_PRODUCER};
 use crate::connectors::{DeadLetters, Origin};
@@ -32,10 +33,29 @@ impl DeadLetterTopic {
         pipeline: &str,
         telemetry: &Arc<Telemetry>,
     ) -> Result<Self, KafkaError> {
-        let producer = client_config(
+        Self::open_at(
             &cfg.brokers,
             &cfg.security,
             &cfg.options,
+            cfg.dlq_topic(pipeline),
+            pipeline,
+            telemetry,
+        )
+    }
+
+    /// The idempotent producer of a dead-letter topic on any brokers.
+    pub(crate) fn open_at(
+        brokers: &str,
+        security: &KafkaSecurity,
+        options: &BTreeMap<String, String>,
+        topic: String,
+        pipeline: &str,
+        telemetry: &Arc<Telemetry>,
+    ) -> Result<Self, KafkaError> {
+        let producer = client_config(
+            brokers,
+            security,
+            options,
             &[("message.timeout.ms", "0".into())],
             DURABLE_PRODUCER,
         )
@@ -46,41 +66,55 @@ impl DeadLetterTopic {
             detail: format!("dead-letter producer: {e}"),
         })?;
         Ok(Self {
-            topic: cfg.dlq_topic(pipeline),
+            topic,
             producer,
             telemetry: telemetry.clone(),
         })
     }
 
-    /// Sends a record with the reason, and waits until the broker has it.
+    /// Sends a consumed record with the reason, and waits until the broker has it.
     async fn send(&self, rec: &ConsumedRecord, reason: &str) -> Result<()> {
         warn!(topic = %rec.topic, partition = rec.partition, offset = rec.offset, %reason, dlq = %self.topic, "Record sent to the dead-letter topic.");
-        let mut headers = OwnedHeaders::new();
-        for (k, v) in &rec.headers {
-            headers = headers.insert(Header {
-                key: k,
-                value: v.as_deref(),
-            });
-        }
         let (partition, offset) = (rec.partition.to_string(), rec.offset.to_string());
+        let mut headers: Vec<(&str, Option<&[u8]>)> = rec
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_deref()))
+            .collect();
         for (k, v) in [
             ("__connect.errors.topic", rec.topic.as_str()),
             ("__connect.errors.partition", &partition),
             ("__connect.errors.offset", &offset),
-            ("__connect.errors.exception.class.name", "strait"),
-            ("__connect.errors.exception.message", reason),
         ] {
-            headers = headers.insert(Header {
-                key: k,
-                value: Some(v),
-            });
+            headers.push((k, Some(v.as_bytes())));
         }
-        let mut r: FutureRecord<'_, Vec<u8>, Vec<u8>> =
-            FutureRecord::to(&self.topic).headers(headers);
-        if let Some(k) = &rec.key {
+        self.produce(rec.key.as_deref(), rec.value.as_deref(), headers, reason)
+            .await
+    }
+
+    /// Sends one record with the given headers and Kafka Connect's error headers for
+    /// `reason`, and waits until the broker has it.
+    pub(crate) async fn produce(
+        &self,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        mut headers: Vec<(&str, Option<&[u8]>)>,
+        reason: &str,
+    ) -> Result<()> {
+        headers.push(("__connect.errors.exception.class.name", Some(b"strait")));
+        headers.push((
+            "__connect.errors.exception.message",
+            Some(reason.as_bytes()),
+        ));
+        let mut owned = OwnedHeaders::new();
+        for (key, value) in headers {
+            owned = owned.insert(Header { key, value });
+        }
+        let mut r: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic).headers(owned);
+        if let Some(k) = key {
             r = r.key(k);
         }
-        if let Some(v) = &rec.value {
+        if let Some(v) = value {
             r = r.payload(v);
         }
         match self.producer.send(r, Duration::from_secs(60)).await {

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::connectors::aws::client::AwsAccess;
 use crate::connectors::dynamodb::config as ddb;
+use crate::connectors::kafka::config::KafkaDeadLetterConfig;
 use crate::connectors::InvalidSetting;
 
 /// A Kinesis data stream read shard by shard.
@@ -68,6 +69,9 @@ pub struct KinesisSourceConfig {
     /// 256 KiB message limit keeps the item's keys and leaves out its images.
     #[serde(default)]
     pub dead_letter_queue: Option<String>,
+    /// A Kafka topic that takes them instead (`brokers`, `topic`, `security`, `options`).
+    #[serde(default)]
+    pub dead_letter_kafka: Option<KafkaDeadLetterConfig>,
 }
 
 /// A Kinesis data stream written with `PutRecords`.
@@ -131,7 +135,11 @@ impl KinesisSourceConfig {
             return Err(InvalidSetting::new("stream", "must not be empty"));
         }
         ddb::validate_naming(&self.ignore_origin, &self.origin_attribute, &self.database)?;
-        ddb::validate_dead_letters(&self.dead_letter_file, &self.dead_letter_queue)?;
+        ddb::validate_dead_letters(
+            &self.dead_letter_file,
+            &self.dead_letter_queue,
+            &self.dead_letter_kafka,
+        )?;
         ddb::validate_access(
             &self.endpoint,
             (&self.access_key_id, &self.secret_access_key),
@@ -142,6 +150,9 @@ impl KinesisSourceConfig {
     pub(crate) fn redact(&mut self) {
         ddb::redact(&mut self.secret_access_key);
         ddb::redact(&mut self.session_token);
+        if let Some(k) = &mut self.dead_letter_kafka {
+            k.security = k.security.redacted();
+        }
     }
 }
 

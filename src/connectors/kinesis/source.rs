@@ -93,13 +93,12 @@ impl KinesisSource {
             SinkEndpoint::Dynamodb(d) => d.access(),
             _ => access,
         };
-        let dead_letters = dead_letter::open(
-            src.dead_letter_file.as_deref(),
-            src.dead_letter_queue.as_deref(),
-            &queue_access,
-            &cfg.id,
-        )
-        .await?;
+        let keys = dead_letter::DeadLetterKeys {
+            file: src.dead_letter_file.as_deref(),
+            queue: src.dead_letter_queue.as_deref(),
+            kafka: src.dead_letter_kafka.as_ref(),
+        };
+        let dead_letters = dead_letter::open(keys, &queue_access, &cfg.id, telemetry).await?;
         Ok(Self {
             cfg: cfg.clone(),
             checkpoint,
