@@ -381,6 +381,13 @@ where
                 if cfg.stream.on_history_lost == HistoryLostPolicy::Resync =>
             {
                 warn!(%position, %detail, "The saved position is no longer in the stream; scanning the table again.");
+                // The target may hold items deleted during the gap: copy into emptied targets.
+                for ns in source.copied() {
+                    let target = engine.transforms.target_ns(&ns);
+                    for s in engine.sinks.iter() {
+                        s.drop_for_resync(&target).await?;
+                    }
+                }
                 source.replan().await?;
             }
             Err(e) => return Err(e),

@@ -343,6 +343,54 @@ async fn last_writer_wins_keeps_the_newer_item_and_counts_the_stale_change() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_lost_stream_position_resyncs_into_an_emptied_table() {
+    let moto = Moto::start();
+    let c = moto.dynamodb().await;
+    create_table(&c, "src", Some(StreamViewType::NewAndOldImages)).await;
+    create_table(&c, "dst", None).await;
+    for i in 0..40 {
+        put(&c, "src", rich_item(i, 0)).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "[stream]\non_history_lost = \"resync\"\n";
+    let cfg = write_config(
+        dir.path(),
+        "p.toml",
+        &config(&moto, dir.path(), "src", "dst", extra),
+    );
+    let log = dir.path().join("log");
+    let mut st = Strait::spawn(&cfg, &log);
+    wait_equal(&c, "src", &c, "dst", Duration::from_secs(60), &st).await;
+    assert!(st.sigterm().success());
+    // While strait is down, items are deleted and changed, and the stream forgets the shard
+    // strait was reading (as DynamoDB does after 24 hours): the checkpoint names a shard the
+    // stream no longer lists.
+    for i in 0..10 {
+        change(&c, "src", i, 2).await;
+    }
+    for i in 10..15 {
+        put(&c, "src", rich_item(i, 7)).await;
+    }
+    let ckpt = dir.path().join("ckpt.json");
+    let text = std::fs::read_to_string(&ckpt).unwrap();
+    let at = text.find("shardId-").expect("a shard in the checkpoint");
+    let shard: String = text[at..].chars().take_while(|c| *c != '"').collect();
+    std::fs::write(
+        &ckpt,
+        text.replace(&shard, "shardId-00000000000000000000-00000000"),
+    )
+    .unwrap();
+    st = Strait::spawn(&cfg, &log);
+    let took = wait_equal(&c, "src", &c, "dst", Duration::from_secs(60), &st).await;
+    let text = st.log_text();
+    assert!(text.contains("scanning the table again"), "{text}");
+    assert!(text.contains("Emptied the target table"), "{text}");
+    assert_eq!(all_items(&c, "dst").await.len(), 30);
+    eprintln!("resynced, equal {took:?} after the restart");
+    assert!(st.sigterm().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_table_that_cannot_be_read_stops_at_start_with_one_line() {
     let moto = Moto::start();
     let c = moto.dynamodb().await;

@@ -25,7 +25,7 @@ use crate::backoff::Backoff;
 use crate::checkpoint::{CheckpointError, Checkpointer};
 use crate::connectors::dynamodb::record::StreamChange;
 use crate::connectors::{Origin, SourceItem};
-use crate::core::{ChangeEvent, PartId, Position};
+use crate::core::{ChangeEvent, Namespace, PartId, Position};
 use crate::error::{Error, Result};
 use crate::telemetry::Telemetry;
 
@@ -156,6 +156,10 @@ pub(crate) trait PlannedSource: Send + Sync + 'static {
 
     /// Starts over with new positions (and a new copy, where the source copies).
     async fn replan(&self) -> Result<()>;
+
+    /// The namespaces a new plan copies again, whose targets are emptied first (none where
+    /// the stream itself is the copy).
+    fn copied(&self) -> Vec<Namespace>;
 }
 
 /// How a stream is followed.

@@ -517,6 +517,78 @@ impl Sink for DynamoSink {
         self.documents
     }
 
+    /// Empties the table before the source is scanned again (a lost stream position with
+    /// `on_history_lost = "resync"`): items deleted at the source during the gap would stay
+    /// otherwise. DynamoDB tables cannot be dropped and made again like collections, so each
+    /// item is deleted (a scan of the keys, `BatchWriteItem`s).
+    async fn drop_for_resync(&self, ns: &Namespace) -> Result<()> {
+        let table = self
+            .cfg
+            .table
+            .clone()
+            .unwrap_or_else(|| ns.coll_name().to_string());
+        if self.cfg.stamp_origin.is_some() {
+            // Two-way: the table takes writes of its own, which emptying it would lose.
+            tracing::warn!(%table, "Two-way: the target table is not emptied before the new scan; items deleted at the source during the gap stay in it.");
+            return Ok(());
+        }
+        let keys = self.key_names(&table).await?;
+        let projection = (0..keys.len())
+            .map(|i| format!("#k{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut start: Option<Item> = None;
+        let mut deleted = 0usize;
+        loop {
+            let mut req = self
+                .client
+                .scan()
+                .table_name(&table)
+                .projection_expression(&projection)
+                .set_exclusive_start_key(start.take());
+            for (i, k) in keys.iter().enumerate() {
+                req = req.expression_attribute_names(format!("#k{i}"), k);
+            }
+            let page = req.send().await.map_err(|e| {
+                classify(
+                    e,
+                    Role::Sink,
+                    format!("scanning {table} to empty it"),
+                    &self.target,
+                )
+            })?;
+            let actions: Vec<(usize, Action)> = page
+                .items()
+                .iter()
+                .enumerate()
+                .map(|(i, key)| {
+                    (
+                        i,
+                        Action::Delete {
+                            key: key.clone(),
+                            old: None,
+                        },
+                    )
+                })
+                .collect();
+            deleted += actions.len();
+            if let Some(r) = self
+                .write_batches([(table.clone(), actions)])
+                .await?
+                .into_iter()
+                .next()
+            {
+                return Err(r.error);
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => break,
+            }
+        }
+        tracing::warn!(%table, deleted, "Emptied the target table before scanning the source again.");
+        Ok(())
+    }
+
     async fn copy(&self, ns: &Namespace, docs: Vec<RawDocumentBuf>) -> Result<u64> {
         let table = self
             .cfg

@@ -489,6 +489,10 @@ impl PlannedSource for DynamoSource {
         self.set(s).await;
         self.save().await
     }
+
+    fn copied(&self) -> Vec<Namespace> {
+        vec![self.ns()]
+    }
 }
 
 #[async_trait]

@@ -30,7 +30,7 @@ use crate::connectors::aws::shards::{self, ListedShard, ShardProgress};
 use crate::connectors::aws::AwsError;
 use crate::connectors::dynamodb::record::{Shape, StreamChange};
 use crate::connectors::{DeadLetters, Source, SourceItem};
-use crate::core::Position;
+use crate::core::{Namespace, Position};
 use crate::error::{Error, Result, Role};
 use crate::telemetry::{PipelineState, Telemetry};
 
@@ -285,6 +285,11 @@ impl PlannedSource for KinesisSource {
         let s = self.plan().await?;
         *self.follower.shards.lock().await = s.shards;
         self.save().await
+    }
+
+    fn copied(&self) -> Vec<Namespace> {
+        // The stream from its trim horizon is the copy: the target keeps what it has.
+        Vec::new()
     }
 }
 
