@@ -37,11 +37,13 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a pipeline until stopped (SIGTERM / Ctrl-C drain, checkpoint and exit 0).
+    /// Run a pipeline until stopped (SIGTERM / Ctrl-C drain, checkpoint and exit 0). Several
+    /// `-c` files run side by side in one process (e.g. both directions of a DynamoDB pair);
+    /// when one fails for good the others are stopped too.
     Run {
-        /// Pipeline file.
-        #[arg(short, long)]
-        config: PathBuf,
+        /// Pipeline file; repeat for more pipelines.
+        #[arg(short, long, required = true)]
+        config: Vec<PathBuf>,
     },
     /// Run a worker that hosts many pipelines, managed over REST (`GET/POST /pipelines`) and
     /// shown on a status page at `/`. Workers sharing a control database share the pipelines.
@@ -370,11 +372,36 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
-    let cfg = PipelineConfig::load(&path).map_err(Error::from)?;
-    let supervisor = strait::engine::supervisor::Supervisor::new(cfg);
-    let signals = tokio::spawn(shutdown_on_signal(supervisor.cancel.clone()));
-    let result = supervisor.run().await;
+async fn run(paths: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
+    let mut configs = Vec::with_capacity(paths.len());
+    for p in &paths {
+        let cfg = PipelineConfig::load(p).map_err(Error::from)?;
+        if let Some(other) = configs.iter().position(|c: &PipelineConfig| c.id == cfg.id) {
+            return Err(Error::User(format!(
+                "{} and {} both have id = {:?}: pipelines in one process need their own ids (their checkpoints are kept by id)",
+                paths[other].display(),
+                p.display(),
+                cfg.id
+            ))
+            .into());
+        }
+        configs.push(cfg);
+    }
+    let many = configs.len() > 1;
+    let supervisors: Vec<_> = configs
+        .into_iter()
+        .map(|cfg| {
+            let s = strait::engine::supervisor::Supervisor::new(cfg);
+            if many {
+                s.without_bars()
+            } else {
+                s
+            }
+        })
+        .collect();
+    let stop = CancellationToken::new();
+    let signals = tokio::spawn(shutdown_on_signal(stop.clone()));
+    let result = run_together(&supervisors, &stop).await;
     signals.abort();
     match result {
         // The stream stops at the refused change rather than skip it. The context keeps the
@@ -386,6 +413,40 @@ async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
     }?;
     info!("Pipeline stopped.");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the pipelines until `stop` or until each has finished; the first one that fails stops
+/// the others (a supervisor restarting the process restarts them together), and its error is
+/// the result.
+async fn run_together(
+    supervisors: &[strait::engine::supervisor::Supervisor],
+    stop: &CancellationToken,
+) -> strait::error::Result<()> {
+    let runs = supervisors.iter().map(|s| {
+        let (cancel, stop) = (s.cancel.clone(), stop.clone());
+        async move {
+            let forward = async {
+                stop.cancelled().await;
+                cancel.cancel();
+                std::future::pending::<()>().await
+            };
+            let result = tokio::select! {
+                r = s.run() => r,
+                _ = forward => unreachable!("pending"),
+            };
+            if result.is_err() {
+                stop.cancel();
+            }
+            result
+        }
+    });
+    let mut first_error = None;
+    for r in futures::future::join_all(runs).await {
+        if let Err(e) = r {
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
 }
 
 async fn serve(path: PathBuf) -> anyhow::Result<ExitCode> {

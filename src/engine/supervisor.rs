@@ -39,6 +39,8 @@ pub struct Supervisor {
     /// Hosted by `strait serve`: the server's API stands for the pipeline's own `[api]`
     /// listener, and progress goes to log lines (many pipelines share one terminal).
     hosted: bool,
+    /// Progress bars on a terminal (else log lines): off when pipelines share the terminal.
+    bars: bool,
 }
 
 /// A task beside the pipeline, stopped by its own token.
@@ -67,6 +69,15 @@ impl Supervisor {
             control,
             cancel: CancellationToken::new(),
             hosted: false,
+            bars: true,
+        }
+    }
+
+    /// Progress as log lines, not bars: for pipelines that share a terminal.
+    pub fn without_bars(self) -> Self {
+        Self {
+            bars: false,
+            ..self
         }
     }
 
@@ -75,7 +86,7 @@ impl Supervisor {
     pub(crate) fn hosted(cfg: PipelineConfig) -> Self {
         Self {
             hosted: true,
-            ..Self::new(cfg)
+            ..Self::new(cfg).without_bars()
         }
     }
 
@@ -142,13 +153,8 @@ impl Supervisor {
     fn reporter(&self, telemetry: Arc<Telemetry>) -> Companion {
         let stop = CancellationToken::new();
         let handle = tokio::spawn(
-            crate::report::report(
-                telemetry,
-                stop.clone(),
-                Duration::from_secs(10),
-                !self.hosted,
-            )
-            .in_current_span(),
+            crate::report::report(telemetry, stop.clone(), Duration::from_secs(10), self.bars)
+                .in_current_span(),
         );
         Companion(handle, stop)
     }

@@ -533,8 +533,8 @@ async fn two_way_with_writers_on_both_sides_ends_equal_without_ping_pong() {
         "c.toml",
         &direction(&moto, dir.path(), china, east, pc),
     );
-    let se = Strait::spawn(&ce, &dir.path().join("east.log"));
-    let sc = Strait::spawn(&cc, &dir.path().join("china.log"));
+    // Both directions in one process (`strait run -c e.toml -c c.toml`).
+    let mut se = Strait::spawn_many(&[&ce, &cc], &dir.path().join("both.log"));
     wait_equal(&c, "east", &c, "china", Duration::from_secs(60), &se).await;
     // Writers on both sides, on overlapping keys: puts, updates and deletes.
     let writer = |table: &'static str, side: &'static str, digit: u64| {
@@ -622,7 +622,52 @@ async fn two_way_with_writers_on_both_sides_ends_equal_without_ping_pong() {
         .find(|l| l.contains("Conflict:") && l.contains("east loses"))
         .unwrap_or_else(|| panic!("no conflict line with the losing image:\n{log}"));
     assert!(line.contains("china wins"), "{line}");
-    drop(sc);
+    // One SIGTERM stops both directions cleanly.
+    assert!(se.sigterm().success(), "{}", se.log_text());
+    for side in ["east", "china"] {
+        assert!(dir.path().join(format!("{side}.ckpt")).exists(), "{side}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pipelines_in_one_process_stop_together_when_one_cannot_run() {
+    let moto = Moto::start();
+    let c = moto.dynamodb().await;
+    create_table(&c, "east", Some(StreamViewType::NewAndOldImages)).await;
+    create_table(&c, "china", Some(StreamViewType::NewAndOldImages)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = || crate::common::free_port_for_tests();
+    let good = write_config(
+        dir.path(),
+        "good.toml",
+        &direction(&moto, dir.path(), ("east", "e"), ("china", "c"), port()),
+    );
+    let bad = write_config(
+        dir.path(),
+        "bad.toml",
+        &direction(&moto, dir.path(), ("gone", "g"), ("china", "c"), port()),
+    );
+    let arg = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let started = Instant::now();
+    let (code, out, err) = strait_cmd(
+        &["run", "-c", &arg(&good), "-c", &arg(&bad)],
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.contains("table gone does not exist"), "{err}");
+    // The same id twice would share a checkpoint: refused before anything starts.
+    let (code, out, err) = strait_cmd(
+        &["run", "-c", &arg(&good), "-c", &arg(&good)],
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("both have id = \"east-to-china\""), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -172,15 +172,27 @@ impl Strait {
         Self::spawn_command("serve", config, log)
     }
 
+    /// `strait run -c a -c b ...`: several pipelines in one process.
+    pub fn spawn_many(configs: &[&Path], log: &Path) -> Strait {
+        Self::spawn_with("run", configs, log)
+    }
+
     fn spawn_command(command: &str, config: &Path, log: &Path) -> Strait {
+        Self::spawn_with(command, &[config], log)
+    }
+
+    fn spawn_with(command: &str, configs: &[&Path], log: &Path) -> Strait {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .unwrap();
-        let child = Command::new(strait_bin())
-            .args([command, "-c"])
-            .arg(config)
+        let mut cmd = Command::new(strait_bin());
+        cmd.arg(command);
+        for c in configs {
+            cmd.arg("-c").arg(c);
+        }
+        let child = cmd
             .env("STRAIT_LOG", "info,strait=debug")
             .stdout(Stdio::null())
             .stderr(out)
