@@ -13,6 +13,7 @@ pub mod change_event;
 pub mod debezium;
 pub mod document;
 pub(crate) mod ext_json;
+pub(crate) mod ext_json_read;
 
 use bson::{Bson, Document, RawBsonRef, RawDocument, RawDocumentBuf};
 use serde_json::Value;
@@ -175,6 +176,15 @@ pub fn json_to_doc(v: Value, what: &str) -> Result<RawDocumentBuf, DecodeError> 
 /// Extended JSON as a BSON value.
 pub fn json_to_bson(v: Value, what: &str) -> Result<Bson, DecodeError> {
     Bson::try_from(v).map_err(|e| bad(format!("{what}: bad Extended JSON: {e}")))
+}
+
+/// A record part of Extended JSON as a raw document: in one pass when it can be
+/// ([`ext_json_read`]), else through `serde_json` and `bson`.
+pub fn json_bytes_to_doc(bytes: &[u8], what: &str) -> Result<RawDocumentBuf, DecodeError> {
+    match ext_json_read::to_raw_document(bytes) {
+        Some(d) => Ok(d),
+        None => json_to_doc(parse_json(bytes, what)?, what),
+    }
 }
 
 /// Parses a record part as JSON.

@@ -7,7 +7,7 @@ use bson::{RawBsonRef, RawDocumentBuf};
 use serde_json::{Map, Value};
 
 use super::{
-    bad, document_key_record_key, ext_json, json_bytes, json_to_doc, parse_json, raw_to_json,
+    bad, document_key_record_key, ext_json, json_bytes, json_bytes_to_doc, raw_to_json,
     DecodeError, Decoded, Record, RecordMeta,
 };
 use crate::config::JsonFlavour;
@@ -134,8 +134,7 @@ pub fn decode(value: Option<&[u8]>, meta: RecordMeta<'_>) -> Result<Decoded, Dec
     let Some(value) = value else {
         return Ok(Decoded::Skip);
     };
-    let json = parse_json(value, "record value")?;
-    let mut raw = json_to_doc(json, "record value")?;
+    let mut raw = json_bytes_to_doc(value, "record value")?;
     if raw.get("_id").ok().flatten().is_none() {
         // Events from other producers may lack a token; the record's position stands in.
         let mut with = RawDocumentBuf::new();

@@ -9,8 +9,8 @@ use bson::{RawBsonRef, RawDocumentBuf};
 use serde_json::Value;
 
 use super::{
-    bad, document_key_record_key, json_to_doc, parse_json, record_token, DecodeError, Decoded,
-    DocumentOptions, Record, RecordMeta,
+    bad, document_key_record_key, json_bytes_to_doc, json_to_doc, parse_json, record_token,
+    DecodeError, Decoded, DocumentOptions, Record, RecordMeta,
 };
 use crate::config::JsonFlavour;
 use crate::core::event::{ChangeEvent, Namespace, OpType};
@@ -106,7 +106,7 @@ pub fn decode(
     nsd.append(bson::raw::cstr!("coll"), ns.coll_name());
     let Some(value) = value else {
         let key = key.ok_or_else(|| bad("tombstone without a key"))?;
-        let dk = json_to_doc(parse_json(key, "record key")?, "record key")?;
+        let dk = json_bytes_to_doc(key, "record key")?;
         if dk.is_empty() {
             return Err(bad("tombstone key is an empty document"));
         }
@@ -116,8 +116,12 @@ pub fn decode(
         let ev = ChangeEvent::from_raw(raw).map_err(|e| bad(e.to_string()))?;
         return Ok(Decoded::Event(Box::new(ev)));
     };
-    let json = parse_json(value, "record value")?;
-    if !json.is_object() {
+    let fast = super::ext_json_read::to_raw_document(value);
+    let json = match fast {
+        Some(_) => Value::Null,
+        None => parse_json(value, "record value")?,
+    };
+    if fast.is_none() && !json.is_object() {
         return Err(bad(format!(
             "record value is a JSON {}, not an object",
             match json {
@@ -129,7 +133,10 @@ pub fn decode(
             }
         )));
     }
-    let mut doc = json_to_doc(json, "record value")?;
+    let mut doc = match fast {
+        Some(d) => d,
+        None => json_to_doc(json, "record value")?,
+    };
     let has_id = doc.get("_id").ok().flatten().is_some();
     if !has_id && (opts.insert || opts.key_fields.is_empty()) {
         let mut with = RawDocumentBuf::new();

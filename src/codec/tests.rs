@@ -374,6 +374,22 @@ fn arb_value() -> impl Strategy<Value = bson::Bson> {
 }
 
 proptest! {
+    /// The one-pass reader gives what the general reader gives, byte for byte, for canonical
+    /// and relaxed Extended JSON of any document (and takes them all on its fast path).
+    #[test]
+    fn one_pass_reader_matches_the_general_reader(fields in proptest::collection::vec(("[a-z_]{1,8}", arb_value()), 0..8)) {
+        let mut doc = bson::Document::new();
+        for (k, v) in fields { doc.insert(k, v); }
+        let b = bson::Bson::Document(doc);
+        for text in [b.clone().into_canonical_extjson().to_string(), b.clone().into_relaxed_extjson().to_string()] {
+            let fast = super::ext_json_read::to_raw_document(text.as_bytes());
+            prop_assert!(fast.is_some(), "{}", text);
+            let fast = fast.unwrap();
+            let general = json_to_doc(parse_json(text.as_bytes(), "t").unwrap(), "t").unwrap();
+            prop_assert_eq!(fast.as_bytes(), general.as_bytes(), "{}", text);
+        }
+    }
+
     /// Canonical Extended JSON keeps every value, type and field order: the document applied on
     /// the far side is byte-identical to the one captured.
     #[test]
