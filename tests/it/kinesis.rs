@@ -88,13 +88,7 @@ async fn a_kinesis_hop_keeps_each_items_order_across_a_split_and_a_merge() {
     let k = kl.client().await;
     create_table(&c, "orders", Some(StreamViewType::NewAndOldImages)).await;
     create_table(&c, "orders_copy", None).await;
-    k.create_stream()
-        .stream_name("hop")
-        .shard_count(2)
-        .send()
-        .await
-        .unwrap();
-    kl.wait_active(&k, "hop").await;
+    kl.create_stream(&k, "hop", 2).await;
     const ITEMS: usize = 120;
     for i in 0..ITEMS {
         c.put_item()
@@ -279,13 +273,7 @@ async fn run_with_bad_records(
 ) -> Strait {
     let c = moto.dynamodb().await;
     let k = kl.client().await;
-    k.create_stream()
-        .stream_name("hop")
-        .shard_count(1)
-        .send()
-        .await
-        .unwrap();
-    kl.wait_active(&k, "hop").await;
+    kl.create_stream(&k, "hop", 1).await;
     let item = |pk: &str, extra: &str| serde_json::json!({ "pk": { "S": pk }, "sk": { "N": "1" }, "note": { "S": extra } });
     let key = |pk: &str| serde_json::json!({ "pk": { "S": pk }, "sk": { "N": "1" } });
     let records: Vec<(&str, Vec<u8>)> = vec![
@@ -446,13 +434,7 @@ async fn dead_letters_go_to_an_sqs_queue_with_the_sinks_access() {
             "shard_refresh = \"1s\"\ndead_letter_queue = \"no-such-queue\"\n",
         );
     let k = kl.client().await;
-    k.create_stream()
-        .stream_name("probe")
-        .shard_count(1)
-        .send()
-        .await
-        .unwrap();
-    kl.wait_active(&k, "probe").await;
+    kl.create_stream(&k, "probe", 1).await;
     let missing = write_config(
         dir.path(),
         "missing.toml",

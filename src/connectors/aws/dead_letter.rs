@@ -28,25 +28,92 @@ use crate::core::ChangeEvent;
 use crate::error::{Error, Result, Role};
 use crate::telemetry::Telemetry;
 
-/// Appends dead letters to a file.
-pub(crate) struct DeadLetterFile {
-    path: PathBuf,
+/// A DynamoDB or Kinesis source's dead letters: each one built once as JSON
+/// ([`dead_letter_json`]) and handed to where the source's keys say.
+pub(crate) struct StreamDeadLetters {
     pipeline: String,
-    file: Mutex<Option<tokio::fs::File>>,
+    to: Destination,
 }
 
-impl DeadLetterFile {
-    pub(crate) fn new(path: &Path, pipeline: &str) -> Arc<Self> {
-        Arc::new(Self {
-            path: path.to_path_buf(),
-            pipeline: pipeline.to_string(),
-            file: Mutex::new(None),
-        })
-    }
+/// Where dead letters go.
+enum Destination {
+    /// Appended to a file, one line each, synced.
+    File {
+        path: PathBuf,
+        file: Mutex<Option<tokio::fs::File>>,
+    },
+    /// Sent to an SQS queue, one message each.
+    Queue {
+        client: aws_sdk_sqs::Client,
+        url: String,
+    },
+    /// Produced to a Kafka topic, one record each, keyed by the item's key.
+    Kafka(DeadLetterTopic),
+}
 
-    fn io(&self, e: std::io::Error) -> Error {
-        Error::User(format!("dead-letter file {}: {e}", self.path.display()))
-    }
+/// Where a DynamoDB or Kinesis source keeps its dead letters (its `dead_letter_*` keys).
+pub(crate) struct DeadLetterKeys<'a> {
+    /// `dead_letter_file`.
+    pub(crate) file: Option<&'a Path>,
+    /// `dead_letter_queue`, reached with the DynamoDB table's access.
+    pub(crate) queue: Option<&'a str>,
+    /// `dead_letter_kafka`.
+    pub(crate) kafka: Option<&'a KafkaDeadLetterConfig>,
+}
+
+/// A source's dead letters from its keys; none when no key is set. A queue is reached now (a
+/// name is looked up, a URL checked), so a missing one stops the pipeline at start rather
+/// than at its first refused change.
+pub(crate) async fn open(
+    keys: DeadLetterKeys<'_>,
+    access: &AwsAccess,
+    pipeline: &str,
+    telemetry: &Arc<Telemetry>,
+) -> Result<Option<Arc<dyn DeadLetters>>> {
+    let to = if let Some(queue) = keys.queue {
+        let sdk = access.sdk_config().await;
+        let target = access.describe(sdk.region());
+        let client = aws_sdk_sqs::Client::new(&sdk);
+        let context = format!("dead-letter queue {queue}");
+        let url = if queue.starts_with("https://") || queue.starts_with("http://") {
+            client
+                .get_queue_attributes()
+                .queue_url(queue)
+                .send()
+                .await
+                .map_err(|e| classify(e, Role::DeadLetters, &context, &target))?;
+            queue.to_string()
+        } else {
+            let found = client
+                .get_queue_url()
+                .queue_name(queue)
+                .send()
+                .await
+                .map_err(|e| classify(e, Role::DeadLetters, &context, &target))?;
+            found.queue_url.unwrap_or_default()
+        };
+        Destination::Queue { client, url }
+    } else if let Some(k) = keys.kafka {
+        Destination::Kafka(DeadLetterTopic::open_at(
+            &k.brokers,
+            &k.security,
+            &k.options,
+            k.topic.clone(),
+            pipeline,
+            telemetry,
+        )?)
+    } else if let Some(path) = keys.file {
+        Destination::File {
+            path: path.to_path_buf(),
+            file: Mutex::new(None),
+        }
+    } else {
+        return Ok(None);
+    };
+    Ok(Some(Arc::new(StreamDeadLetters {
+        pipeline: pipeline.to_string(),
+        to,
+    })))
 }
 
 /// One dead letter as JSON.
@@ -85,78 +152,8 @@ pub(crate) fn dead_letter_json(
     line
 }
 
-#[async_trait]
-impl DeadLetters for DeadLetterFile {
-    async fn dead_letter(
-        &self,
-        origin: Option<&dyn Origin>,
-        event: Option<&ChangeEvent>,
-        reason: &str,
-    ) -> Result<()> {
-        let mut line = dead_letter_json(&self.pipeline, origin, event, reason).to_string();
-        line.push('\n');
-        let mut guard = self.file.lock().await;
-        if guard.is_none() {
-            let f = tokio::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.path)
-                .await
-                .map_err(|e| self.io(e))?;
-            *guard = Some(f);
-        }
-        let Some(f) = guard.as_mut() else {
-            return Err(Error::Internal("dead-letter file not open".into()));
-        };
-        f.write_all(line.as_bytes()).await.map_err(|e| self.io(e))?;
-        f.sync_data().await.map_err(|e| self.io(e))?;
-        warn!(file = %self.path.display(), %reason, "Change written to the dead-letter file.");
-        Ok(())
-    }
-}
-
 /// SQS's largest message body (256 KiB; an item can be 400 KB).
 const SQS_MAX_BODY: usize = 256 * 1024;
-
-/// Sends dead letters to an SQS queue.
-pub(crate) struct DeadLetterQueue {
-    client: aws_sdk_sqs::Client,
-    url: String,
-    pipeline: String,
-}
-
-impl DeadLetterQueue {
-    /// Reaches the queue (a name is looked up; a URL is used as it is), so a missing queue
-    /// stops the pipeline at start rather than at its first refused change.
-    pub(crate) async fn open(queue: &str, access: &AwsAccess, pipeline: &str) -> Result<Arc<Self>> {
-        let sdk = access.sdk_config().await;
-        let target = access.describe(sdk.region());
-        let client = aws_sdk_sqs::Client::new(&sdk);
-        let context = format!("dead-letter queue {queue}");
-        let url = if queue.starts_with("https://") || queue.starts_with("http://") {
-            client
-                .get_queue_attributes()
-                .queue_url(queue)
-                .send()
-                .await
-                .map_err(|e| classify(e, Role::DeadLetters, &context, &target))?;
-            queue.to_string()
-        } else {
-            let found = client
-                .get_queue_url()
-                .queue_name(queue)
-                .send()
-                .await
-                .map_err(|e| classify(e, Role::DeadLetters, &context, &target))?;
-            found.queue_url.unwrap_or_default()
-        };
-        Ok(Arc::new(Self {
-            client,
-            url,
-            pipeline: pipeline.to_string(),
-        }))
-    }
-}
 
 /// The message body: the dead letter's JSON, without the item's images (the keys stay) when
 /// they would not fit in one SQS message.
@@ -187,42 +184,7 @@ fn queue_body(mut letter: Value) -> String {
 }
 
 #[async_trait]
-impl DeadLetters for DeadLetterQueue {
-    async fn dead_letter(
-        &self,
-        origin: Option<&dyn Origin>,
-        event: Option<&ChangeEvent>,
-        reason: &str,
-    ) -> Result<()> {
-        let body = queue_body(dead_letter_json(&self.pipeline, origin, event, reason));
-        self.client
-            .send_message()
-            .queue_url(&self.url)
-            .message_body(body)
-            .send()
-            .await
-            .map_err(|e| {
-                Error::from(classify(
-                    e,
-                    Role::DeadLetters,
-                    "sending a dead letter",
-                    &self.url,
-                ))
-            })?;
-        warn!(queue = %self.url, %reason, "Change sent to the dead-letter queue.");
-        Ok(())
-    }
-}
-
-/// A Kafka topic that takes dead letters: each one the JSON letter as the value, keyed by the
-/// item's key, with Kafka Connect's error headers.
-pub(crate) struct DeadLetterKafka {
-    topic: DeadLetterTopic,
-    pipeline: String,
-}
-
-#[async_trait]
-impl DeadLetters for DeadLetterKafka {
+impl DeadLetters for StreamDeadLetters {
     async fn dead_letter(
         &self,
         origin: Option<&dyn Origin>,
@@ -230,63 +192,63 @@ impl DeadLetters for DeadLetterKafka {
         reason: &str,
     ) -> Result<()> {
         let letter = dead_letter_json(&self.pipeline, origin, event, reason);
-        let key = letter
-            .get("record")
-            .and_then(|r| r.get("dynamodb"))
-            .and_then(|d| d.get("Keys"))
-            .map(Value::to_string);
-        let value = letter.to_string();
-        let headers = vec![("strait.pipeline", Some(self.pipeline.as_bytes()))];
-        self.topic
-            .produce(
-                key.as_deref().map(str::as_bytes),
-                Some(value.as_bytes()),
-                headers,
-                reason,
-            )
-            .await?;
-        warn!(%reason, "Change sent to the dead-letter topic.");
+        match &self.to {
+            Destination::File { path, file } => {
+                let io = |e: std::io::Error| {
+                    Error::User(format!("dead-letter file {}: {e}", path.display()))
+                };
+                let mut line = letter.to_string();
+                line.push('\n');
+                let mut guard = file.lock().await;
+                if guard.is_none() {
+                    let f = tokio::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                        .await
+                        .map_err(io)?;
+                    *guard = Some(f);
+                }
+                let Some(f) = guard.as_mut() else {
+                    return Err(Error::Internal("dead-letter file not open".into()));
+                };
+                f.write_all(line.as_bytes()).await.map_err(io)?;
+                f.sync_data().await.map_err(io)?;
+                warn!(file = %path.display(), %reason, "Change written to the dead-letter file.");
+            }
+            Destination::Queue { client, url } => {
+                client
+                    .send_message()
+                    .queue_url(url)
+                    .message_body(queue_body(letter))
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        Error::from(classify(e, Role::DeadLetters, "sending a dead letter", url))
+                    })?;
+                warn!(queue = %url, %reason, "Change sent to the dead-letter queue.");
+            }
+            Destination::Kafka(topic) => {
+                let key = letter
+                    .get("record")
+                    .and_then(|r| r.get("dynamodb"))
+                    .and_then(|d| d.get("Keys"))
+                    .map(Value::to_string);
+                let value = letter.to_string();
+                let headers = vec![("strait.pipeline", Some(self.pipeline.as_bytes()))];
+                topic
+                    .produce(
+                        key.as_deref().map(str::as_bytes),
+                        Some(value.as_bytes()),
+                        headers,
+                        reason,
+                    )
+                    .await?;
+                warn!(%reason, "Change sent to the dead-letter topic.");
+            }
+        }
         Ok(())
     }
-}
-
-/// Where a DynamoDB or Kinesis source keeps its dead letters (its `dead_letter_*` keys).
-pub(crate) struct DeadLetterKeys<'a> {
-    /// `dead_letter_file`.
-    pub(crate) file: Option<&'a Path>,
-    /// `dead_letter_queue`, reached with the DynamoDB table's access.
-    pub(crate) queue: Option<&'a str>,
-    /// `dead_letter_kafka`.
-    pub(crate) kafka: Option<&'a KafkaDeadLetterConfig>,
-}
-
-/// A source's dead letters from its keys; none when no key is set.
-pub(crate) async fn open(
-    keys: DeadLetterKeys<'_>,
-    access: &AwsAccess,
-    pipeline: &str,
-    telemetry: &Arc<Telemetry>,
-) -> Result<Option<Arc<dyn DeadLetters>>> {
-    if let Some(q) = keys.queue {
-        return Ok(Some(DeadLetterQueue::open(q, access, pipeline).await?));
-    }
-    if let Some(k) = keys.kafka {
-        let topic = DeadLetterTopic::open_at(
-            &k.brokers,
-            &k.security,
-            &k.options,
-            k.topic.clone(),
-            pipeline,
-            telemetry,
-        )?;
-        return Ok(Some(Arc::new(DeadLetterKafka {
-            topic,
-            pipeline: pipeline.to_string(),
-        })));
-    }
-    Ok(keys
-        .file
-        .map(|f| DeadLetterFile::new(f, pipeline) as Arc<dyn DeadLetters>))
 }
 
 #[cfg(test)]

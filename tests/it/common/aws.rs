@@ -351,6 +351,17 @@ impl KinesisLocal {
     }
 
     /// Waits until the stream is ACTIVE (after a create, a split or a merge).
+    /// Creates `stream` with `shards` shards and waits until it is active.
+    pub async fn create_stream(&self, c: &aws_sdk_kinesis::Client, stream: &str, shards: i32) {
+        c.create_stream()
+            .stream_name(stream)
+            .shard_count(shards)
+            .send()
+            .await
+            .unwrap();
+        self.wait_active(c, stream).await;
+    }
+
     pub async fn wait_active(&self, c: &aws_sdk_kinesis::Client, stream: &str) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
