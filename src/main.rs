@@ -387,11 +387,15 @@ async fn run(paths: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
         }
         configs.push(cfg);
     }
+    // One token stops them all: SIGTERM, or the first pipeline that fails for good (the same
+    // child-token wiring as `strait serve`'s pipelines).
+    let stop = CancellationToken::new();
     let many = configs.len() > 1;
     let supervisors: Vec<_> = configs
         .into_iter()
         .map(|cfg| {
-            let s = strait::engine::supervisor::Supervisor::new(cfg);
+            let mut s = strait::engine::supervisor::Supervisor::new(cfg);
+            s.cancel = stop.child_token();
             if many {
                 s.without_bars()
             } else {
@@ -399,7 +403,6 @@ async fn run(paths: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
             }
         })
         .collect();
-    let stop = CancellationToken::new();
     let signals = tokio::spawn(shutdown_on_signal(stop.clone()));
     let result = run_together(&supervisors, &stop).await;
     signals.abort();
@@ -415,30 +418,19 @@ async fn run(paths: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Runs the pipelines until `stop` or until each has finished; the first one that fails stops
-/// the others (a supervisor restarting the process restarts them together), and its error is
-/// the result.
+/// Runs the pipelines until each has finished; the first one that fails cancels `stop`, their
+/// common parent token, so the others stop too (a supervisor restarting the process restarts
+/// them together), and its error is the result.
 async fn run_together(
     supervisors: &[strait::engine::supervisor::Supervisor],
     stop: &CancellationToken,
 ) -> strait::error::Result<()> {
-    let runs = supervisors.iter().map(|s| {
-        let (cancel, stop) = (s.cancel.clone(), stop.clone());
-        async move {
-            let forward = async {
-                stop.cancelled().await;
-                cancel.cancel();
-                std::future::pending::<()>().await
-            };
-            let result = tokio::select! {
-                r = s.run() => r,
-                _ = forward => unreachable!("pending"),
-            };
-            if result.is_err() {
-                stop.cancel();
-            }
-            result
+    let runs = supervisors.iter().map(|s| async move {
+        let result = s.run().await;
+        if result.is_err() {
+            stop.cancel();
         }
+        result
     });
     let mut first_error = None;
     for r in futures::future::join_all(runs).await {

@@ -91,6 +91,25 @@ pub fn derived_object_id(meta: RecordMeta<'_>) -> ObjectId {
     ObjectId::from_bytes(bytes)
 }
 
+/// A record value through `serde_json` and `bson` (what the one-pass reader leaves), with the
+/// reason when it is not an object.
+fn general_document(value: &[u8]) -> Result<RawDocumentBuf, DecodeError> {
+    let json = parse_json(value, "record value")?;
+    if !json.is_object() {
+        return Err(bad(format!(
+            "record value is a JSON {}, not an object",
+            match json {
+                Value::Array(_) => "array",
+                Value::String(_) => "string",
+                Value::Number(_) => "number",
+                Value::Bool(_) => "boolean",
+                _ => "null",
+            }
+        )));
+    }
+    json_to_doc(json, "record value")
+}
+
 /// A document record (or tombstone) back as a change.
 pub fn decode(
     key: Option<&[u8]>,
@@ -116,26 +135,9 @@ pub fn decode(
         let ev = ChangeEvent::from_raw(raw).map_err(|e| bad(e.to_string()))?;
         return Ok(Decoded::Event(Box::new(ev)));
     };
-    let fast = super::ext_json_read::to_raw_document(value);
-    let json = match fast {
-        Some(_) => Value::Null,
-        None => parse_json(value, "record value")?,
-    };
-    if fast.is_none() && !json.is_object() {
-        return Err(bad(format!(
-            "record value is a JSON {}, not an object",
-            match json {
-                Value::Array(_) => "array",
-                Value::String(_) => "string",
-                Value::Number(_) => "number",
-                Value::Bool(_) => "boolean",
-                _ => "null",
-            }
-        )));
-    }
-    let mut doc = match fast {
+    let mut doc = match super::ext_json_read::to_raw_document(value) {
         Some(d) => d,
-        None => json_to_doc(json, "record value")?,
+        None => general_document(value)?,
     };
     let has_id = doc.get("_id").ok().flatten().is_some();
     if !has_id && (opts.insert || opts.key_fields.is_empty()) {

@@ -114,7 +114,7 @@ impl<'de> Visitor<'de> for ValVisitor {
         let mut keys = Keys::default();
         let mut key = Some(first);
         while let Some(k) = key {
-            if k.starts_with('$') || !keys.insert(&k) {
+            if k.starts_with('$') || !keys.insert(k.clone()) {
                 return Err(give_up());
             }
             let Val(v) = map.next_value()?;
@@ -127,27 +127,28 @@ impl<'de> Visitor<'de> for ValVisitor {
 }
 
 /// The keys of one object so far, to find a repeated one (the general reader keeps the last
-/// value at the first one's place).
+/// value at the first one's place). Keys borrowed from the input are kept without a copy.
 #[derive(Default)]
-struct Keys {
-    few: Vec<String>,
-    many: HashSet<String>,
+struct Keys<'de> {
+    few: Vec<Cow<'de, str>>,
+    /// Past 16 keys, all of them, for wide objects.
+    many: HashSet<Cow<'de, str>>,
 }
 
-impl Keys {
+impl<'de> Keys<'de> {
     /// False when `k` was already there.
-    fn insert(&mut self, k: &str) -> bool {
+    fn insert(&mut self, k: Cow<'de, str>) -> bool {
         if self.few.len() < 16 {
-            if self.few.iter().any(|s| s == k) {
+            if self.few.contains(&k) {
                 return false;
             }
-            self.few.push(k.to_string());
+            self.few.push(k);
             return true;
         }
         if self.many.is_empty() {
             self.many.extend(self.few.iter().cloned());
         }
-        self.many.insert(k.to_string())
+        self.many.insert(k)
     }
 }
 

@@ -1,7 +1,7 @@
 //! Where a DynamoDB or Kinesis source keeps the changes the target refused for good and the
-//! records that could not be read: a file (one JSON line each, appended and synced) or an SQS
-//! queue (one message each, the same JSON as its body), written before the pipeline goes past
-//! them.
+//! records that could not be read: a file (one JSON line each, appended and synced), an SQS
+//! queue (one message each, the same JSON as its body) or a Kafka topic (one record each),
+//! written before the pipeline goes past them.
 //!
 //! ```json
 //! {"time": "2026-12-04T19:20:00Z", "pipeline": "cn-to-global", "reason": "...",

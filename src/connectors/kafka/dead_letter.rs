@@ -89,7 +89,9 @@ impl DeadLetterTopic {
             headers.push((k, Some(v.as_bytes())));
         }
         self.produce(rec.key.as_deref(), rec.value.as_deref(), headers, reason)
-            .await
+            .await?;
+        self.telemetry.kafka.dead_lettered.fetch_add(1, Relaxed);
+        Ok(())
     }
 
     /// Sends one record with the given headers and Kafka Connect's error headers for
@@ -118,10 +120,7 @@ impl DeadLetterTopic {
             r = r.payload(v);
         }
         match self.producer.send(r, Duration::from_secs(60)).await {
-            Ok(_) => {
-                self.telemetry.kafka.dead_lettered.fetch_add(1, Relaxed);
-                Ok(())
-            }
+            Ok(_) => Ok(()),
             Err((e, _)) => Err(KafkaError::Delivery {
                 sink: "dead-letter".into(),
                 topic: self.topic.clone(),

@@ -65,8 +65,8 @@ pub struct KinesisSourceConfig {
     #[serde(default)]
     pub dead_letter_file: Option<std::path::PathBuf>,
     /// An SQS queue (its name, or its URL) that takes what `dead_letter_file` would, one
-    /// message each, reached with the DynamoDB sink's region and keys. Instead of `dead_letter_file`. A letter over SQS's
-    /// 256 KiB message limit keeps the item's keys and leaves out its images.
+    /// message each, reached with the DynamoDB sink's region and keys. A letter over SQS's 256 KiB message
+    /// limit keeps the item's keys and leaves out its images. At most one `dead_letter_*` key.
     #[serde(default)]
     pub dead_letter_queue: Option<String>,
     /// A Kafka topic that takes them instead (`brokers`, `topic`, `security`, `options`).

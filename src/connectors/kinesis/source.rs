@@ -232,15 +232,14 @@ impl ShardedStream for KinesisApi {
             .map(|rec| {
                 let arrived_ms = rec
                     .approximate_arrival_timestamp
-                    .and_then(|t| t.to_millis().ok())
-                    .unwrap_or(0);
+                    .and_then(|t| t.to_millis().ok());
                 let data = rec.data.into_inner();
                 let decoded = StreamChange::from_json(&data);
                 ShardRecord::new(
                     shard,
                     rec.sequence_number,
                     decoded,
-                    Some(arrived_ms),
+                    arrived_ms,
                     &self.origin_attribute,
                     Some(data),
                     |c, token| {
