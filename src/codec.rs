@@ -199,7 +199,7 @@ pub fn json_bytes(v: &Value) -> Vec<u8> {
 
 /// The key of an event: its document key as Extended JSON, else its namespace (DDL).
 pub fn document_key_record_key(ev: &ChangeEvent, flavour: JsonFlavour) -> Vec<u8> {
-    match &ev.document_key {
+    match ev.document_key() {
         Some(k) => {
             let mut out = Vec::with_capacity(k.as_bytes().len() * 2);
             ext_json::write_document(&mut out, k, flavour);

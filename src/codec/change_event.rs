@@ -171,7 +171,7 @@ pub fn check_event(ev: &ChangeEvent) -> Result<(), DecodeError> {
         }
         let needs = match ev.op {
             OpType::Insert | OpType::Replace => Some("fullDocument"),
-            OpType::Update if ev.full_document.is_none() => Some("updateDescription"),
+            OpType::Update if ev.full_document().is_none() => Some("updateDescription"),
             _ => None,
         };
         if let Some(field) = needs {

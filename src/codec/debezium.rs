@@ -46,8 +46,7 @@ pub fn encode(ev: &ChangeEvent, flavour: JsonFlavour, tombstones: bool) -> Vec<R
         _ => return Vec::new(),
     };
     let id = ev
-        .document_key
-        .as_ref()
+        .document_key()
         .and_then(|k| k.get("_id").ok().flatten())
         .map(|v| raw_to_json(v, flavour))
         .unwrap_or(Value::Null);
@@ -66,7 +65,7 @@ pub fn encode(ev: &ChangeEvent, flavour: JsonFlavour, tombstones: bool) -> Vec<R
         // update would stop a Flink job.
         return Vec::new();
     }
-    let before = match (doc("fullDocumentBeforeChange"), &ev.document_key) {
+    let before = match (doc("fullDocumentBeforeChange"), ev.document_key()) {
         (Value::Null, Some(k))
             if matches!(ev.op, OpType::Update | OpType::Replace | OpType::Delete) =>
         {
@@ -74,7 +73,7 @@ pub fn encode(ev: &ChangeEvent, flavour: JsonFlavour, tombstones: bool) -> Vec<R
         }
         (b, _) => b,
     };
-    let update = match (&ev.op, &ev.update_description) {
+    let update = match (&ev.op, ev.update_description()) {
         (OpType::Update, Some(ud)) => {
             let part = |f: &str| match ud.get(f) {
                 Ok(Some(v)) => raw_to_json(v, flavour),

@@ -21,7 +21,7 @@ pub fn encode(ev: &ChangeEvent, flavour: JsonFlavour, tombstones: bool) -> Optio
     let key = || document_key_record_key(ev, flavour);
     match ev.op {
         OpType::Insert | OpType::Replace | OpType::Update => {
-            let d = ev.full_document.as_ref()?;
+            let d = ev.full_document()?;
             Some(Record {
                 key: key(),
                 value: Some({

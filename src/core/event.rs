@@ -145,17 +145,13 @@ pub struct ChangeEvent {
     pub source_ns: Namespace,
     /// For renames: the new namespace.
     pub rename_to: Option<Namespace>,
-    /// `documentKey`: `_id` plus the shard key, if any.
-    pub document_key: Option<RawDocumentBuf>,
-    /// `fullDocument` for inserts, replaces and looked-up updates.
-    pub full_document: Option<RawDocumentBuf>,
-    /// `updateDescription` of updates.
-    pub update_description: Option<RawDocumentBuf>,
     /// `clusterTime` of the change.
     pub cluster_time: Option<Timestamp>,
     /// The resume token (`_id` of the event).
     pub resume_token: RawDocumentBuf,
-    /// The whole event as the server sent it.
+    /// The whole event as the server sent it. `documentKey`, `fullDocument` and
+    /// `updateDescription` are read from it in place (see the accessors), never copied out: a
+    /// document in flight is held once.
     pub raw: RawDocumentBuf,
 }
 
@@ -185,19 +181,12 @@ impl ChangeEvent {
                     .and_then(|d| d.get_document("to").ok())
             })
             .and_then(ns_of);
-        let doc = |key: &str| match raw.get(key) {
-            Ok(Some(RawBsonRef::Document(d))) => Some(d.to_owned()),
-            _ => None,
-        };
         let cluster_time = raw.get_timestamp("clusterTime").ok();
         Ok(ChangeEvent {
             op,
             source_ns: ns.clone(),
             ns,
             rename_to,
-            document_key: doc("documentKey"),
-            full_document: doc("fullDocument"),
-            update_description: doc("updateDescription"),
             cluster_time,
             resume_token,
             raw,
@@ -277,10 +266,32 @@ impl ChangeEvent {
         self.resume_token.get_bool("copyingData").unwrap_or(false)
     }
 
+    /// `documentKey`: `_id` plus the shard key, if any.
+    pub fn document_key(&self) -> Option<&RawDocument> {
+        self.field_doc("documentKey")
+    }
+
+    /// `fullDocument` of inserts, replaces and looked-up updates.
+    pub fn full_document(&self) -> Option<&RawDocument> {
+        self.field_doc("fullDocument")
+    }
+
+    /// `updateDescription` of updates.
+    pub fn update_description(&self) -> Option<&RawDocument> {
+        self.field_doc("updateDescription")
+    }
+
+    /// A top-level field of the event that is a document (`None` if absent or not one).
+    pub fn field_doc(&self, key: &str) -> Option<&RawDocument> {
+        match self.raw.get(key) {
+            Ok(Some(RawBsonRef::Document(d))) => Some(d),
+            _ => None,
+        }
+    }
+
     /// The `_id` value of the changed document, as raw BSON bytes (for hashing).
     pub fn key_bytes(&self) -> &[u8] {
-        self.document_key
-            .as_deref()
+        self.document_key()
             .map(RawDocument::as_bytes)
             .unwrap_or(&[])
     }
@@ -316,7 +327,7 @@ mod tests {
                 increment: 2
             })
         );
-        let ud = ev.update_description.unwrap();
+        let ud = ev.update_description().unwrap();
         assert_eq!(
             ud.get_document("updatedFields")
                 .unwrap()
@@ -324,7 +335,7 @@ mod tests {
                 .unwrap(),
             1
         );
-        assert!(ev.full_document.is_none());
+        assert!(ev.full_document().is_none());
     }
 
     #[test]

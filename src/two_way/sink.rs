@@ -277,7 +277,7 @@ fn record_id(ns: &str, id: RawBsonRef<'_>) -> RawBson {
 
 /// The `_id` of an event's document.
 fn event_id(ev: &ChangeEvent) -> Option<RawBsonRef<'_>> {
-    ev.document_key.as_ref()?.get("_id").ok().flatten()
+    ev.document_key()?.get("_id").ok().flatten()
 }
 
 /// A document's own version in `field` (`version_field`): a date, or milliseconds as a number.
@@ -294,7 +294,7 @@ fn field_version(doc: &bson::RawDocument, field: &str) -> Option<i64> {
 /// The version of an incoming change and origin: the document's `version_field` where it is
 /// set and the document has it, else the change's `wallTime` (or cluster time).
 fn event_version(ev: &ChangeEvent, origin: &str, version_field: Option<&str>) -> Version {
-    let own = match (version_field, &ev.full_document) {
+    let own = match (version_field, ev.full_document()) {
         (Some(f), Some(d)) if ev.op != OpType::Delete => field_version(d, f),
         _ => None,
     };
@@ -556,10 +556,10 @@ impl Inner {
             let incoming = event_version(ev, &self.incoming, self.version_field.as_deref());
             let new_doc = match ev.op {
                 OpType::Delete => None,
-                _ => match &ev.full_document {
+                _ => match ev.full_document() {
                     Some(d) => Some(match &self.origin_field {
                         Some(f) => stamp(d, f, &self.incoming),
-                        None => d.clone(),
+                        None => d.to_owned(),
                     }),
                     // The document was gone when the source looked it up: its delete follows.
                     None => {
@@ -1093,8 +1093,8 @@ fn conflict_record(
         bson::raw::cstr!("time"),
         bson::DateTime::from_millis(incoming.t),
     );
-    match &ev.full_document {
-        Some(d) if ev.op != OpType::Delete => inc.append(bson::raw::cstr!("doc"), d.clone()),
+    match ev.full_document() {
+        Some(d) if ev.op != OpType::Delete => inc.append(bson::raw::cstr!("doc"), d),
         _ => inc.append(bson::raw::cstr!("doc"), RawBson::Null),
     }
     let mut cur = RawDocumentBuf::new();

@@ -67,8 +67,7 @@ fn ext_bson(b: Bson, flavour: JsonFlavour) -> Value {
 pub fn record(ev: &ChangeEvent, flavour: JsonFlavour) -> Value {
     let mut m = Map::new();
     let id = ev
-        .document_key
-        .as_ref()
+        .document_key()
         .and_then(|k| k.get("_id").ok().flatten())
         .and_then(|v| Bson::try_from(v).ok());
     m.insert(
@@ -85,16 +84,16 @@ pub fn record(ev: &ChangeEvent, flavour: JsonFlavour) -> Value {
         m.insert("coll".into(), json!(c));
     }
     m.insert("eventId".into(), json!(event_id(ev)));
-    if let Some(k) = &ev.document_key {
+    if let Some(k) = ev.document_key() {
         m.insert("documentKey".into(), ext(k, flavour));
     }
     if let Ok(Some(RawBsonRef::Document(d))) = ev.raw.get("fullDocumentBeforeChange") {
         m.insert("preImage".into(), ext(d, flavour));
     }
-    if let Some(d) = &ev.full_document {
+    if let Some(d) = ev.full_document() {
         m.insert("fullDocument".into(), ext(d, flavour));
     }
-    if let Some(d) = &ev.update_description {
+    if let Some(d) = ev.update_description() {
         m.insert("updateDescription".into(), ext(d, flavour));
     }
     if let Some(to) = &ev.rename_to {

@@ -143,15 +143,14 @@ impl DynamoSink {
     /// was not looked up (deleted since: its delete follows).
     fn document_action(ev: &ChangeEvent) -> std::result::Result<Option<Action>, String> {
         match ev.op {
-            OpType::Insert | OpType::Update | OpType::Replace => match &ev.full_document {
+            OpType::Insert | OpType::Update | OpType::Replace => match ev.full_document() {
                 Some(d) => Ok(Some(Action::Put(document_to_item(d)?))),
                 None if ev.op == OpType::Update => Ok(None),
                 None => Err("the change has no full document".into()),
             },
             OpType::Delete => {
                 let id = ev
-                    .document_key
-                    .as_deref()
+                    .document_key()
                     .and_then(|k| k.get("_id").ok().flatten())
                     .ok_or("the delete has no _id")?;
                 let key = document_to_item(&bson::rawdoc! { "_id": bson::RawBson::from(id) })?;
@@ -179,7 +178,7 @@ impl DynamoSink {
         };
         match ev.op {
             OpType::Insert | OpType::Update | OpType::Replace => Ok(Action::Put(doc(
-                ev.full_document.as_deref(),
+                ev.full_document(),
                 "full document (new image)",
             )?)),
             OpType::Delete => {
@@ -190,7 +189,7 @@ impl DynamoSink {
                     .map(|d| doc(Some(d), "old image"))
                     .transpose()?;
                 Ok(Action::Delete {
-                    key: doc(ev.document_key.as_deref(), "key")?,
+                    key: doc(ev.document_key(), "key")?,
                     old,
                 })
             }

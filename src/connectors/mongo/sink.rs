@@ -109,14 +109,14 @@ impl WriteOp {
 /// e.g. an update that changed nothing, or a looked-up update whose document is gone).
 pub fn ops_for_event(ev: &ChangeEvent, mode: UpdateMode) -> Result<Vec<WriteOp>, EventError> {
     let filter = || {
-        ev.document_key
-            .clone()
+        ev.document_key()
+            .map(ToOwned::to_owned)
             .ok_or_else(|| EventError(format!("{} event without documentKey", ev.op.as_str())))
     };
     let ns = ev.ns.clone();
     Ok(match ev.op {
         OpType::Insert | OpType::Replace => {
-            let doc = ev.full_document.clone().ok_or_else(|| {
+            let doc = ev.full_document().map(ToOwned::to_owned).ok_or_else(|| {
                 EventError(format!("{} event without fullDocument", ev.op.as_str()))
             })?;
             vec![WriteOp::Upsert {
@@ -125,8 +125,8 @@ pub fn ops_for_event(ev: &ChangeEvent, mode: UpdateMode) -> Result<Vec<WriteOp>,
                 doc,
             }]
         }
-        OpType::Update if mode == UpdateMode::FullDocument && ev.full_document.is_some() => {
-            let doc = ev.full_document.clone().expect("checked");
+        OpType::Update if mode == UpdateMode::FullDocument && ev.full_document().is_some() => {
+            let doc = ev.full_document().map(ToOwned::to_owned).expect("checked");
             vec![WriteOp::Upsert {
                 ns,
                 filter: filter()?,
@@ -137,8 +137,7 @@ pub fn ops_for_event(ev: &ChangeEvent, mode: UpdateMode) -> Result<Vec<WriteOp>,
         // so a pipeline that skips deletes still keeps the last update.
         OpType::Update => {
             let ud = ev
-                .update_description
-                .as_deref()
+                .update_description()
                 .ok_or_else(|| EventError("update event without updateDescription".into()))?;
             let filter = filter()?;
             update_ops(ud)?
@@ -335,13 +334,13 @@ impl MongoSink {
                 None => vec![],
             });
         }
-        match &ev.full_document {
+        match ev.full_document() {
             // If the document exists it holds this state or a later one whose events follow,
             // so leaving it is as right as replacing it, and much cheaper.
             Some(doc) if ev.is_snapshot() && ev.op == OpType::Insert => {
                 Ok(vec![WriteOp::InsertIfAbsent {
                     ns: ev.ns.clone(),
-                    doc: doc.clone(),
+                    doc: doc.to_owned(),
                 }])
             }
             _ => ops_for_event(ev, self.route.update_mode),
@@ -946,10 +945,12 @@ mod tests {
 
     #[test]
     fn full_document_mode_upserts_or_falls_back_to_delta() {
-        let mut ev = update_event(rawdoc! { "updatedFields": { "a": 1_i32 } });
+        let ev = update_event(rawdoc! { "updatedFields": { "a": 1_i32 } });
         let ops = ops_for_event(&ev, UpdateMode::FullDocument).unwrap();
         assert!(matches!(&ops[..], [WriteOp::Update { .. }]), "{ops:?}");
-        ev.full_document = Some(rawdoc! { "_id": 1_i32, "a": 1_i32 });
+        let mut raw = ev.raw.clone();
+        raw.append(cstr!("fullDocument"), rawdoc! { "_id": 1_i32, "a": 1_i32 });
+        let ev = ChangeEvent::from_raw(raw).unwrap();
         assert!(matches!(
             ops_for_event(&ev, UpdateMode::FullDocument).unwrap()[0],
             WriteOp::Upsert { .. }
