@@ -43,6 +43,9 @@
 //!   `apply.max_inflight_mib` (unset = strait's defaults);
 //! - BENCH_KAFKA_APPLY_SOURCE: extra lines for the apply's `[source]` table (e.g. `options`);
 //! - BENCH_CACHE (6G): `--cache-size` of each SecantusDB server;
+//! - BENCH_KAFKA_DOC (user): the snapshot's documents, `user` (benches/support/harness.rs
+//!   `doc_user`, ~960 B, as the sync bench) or `1k` (a ~1 KB document, mostly one repeated
+//!   character, which zstd shrinks ~20 times);
 //! - BENCH_LOAD_BATCH (1000): documents per `insert_many` when loading and in the raw insert;
 //! - BENCH_CHUNK_DOCS (100000000), BENCH_PARALLELISM, BENCH_COPY_BATCH: the capture's
 //!   `[full_sync]` chunk_docs, parallelism and batch_docs (unset = strait's default; one chunk
@@ -129,6 +132,18 @@ async fn insert_batch(c: &mongodb::Collection<Document>, docs: Vec<Document>) ->
     }
 }
 
+/// Document `i` of the snapshot: user-like by default (`doc_user`: nested documents, arrays,
+/// Decimal128, dates; one in 1,000 ~100 KB), which compress like real data; `BENCH_KAFKA_DOC=1k`
+/// gives the older ~1 KB document that is mostly one repeated character.
+fn bench_doc(i: i64) -> Document {
+    static ONE_K: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *ONE_K.get_or_init(|| env_str("BENCH_KAFKA_DOC", "user") == "1k") {
+        doc_1k(i)
+    } else {
+        doc_user(i)
+    }
+}
+
 /// Loads `n` documents into `db.coll` with sequential `insert_many`s; returns (elapsed, retries).
 async fn load(client: &Client, db: &str, coll: &str, n: i64) -> (Duration, u32) {
     let batch = env_u64("BENCH_LOAD_BATCH", 1000).max(1) as i64;
@@ -136,7 +151,7 @@ async fn load(client: &Client, db: &str, coll: &str, n: i64) -> (Duration, u32) 
     let t = Instant::now();
     let mut retries = 0;
     for start in (0..n).step_by(batch as usize) {
-        retries += insert_batch(&c, (start..(start + batch).min(n)).map(doc_1k).collect()).await;
+        retries += insert_batch(&c, (start..(start + batch).min(n)).map(bench_doc).collect()).await;
     }
     (t.elapsed(), retries)
 }
@@ -149,7 +164,7 @@ async fn upsert_load(client: &Client, db: &str, n: i64) -> Duration {
     let t = Instant::now();
     for start in (0..n).step_by(batch as usize) {
         let updates: Vec<Document> = (start..(start + batch).min(n))
-            .map(|i| doc! { "q": { "_id": i }, "u": doc_1k(i), "upsert": true })
+            .map(|i| doc! { "q": { "_id": i }, "u": bench_doc(i), "upsert": true })
             .collect();
         let reply = database
             .run_command(doc! {

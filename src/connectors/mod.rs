@@ -44,6 +44,11 @@ impl InvalidSetting {
 pub(crate) trait Origin: std::fmt::Debug + Send + Sync {
     /// The origin as its own type, for the dead-letter destination of the same source.
     fn as_any(&self) -> &dyn std::any::Any;
+
+    /// Bytes it holds while its event is in flight (counted in `apply.max_inflight_mib`).
+    fn held_bytes(&self) -> usize {
+        0
+    }
 }
 
 /// What a source hands to the engine, in order per part.

@@ -159,6 +159,7 @@ impl ChangeEvent {
     /// Parses a change-stream event document.
     pub fn from_raw(raw: RawDocumentBuf) -> Result<Self, EventError> {
         let bad = |what: &str| EventError(what.to_string());
+        let raw = fitted(raw);
         let resume_token = raw
             .get_document("_id")
             .map_err(|_| bad("no _id (resume token)"))?
@@ -297,6 +298,18 @@ impl ChangeEvent {
     }
 }
 
+/// `raw` without the spare capacity a document built by appending may have (up to as much
+/// again as its length): an event is held until every sink wrote it, and a backlog holds many.
+fn fitted(raw: RawDocumentBuf) -> RawDocumentBuf {
+    let len = raw.as_bytes().len();
+    let mut bytes = raw.into_bytes();
+    if bytes.capacity() - len <= len / 8 {
+        return RawDocumentBuf::from_bytes(bytes).expect("the bytes of a document");
+    }
+    bytes.shrink_to_fit();
+    RawDocumentBuf::from_bytes(bytes).expect("the bytes of a document")
+}
+
 fn ns_of(ns: &RawDocument) -> Option<Namespace> {
     let db = ns.get_str("db").ok()?;
     Some(Namespace::new(db, ns.get_str("coll").ok()))
@@ -349,6 +362,35 @@ mod tests {
         let raw = rawdoc! { "_id": { "_data": "02" }, "operationType": "dropDatabase", "ns": { "db": "a" } };
         let ev = ChangeEvent::from_raw(raw).unwrap();
         assert_eq!(ev.ns, Namespace::new("a", None));
+    }
+
+    #[test]
+    fn an_event_holds_its_document_once_and_without_spare_capacity() {
+        let mut raw = RawDocumentBuf::new();
+        raw.append(bson::raw::cstr!("_id"), rawdoc! { "_data": "01" });
+        raw.append(bson::raw::cstr!("operationType"), "insert");
+        raw.append(bson::raw::cstr!("ns"), rawdoc! { "db": "d", "coll": "c" });
+        raw.append(bson::raw::cstr!("documentKey"), rawdoc! { "_id": 1_i32 });
+        raw.append(
+            bson::raw::cstr!("fullDocument"),
+            rawdoc! { "_id": 1_i32, "s": "x".repeat(3000) },
+        );
+        let mut bytes = raw.into_bytes();
+        bytes.reserve(bytes.len());
+        let ev = ChangeEvent::from_raw(RawDocumentBuf::from_bytes(bytes).unwrap()).unwrap();
+        // The accessors point into the event's own bytes.
+        let full = ev.full_document().unwrap().as_bytes().as_ptr_range();
+        let all = ev.raw.as_bytes().as_ptr_range();
+        assert!(all.start <= full.start && full.end <= all.end);
+        assert_eq!(ev.document_key().unwrap(), &*rawdoc! { "_id": 1_i32 });
+        assert!(ev.update_description().is_none());
+        let len = ev.raw.as_bytes().len();
+        let bytes = ev.raw.into_bytes();
+        assert!(
+            bytes.capacity() <= len + len / 8,
+            "{} for {len}",
+            bytes.capacity()
+        );
     }
 
     #[test]

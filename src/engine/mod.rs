@@ -52,6 +52,14 @@ enum Flow {
     Stop,
 }
 
+/// Bytes an event costs beyond its BSON and origin (its struct, namespaces, queue slots).
+const EVENT_OVERHEAD: usize = 256;
+
+/// `apply.max_inflight_mib` in bytes: what events read and not yet written may hold.
+fn inflight_budget(cfg: &PipelineConfig) -> usize {
+    cfg.apply.max_inflight_mib as usize * 1024 * 1024
+}
+
 /// The sinks' lane queues.
 struct Routes {
     /// Per sink: its ordering and its lanes' queues.
@@ -155,7 +163,7 @@ impl Engine {
             })
         };
 
-        let budget = Arc::new(Semaphore::new(cfg.apply.max_inflight_mib as usize * 1024));
+        let budget = Arc::new(Semaphore::new(inflight_budget(cfg)));
         let mut d = Dispatcher {
             engine: self,
             windows: &windows,
@@ -368,11 +376,15 @@ impl Dispatcher<'_> {
         if !e.control.admit(1, self.stop).await || !self.delay(&ev, &pos).await {
             return Ok(Flow::Stop);
         }
-        let max_kib = e.cfg.apply.max_inflight_mib as usize * 1024;
-        let kib = ((ev.raw.as_bytes().len() / 1024 + 1) * targets.len()).min(max_kib);
+        // What the event holds while in flight: its BSON, once per sink that queues it, and
+        // what its origin keeps (a Kafka record's bytes, for the dead-letter topic).
+        let held = EVENT_OVERHEAD
+            + ev.raw.as_bytes().len() * targets.len()
+            + origin.as_ref().map_or(0, |o| o.held_bytes());
+        let bytes = held.min(inflight_budget(&e.cfg));
         let permit = tokio::select! {
             biased;
-            p = self.budget.clone().acquire_many_owned(kib as u32) => {
+            p = self.budget.clone().acquire_many_owned(bytes as u32) => {
                 p.map_err(|_| Error::Internal("budget closed".into()))?
             }
             _ = self.stop.cancelled() => return Ok(Flow::Stop),

@@ -58,6 +58,10 @@ impl Origin for ShardOrigin {
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
+
+    fn held_bytes(&self) -> usize {
+        self.shard.len() + self.seq.len() + self.data.as_ref().map_or(0, Vec::len)
+    }
 }
 
 impl ShardRecord {

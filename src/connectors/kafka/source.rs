@@ -57,6 +57,18 @@ impl Origin for ConsumedRecord {
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
+
+    fn held_bytes(&self) -> usize {
+        let len = |b: &Option<Vec<u8>>| b.as_ref().map_or(0, Vec::len);
+        self.topic.len()
+            + len(&self.key)
+            + len(&self.value)
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + len(v))
+                .sum::<usize>()
+    }
 }
 
 /// What the group callbacks hand to the source task.
@@ -183,10 +195,14 @@ pub async fn open(
                 .to_string(),
             ),
             // Bounded prefetch: the lanes, not librdkafka's queue, hold the backlog (the defaults
-            // buffer up to 64 MB and 100,000 records per partition ahead of a slow target).
+            // buffer up to 64 MB and 100,000 records per partition ahead of a slow target). The
+            // byte limits count compressed bytes, and a fetch is decompressed whole, so the
+            // record count and the fetch size are what bound the memory: 10,000 records and
+            // 50 MB fetches held ~70 MB of decompressed records in a 100,000-record backlog.
             // Records larger than a fetch are still returned whole.
             ("queued.max.messages.kbytes", "16384".to_string()),
-            ("queued.min.messages", "10000".to_string()),
+            ("queued.min.messages", "1000".to_string()),
+            ("fetch.max.bytes", fetch_max_bytes(&cfg.options)),
             (
                 "partition.assignment.strategy",
                 "range,roundrobin".to_string(),
@@ -638,9 +654,27 @@ impl Source for KafkaSource {
     }
 }
 
+/// strait's default `fetch.max.bytes`: 1 MiB, or the user's `message.max.bytes` if larger
+/// (librdkafka refuses a fetch limit below it).
+fn fetch_max_bytes(options: &std::collections::BTreeMap<String, String>) -> String {
+    let message_max = options
+        .get("message.max.bytes")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    message_max.max(1 << 20).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fetch_limit_follows_a_larger_message_limit() {
+        let mut o = std::collections::BTreeMap::new();
+        assert_eq!(fetch_max_bytes(&o), "1048576");
+        o.insert("message.max.bytes".to_string(), "20000000".to_string());
+        assert_eq!(fetch_max_bytes(&o), "20000000");
+    }
 
     #[test]
     fn commits_count_as_kept_only_when_an_offset_comes_back() {
@@ -653,5 +687,19 @@ mod tests {
         one.add_partition_offset("t", 2, Offset::Offset(42))
             .unwrap();
         assert!(any_offset(&one));
+    }
+
+    #[test]
+    fn a_record_counts_the_bytes_it_keeps_in_the_in_flight_budget() {
+        let rec = ConsumedRecord {
+            topic: "cdc.a.b".into(),
+            partition: 0,
+            offset: 7,
+            key: Some(vec![0; 10]),
+            value: Some(vec![0; 1000]),
+            headers: vec![("h".into(), Some(vec![0; 5])), ("n".into(), None)],
+            timestamp_ms: None,
+        };
+        assert_eq!(rec.held_bytes(), 7 + 10 + 1000 + 1 + 5 + 1);
     }
 }
