@@ -13,6 +13,8 @@
 //!   (with transactions) on user-like documents with 7 indexes, at each size of
 //!   `BENCH_BACKLOG_SIZES` ("50000,200000"), against the raw apply of the same writes
 //!   (`benches/support/backlog.rs`);
+//!   and again with the `email` index not unique (`BENCH_BACKLOG_UNIQUE=only` skips that), for
+//!   the cost of a unique index; then the lag of live writes, and a byte-for-byte comparison;
 //! - peak RSS of strait while copying `BENCH_RSS_DOCS` documents.
 //!
 //! Sizes (0 skips a part): BENCH_DOCS (200000), BENCH_OPS (100000), BENCH_RSS_DOCS (1000000).
@@ -456,7 +458,34 @@ async fn main() {
             .split(',')
             .filter_map(|v| v.trim().parse::<i64>().ok())
         {
-            backlog::run(&s, &d, src.port, dst.port, dir.path(), size, backlog_ops).await;
+            let with = backlog::run(
+                &s,
+                &d,
+                src.port,
+                dst.port,
+                dir.path(),
+                size,
+                backlog_ops,
+                true,
+            )
+            .await;
+            if env_str("BENCH_BACKLOG_UNIQUE", "compare") == "compare" {
+                let without = backlog::run(
+                    &s,
+                    &d,
+                    src.port,
+                    dst.port,
+                    dir.path(),
+                    size,
+                    backlog_ops,
+                    false,
+                )
+                .await;
+                println!(
+                    "backlog at {size} docs: catch-up with the unique email index {with:.0} writes/s, without {without:.0}: ratio {:.2} (goal >= 0.8)",
+                    with / without
+                );
+            }
         }
     }
 

@@ -1,9 +1,16 @@
 //! The backlog phase of the sync bench: strait is stopped while one client writes a mixed
-//! backlog (`$set`+`$inc`, `$push`, `$pull`+`$set`, whole replaces, two-document
-//! transactions, `$unset`+`$set`) to user-like documents with 7 secondary indexes; then strait
-//! starts and catches up. The raw limit is the same operations, already turned into writes,
-//! applied by the driver directly into a copy of the same collection on the same target with
-//! strait's parallelism (8 lanes by `_id`) and write concern (`w: majority`).
+//! backlog to user-like documents with 7 secondary indexes (one unique, on `email`): `$set` +
+//! `$inc`, `$push`, `$pull` + `$set`, `$addToSet` + `$pop`, `$rename`, `$min` / `$max` / `$mul`,
+//! `$unset` + `$set`, whole replaces, deletes (and the document inserted again), changes of the
+//! unique `email` to a new value, two-document transactions, and transactions that swap two
+//! documents' emails; then strait starts and catches up. The raw limit is the same operations,
+//! already turned into writes, applied by the driver directly into a copy of the same collection
+//! on the same target with strait's parallelism (8 lanes by `_id`) and write concern
+//! (`w: majority`); a write of the raw apply that collides on the unique index (a swap whose
+//! other half another lane has not written yet) is retried until it goes through. Then, with
+//! strait running, the same writer writes `live` more operations at its full rate and the phase
+//! reports the lag from its last write until the target has it. Source and target are compared
+//! document by document, byte for byte, at the end.
 
 use std::time::{Duration, Instant};
 
@@ -19,30 +26,86 @@ use super::harness::*;
 enum Write {
     Update(i64, Document),
     Replace(i64, Document),
+    Delete(i64),
+    Insert(i64, Document),
 }
 
 impl Write {
     fn id(&self) -> i64 {
         match self {
-            Write::Update(i, _) | Write::Replace(i, _) => *i,
+            Write::Update(i, _) | Write::Replace(i, _) | Write::Delete(i) | Write::Insert(i, _) => {
+                *i
+            }
+        }
+    }
+
+    /// Applies the write to `c` (`w: majority` when `majority`).
+    async fn apply(&self, c: &Collection<Document>, majority: bool) -> mongodb::error::Result<()> {
+        let wc = majority.then(WriteConcern::majority);
+        match self {
+            Write::Update(i, u) => c
+                .update_one(doc! { "_id": *i }, u.clone())
+                .with_options(
+                    mongodb::options::UpdateOptions::builder()
+                        .write_concern(wc)
+                        .build(),
+                )
+                .await
+                .map(|_| ()),
+            Write::Replace(i, d) => c
+                .replace_one(doc! { "_id": *i }, d.clone())
+                .with_options(
+                    mongodb::options::ReplaceOptions::builder()
+                        .write_concern(wc)
+                        .build(),
+                )
+                .await
+                .map(|_| ()),
+            Write::Delete(i) => c
+                .delete_one(doc! { "_id": *i })
+                .with_options(
+                    mongodb::options::DeleteOptions::builder()
+                        .write_concern(wc)
+                        .build(),
+                )
+                .await
+                .map(|_| ()),
+            Write::Insert(_, d) => c
+                .insert_one(d.clone())
+                .with_options(
+                    mongodb::options::InsertOneOptions::builder()
+                        .write_concern(wc)
+                        .build(),
+                )
+                .await
+                .map(|_| ()),
         }
     }
 }
 
-/// Writes `ops` operations (a transaction counts as one, with two writes); returns the
-/// writes in order and how long writing took.
+/// Whether `e` is a duplicate-key error.
+fn duplicate_key(e: &mongodb::error::Error) -> bool {
+    matches!(
+        e.kind.as_ref(),
+        mongodb::error::ErrorKind::Write(mongodb::error::WriteFailure::WriteError(w)) if w.code == 11000
+    )
+}
+
+/// Writes `ops` operations (a transaction counts as one) starting at operation number `from`;
+/// returns the writes in order and how long writing took.
 async fn write_backlog(
     client: &Client,
     c: &Collection<Document>,
     docs: i64,
+    from: u64,
     ops: u64,
 ) -> (Vec<Write>, Duration) {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(17 + from);
     let mut writes = Vec::with_capacity(ops as usize * 7 / 6);
     let t = Instant::now();
-    for n in 0..ops as i64 {
+    for n in from as i64..(from + ops) as i64 {
         let i = rng.random_range(0..docs);
-        let w = match rng.random_range(0..6) {
+        let w = match rng.random_range(0..12) {
             0 => vec![Write::Update(
                 i,
                 doc! { "$set": { "score": rng.random::<f64>() }, "$inc": { "orders.0.qty": 1 } },
@@ -52,14 +115,48 @@ async fn write_backlog(
                 i,
                 doc! { "$pull": { "tags": "p" }, "$set": { "status": "trial" } },
             )],
-            3 => {
-                let mut d = c.find_one(doc! { "_id": i }).await.unwrap().unwrap();
-                d.insert("notes", format!("{n:>240}"));
-                vec![Write::Replace(i, d)]
-            }
-            4 => {
+            3 => match c.find_one(doc! { "_id": i }).await.unwrap() {
+                Some(mut d) => {
+                    d.insert("notes", format!("{n:>240}"));
+                    vec![Write::Replace(i, d)]
+                }
+                None => continue,
+            },
+            4 | 11 => {
                 let j = (i + 1) % docs;
-                let (a, b) = (doc! { "$set": { "t": n } }, doc! { "$set": { "t": n } });
+                let (a, b) = if n % 2 == 0 {
+                    (doc! { "$set": { "t": n } }, doc! { "$set": { "t": n } })
+                } else {
+                    // A swap of the two documents' unique emails, through a value of its own.
+                    let email = |id| async move {
+                        c.find_one(doc! { "_id": id })
+                            .await
+                            .unwrap()
+                            .and_then(|d| d.get_str("email").ok().map(str::to_string))
+                    };
+                    let (Some(ea), Some(eb)) = (email(i).await, email(j).await) else {
+                        continue;
+                    };
+                    let mut s = client.start_session().await.unwrap();
+                    s.start_transaction().await.unwrap();
+                    let steps = [
+                        Write::Update(i, doc! { "$set": { "email": format!("swap{n}") } }),
+                        Write::Update(j, doc! { "$set": { "email": ea } }),
+                        Write::Update(i, doc! { "$set": { "email": eb } }),
+                    ];
+                    for w in &steps {
+                        let Write::Update(id, u) = w else {
+                            unreachable!()
+                        };
+                        c.update_one(doc! { "_id": *id }, u.clone())
+                            .session(&mut s)
+                            .await
+                            .unwrap();
+                    }
+                    s.commit_transaction().await.unwrap();
+                    writes.extend(steps);
+                    continue;
+                };
                 let mut s = client.start_session().await.unwrap();
                 s.start_transaction().await.unwrap();
                 c.update_one(doc! { "_id": i }, a.clone())
@@ -75,31 +172,48 @@ async fn write_backlog(
                 writes.push(Write::Update(j, b));
                 continue;
             }
-            _ => vec![Write::Update(
+            5 => vec![Write::Update(
                 i,
                 doc! { "$unset": { "prefs": "" }, "$set": { "m": n } },
             )],
+            6 => vec![Write::Update(
+                i,
+                doc! { "$addToSet": { "tags": format!("s{}", n % 5) }, "$pop": { "orders": 1 } },
+            )],
+            7 => vec![Write::Update(
+                i,
+                if n % 2 == 0 {
+                    doc! { "$rename": { "name.first": "name.given" } }
+                } else {
+                    doc! { "$rename": { "name.given": "name.first" } }
+                },
+            )],
+            8 => vec![Write::Update(
+                i,
+                doc! { "$min": { "address.geo.lat": 0.0 }, "$max": { "address.geo.lon": 0.0 }, "$mul": { "score": 1.5 } },
+            )],
+            9 => match c.find_one(doc! { "_id": i }).await.unwrap() {
+                // Deleted, and inserted again as it was (so the collection keeps its size).
+                Some(d) => vec![Write::Delete(i), Write::Insert(i, d)],
+                None => continue,
+            },
+            _ => vec![Write::Update(
+                i,
+                doc! { "$set": { "email": format!("new{n}@example.com") } },
+            )],
         };
         for x in &w {
-            match x {
-                Write::Update(i, u) => c
-                    .update_one(doc! { "_id": *i }, u.clone())
-                    .await
-                    .map(|_| ()),
-                Write::Replace(i, d) => c
-                    .replace_one(doc! { "_id": *i }, d.clone())
-                    .await
-                    .map(|_| ()),
-            }
-            .unwrap();
+            x.apply(c, false).await.unwrap();
         }
         writes.extend(w);
     }
     (writes, t.elapsed())
 }
 
-/// Applies `writes` to `c` in 8 lanes by `_id` (each lane in order), `w: majority`.
-async fn raw_apply(c: &Collection<Document>, writes: &[Write]) -> Duration {
+/// Applies `writes` to `c` in 8 lanes by `_id` (each lane in order), `w: majority`; a write
+/// that collides on the unique index waits for the lane that frees the value. Returns the
+/// time and how many such retries it took.
+async fn raw_apply(c: &Collection<Document>, writes: &[Write]) -> (Duration, u64) {
     let c = c.clone_with_type::<Document>();
     let mut lanes: Vec<Vec<Write>> = vec![Vec::new(); 8];
     for w in writes {
@@ -110,28 +224,65 @@ async fn raw_apply(c: &Collection<Document>, writes: &[Write]) -> Duration {
     for lane in lanes {
         let c = c.clone();
         tasks.spawn(async move {
+            let mut retries = 0;
             for w in lane {
-                match w {
-                    Write::Update(i, u) => c
-                        .update_one(doc! { "_id": i }, u)
-                        .write_concern(WriteConcern::majority())
-                        .await
-                        .map(|_| ()),
-                    Write::Replace(i, d) => c
-                        .replace_one(doc! { "_id": i }, d)
-                        .write_concern(WriteConcern::majority())
-                        .await
-                        .map(|_| ()),
+                loop {
+                    match w.apply(&c, true).await {
+                        Ok(()) => break,
+                        Err(e) if duplicate_key(&e) && retries < 1_000_000 => {
+                            retries += 1;
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                        Err(e) => panic!("raw apply: {e}"),
+                    }
                 }
-                .unwrap();
             }
+            retries
         });
     }
-    while tasks.join_next().await.is_some() {}
-    t.elapsed()
+    let mut retries = 0;
+    while let Some(r) = tasks.join_next().await {
+        retries += r.unwrap();
+    }
+    (t.elapsed(), retries)
 }
 
-/// Runs the phase on `docs` documents; prints one line.
+/// Documents of `a` and `b` that differ byte for byte (missing on one side included).
+async fn differences(a: &Collection<Document>, b: &Collection<Document>) -> u64 {
+    use futures::TryStreamExt;
+    let all = |c: &Collection<Document>| {
+        let c = c.clone_with_type::<bson::RawDocumentBuf>();
+        async move {
+            c.find(doc! {})
+                .sort(doc! { "_id": 1 })
+                .await
+                .unwrap()
+                .try_collect::<Vec<_>>()
+                .await
+                .unwrap()
+        }
+    };
+    let key = |d: &bson::RawDocumentBuf| d.get("_id").ok().flatten().map(|v| format!("{v:?}"));
+    let x: std::collections::HashMap<_, _> =
+        all(a).await.into_iter().map(|d| (key(&d), d)).collect();
+    let mut diff = 0;
+    let mut seen = 0;
+    for q in all(b).await {
+        match x.get(&key(&q)) {
+            Some(p) if p.as_bytes() == q.as_bytes() => seen += 1,
+            Some(_) => {
+                seen += 1;
+                diff += 1;
+            }
+            None => diff += 1,
+        }
+    }
+    diff + (x.len() - seen) as u64
+}
+
+/// Runs the phase on `docs` documents, the `email` index unique or not; prints one line and
+/// returns strait's catch-up rate (writes/s).
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     s: &Client,
     d: &Client,
@@ -140,8 +291,12 @@ pub async fn run(
     dir: &std::path::Path,
     docs: i64,
     ops: u64,
-) {
-    let indexes = user_indexes();
+    unique: bool,
+) -> f64 {
+    let mut indexes = user_indexes();
+    if !unique {
+        indexes[0].remove("unique");
+    }
     let db = format!("backlog{docs}");
     crate::load(s, &db, docs, false, doc_user).await;
     build_indexes(s, &db, "docs", &indexes).await;
@@ -173,24 +328,26 @@ pub async fn run(
     }
     sigterm(&mut child);
     let c = s.database(&db).collection::<Document>("docs");
-    let (writes, wrote) = write_backlog(s, &c, docs, ops).await;
+    let (writes, wrote) = write_backlog(s, &c, docs, 0, ops).await;
     c.update_one(doc! { "_id": 0_i64 }, doc! { "$set": { "sentinel": 1 } })
         .await
         .unwrap();
     let target = d.database(&db).collection::<Document>("docs");
+    let arrived = |v: i64| {
+        let target = target.clone();
+        async move {
+            target
+                .find_one(doc! { "_id": 0_i64, "sentinel": v })
+                .await
+                .unwrap()
+                .is_some()
+        }
+    };
     let t = Instant::now();
     let mut child = strait(&cfg, &db);
     let pid = child.id();
     let ticks0 = cpu_ticks(pid);
-    loop {
-        if target
-            .find_one(doc! { "_id": 0_i64, "sentinel": 1 })
-            .await
-            .unwrap()
-            .is_some()
-        {
-            break;
-        }
+    while !arrived(1).await {
         assert!(
             t.elapsed() < Duration::from_secs(900),
             "no catch-up within 900 s"
@@ -200,9 +357,26 @@ pub async fn run(
     let caught = t.elapsed();
     let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let cpu = cpu_ticks(pid).saturating_sub(ticks0) as f64 / tck;
+    // Live: the same writer at its full rate with strait running; the lag is from its last
+    // write (the sentinel) until the target has it.
+    let live_ops = (ops / 4).max(1);
+    let (live_writes, live_t) = write_backlog(s, &c, docs, ops, live_ops).await;
+    c.update_one(doc! { "_id": 0_i64 }, doc! { "$set": { "sentinel": 2 } })
+        .await
+        .unwrap();
+    let last = Instant::now();
+    while !arrived(2).await {
+        assert!(
+            last.elapsed() < Duration::from_secs(120),
+            "live writes not applied within 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let live_lag = last.elapsed();
     let peak = peak_rss_kb(pid);
     sigterm(&mut child);
-    let raw = raw_apply(
+    let diff = differences(&c, &target).await;
+    let (raw, raw_retries) = raw_apply(
         &d.database("rawbacklog").collection::<Document>("docs"),
         &writes,
     )
@@ -210,9 +384,13 @@ pub async fn run(
     let n = writes.len() as f64;
     let rate = n / caught.as_secs_f64();
     let raw_rate = n / raw.as_secs_f64();
-    println!("backlog at {docs} docs (7 indexes): {ops} ops = {} writes by one client in {:.1} s ({:.0} writes/s); strait caught up in {:.1} s = {rate:.0} writes/s, {:.2} CPU s per 1,000; raw apply of the same writes (8 lanes, w: majority) {:.1} s = {raw_rate:.0} writes/s; ratio {:.2} (goal >= 0.7); peak RSS {} MB",
-        writes.len(), wrote.as_secs_f64(), n / wrote.as_secs_f64(), caught.as_secs_f64(), cpu / n * 1000.0, raw.as_secs_f64(), rate / raw_rate, peak / 1024);
+    let email = if unique { "unique" } else { "not unique" };
+    println!("backlog at {docs} docs (7 indexes, email {email}): {ops} ops = {} writes by one client in {:.1} s ({:.0} writes/s); strait caught up in {:.1} s = {rate:.0} writes/s, {:.2} CPU s per 1,000; raw apply of the same writes (8 lanes, w: majority; {raw_retries} duplicate-key retries) {:.1} s = {raw_rate:.0} writes/s; ratio {:.2} (goal >= 0.7); live: {} more writes at {:.0}/s, target had the last one {:.2} s after it was written (goal < 0.3 s); documents differing from the source afterwards: {diff}; peak RSS {} MB",
+        writes.len(), wrote.as_secs_f64(), n / wrote.as_secs_f64(), caught.as_secs_f64(), cpu / n * 1000.0, raw.as_secs_f64(), rate / raw_rate,
+        live_writes.len(), live_writes.len() as f64 / live_t.as_secs_f64(), live_lag.as_secs_f64(), peak / 1024);
+    assert_eq!(diff, 0, "the target differs from the source");
     drop_db(s, &db).await;
     drop_db(d, &db).await;
     drop_db(d, "rawbacklog").await;
+    rate
 }

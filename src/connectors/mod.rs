@@ -211,6 +211,13 @@ pub(crate) trait Sink: Send + Sync {
         Ok(())
     }
 
+    /// Batches of one copy range it may write at once (each `copy` call waits until its batch
+    /// is durable; a sink whose wait is mostly a round trip, like a producer's delivery, keeps
+    /// encoding the next batch meanwhile). Progress still moves in order.
+    fn copy_depth(&self) -> usize {
+        1
+    }
+
     /// Writes documents of the initial copy; returns how many it wrote, once durable.
     async fn copy(&self, _ns: &Namespace, docs: Vec<RawDocumentBuf>) -> Result<u64> {
         Ok(docs.len() as u64)

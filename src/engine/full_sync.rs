@@ -194,7 +194,57 @@ async fn worker(
         let mut complete = true;
         let mut saved_at = std::time::Instant::now();
         let mut unsaved: u64 = 0;
-        while let Some(batch) = rx.recv().await {
+        let sinks: Vec<Arc<dyn crate::connectors::Sink>> =
+            copy_sinks(p).into_iter().cloned().collect();
+        let depth = sinks
+            .iter()
+            .map(|s| s.copy_depth())
+            .min()
+            .unwrap_or(1)
+            .max(1);
+        // Batches being written, oldest first; each its own task, so a sink that encodes can
+        // use every core. Progress moves only past batches every copy sink has made durable.
+        let mut writing: VecDeque<CopyBatch> = VecDeque::new();
+        loop {
+            let next = if writing.len() >= depth {
+                None
+            } else {
+                tokio::select! {
+                    biased;
+                    b = rx.recv() => Some(b),
+                    done = async { writing.front_mut().expect("a batch is being written").await }, if !writing.is_empty() => {
+                        writing.pop_front();
+                        let (n, bytes, last_id) = done
+                            .map_err(|e| Error::Internal(format!("copy batch panicked: {e}")))??;
+                        saved(p, ci, ki, progress, n, bytes, last_id, &mut unsaved, &mut saved_at).await?;
+                        continue;
+                    }
+                }
+            };
+            let batch = match next {
+                Some(Some(batch)) => batch,
+                // The range is read: finish what is being written.
+                Some(None) => break,
+                // As many batches as the sinks take at once: wait for the oldest.
+                None => {
+                    let done = writing.pop_front().expect("a batch is being written").await;
+                    let (n, bytes, last_id) =
+                        done.map_err(|e| Error::Internal(format!("copy batch panicked: {e}")))??;
+                    saved(
+                        p,
+                        ci,
+                        ki,
+                        progress,
+                        n,
+                        bytes,
+                        last_id,
+                        &mut unsaved,
+                        &mut saved_at,
+                    )
+                    .await?;
+                    continue;
+                }
+            };
             if stop.is_cancelled() {
                 complete = false;
                 break;
@@ -203,36 +253,46 @@ async fn worker(
                 complete = false;
                 break;
             }
-            let bytes: usize = batch.iter().map(|d| d.as_bytes().len()).sum();
-            let last_id = batch
-                .last()
-                .and_then(|d| d.get("_id").ok().flatten())
-                .and_then(|v| bson::Bson::try_from(bson::RawBson::from(v)).ok());
-            let mut n = 0;
-            let sinks = copy_sinks(p);
-            let last = sinks.len().saturating_sub(1);
-            let mut batch = Some(batch);
-            for (i, sink) in sinks.into_iter().enumerate() {
-                let docs = if i == last {
-                    batch.take().unwrap_or_default()
-                } else {
-                    batch.clone().unwrap_or_default()
-                };
-                n = sink.copy(&target, docs).await?;
-            }
-            progress[ci].copied.fetch_add(n, Relaxed);
-            progress[ci].bytes.fetch_add(bytes as u64, Relaxed);
-            // Every copy sink has the batch: a restart may continue after its last `_id`.
-            if let Some(id) = last_id {
-                with_plan(p, ci, |plan| plan.chunks[ki].copied_to = Some(id)).await;
-                // Not after every batch: a save per batch cost the copy ~12 %.
-                unsaved += n;
-                if saved_at.elapsed() >= PROGRESS_SAVE_EVERY || unsaved >= PROGRESS_SAVE_DOCS {
-                    p.save_checkpoint().await?;
-                    saved_at = std::time::Instant::now();
-                    unsaved = 0;
+            let sinks = sinks.clone();
+            let target = target.clone();
+            writing.push_back(tokio::spawn(async move {
+                let bytes: usize = batch.iter().map(|d| d.as_bytes().len()).sum();
+                let last_id = batch
+                    .last()
+                    .and_then(|d| d.get("_id").ok().flatten())
+                    .and_then(|v| bson::Bson::try_from(bson::RawBson::from(v)).ok());
+                let mut n = 0;
+                let last = sinks.len().saturating_sub(1);
+                let mut batch = Some(batch);
+                for (i, sink) in sinks.iter().enumerate() {
+                    let docs = if i == last {
+                        batch.take().unwrap_or_default()
+                    } else {
+                        batch.clone().unwrap_or_default()
+                    };
+                    n = sink.copy(&target, docs).await?;
                 }
-            }
+                Ok((n, bytes as u64, last_id))
+            }));
+        }
+        // Batches handed to the sinks are finished (never dropped mid-write); their progress
+        // counts only if the range goes on.
+        while let Some(w) = writing.pop_front() {
+            let (n, bytes, last_id) = w
+                .await
+                .map_err(|e| Error::Internal(format!("copy batch panicked: {e}")))??;
+            saved(
+                p,
+                ci,
+                ki,
+                progress,
+                n,
+                bytes,
+                last_id,
+                &mut unsaved,
+                &mut saved_at,
+            )
+            .await?;
         }
         drop(rx);
         reader
@@ -252,6 +312,40 @@ async fn worker(
             progress[ci].done.store(true, Relaxed);
         }
     }
+}
+
+/// A batch of a copy range being written by every copy sink: how many documents they wrote,
+/// its bytes and its last `_id`.
+type CopyBatch = tokio::task::JoinHandle<Result<(u64, u64, Option<bson::Bson>)>>;
+
+/// Counts a batch every copy sink has, and moves the range's progress past its last `_id`
+/// (saved every [`PROGRESS_SAVE_EVERY`] or [`PROGRESS_SAVE_DOCS`]).
+#[allow(clippy::too_many_arguments)]
+async fn saved(
+    p: &Pipeline,
+    ci: usize,
+    ki: usize,
+    progress: &[Arc<CollectionProgress>],
+    n: u64,
+    bytes: u64,
+    last_id: Option<bson::Bson>,
+    unsaved: &mut u64,
+    saved_at: &mut std::time::Instant,
+) -> Result<()> {
+    progress[ci].copied.fetch_add(n, Relaxed);
+    progress[ci].bytes.fetch_add(bytes, Relaxed);
+    // Every copy sink has the batch: a restart may continue after its last `_id`.
+    if let Some(id) = last_id {
+        with_plan(p, ci, |plan| plan.chunks[ki].copied_to = Some(id)).await;
+        // Not after every batch: a save per batch cost the copy ~12 %.
+        *unsaved += n;
+        if saved_at.elapsed() >= PROGRESS_SAVE_EVERY || *unsaved >= PROGRESS_SAVE_DOCS {
+            p.save_checkpoint().await?;
+            *saved_at = std::time::Instant::now();
+            *unsaved = 0;
+        }
+    }
+    Ok(())
 }
 
 /// Builds the indexes of a copied collection and records it.

@@ -419,6 +419,12 @@ impl Sink for KafkaSink {
         self.primary || self.takes(&OpType::Insert)
     }
 
+    // Encoding a batch is CPU, delivering it a wait (linger, the broker's acks): with three
+    // batches at once both go on together, on every core.
+    fn copy_depth(&self) -> usize {
+        3
+    }
+
     async fn copy(
         &self,
         ns: &Namespace,
