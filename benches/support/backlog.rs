@@ -1,9 +1,9 @@
 //! The backlog phase of the sync bench: strait is stopped while one client writes a mixed
 //! backlog to user-like documents with 7 secondary indexes (one unique, on `email`): `$set` +
 //! `$inc`, `$push`, `$pull` + `$set`, `$addToSet` + `$pop`, `$rename`, `$min` / `$max` / `$mul`,
-//! `$unset` + `$set`, whole replaces, deletes (and the document inserted again), changes of the
-//! unique `email` to a new value, two-document transactions, and transactions that swap two
-//! documents' emails; then strait starts and catches up. The raw limit is the same operations,
+//! `$unset` + `$set`, whole replaces, changes of the unique `email` to a new value and
+//! two-document transactions (with `BENCH_BACKLOG_SWAPS=1` also transactions that swap two
+//! documents' emails; see [`swaps`]); then strait starts and catches up. The raw limit is the same operations,
 //! already turned into writes, applied by the driver directly into a copy of the same collection
 //! on the same target with strait's parallelism (8 lanes by `_id`) and write concern
 //! (`w: majority`); a write of the raw apply that collides on the unique index (a swap whose
@@ -26,16 +26,12 @@ use super::harness::*;
 enum Write {
     Update(i64, Document),
     Replace(i64, Document),
-    Delete(i64),
-    Insert(i64, Document),
 }
 
 impl Write {
     fn id(&self) -> i64 {
         match self {
-            Write::Update(i, _) | Write::Replace(i, _) | Write::Delete(i) | Write::Insert(i, _) => {
-                *i
-            }
+            Write::Update(i, _) | Write::Replace(i, _) => *i,
         }
     }
 
@@ -61,26 +57,17 @@ impl Write {
                 )
                 .await
                 .map(|_| ()),
-            Write::Delete(i) => c
-                .delete_one(doc! { "_id": *i })
-                .with_options(
-                    mongodb::options::DeleteOptions::builder()
-                        .write_concern(wc)
-                        .build(),
-                )
-                .await
-                .map(|_| ()),
-            Write::Insert(_, d) => c
-                .insert_one(d.clone())
-                .with_options(
-                    mongodb::options::InsertOneOptions::builder()
-                        .write_concern(wc)
-                        .build(),
-                )
-                .await
-                .map(|_| ()),
         }
     }
+}
+
+/// Whether the backlog swaps unique emails (`BENCH_BACKLOG_SWAPS=1`). Off by default: strait
+/// repairs a swap that lanes applied out of order by setting one document aside (delete, then
+/// write it again), and `secantusd-rs` keeps the unique-index entry of a deleted document's
+/// updated value, so the repair never settles there (README, known limits). The swap test in
+/// `tests/it/unique.rs` runs on the Python server.
+fn swaps() -> bool {
+    env_str("BENCH_BACKLOG_SWAPS", "0") == "1"
 }
 
 /// Whether `e` is a duplicate-key error.
@@ -124,7 +111,7 @@ async fn write_backlog(
             },
             4 | 11 => {
                 let j = (i + 1) % docs;
-                let (a, b) = if n % 2 == 0 {
+                let (a, b) = if n % 2 == 0 || !swaps() {
                     (doc! { "$set": { "t": n } }, doc! { "$set": { "t": n } })
                 } else {
                     // A swap of the two documents' unique emails, through a value of its own.
@@ -192,11 +179,14 @@ async fn write_backlog(
                 i,
                 doc! { "$min": { "address.geo.lat": 0.0 }, "$max": { "address.geo.lon": 0.0 }, "$mul": { "score": 1.5 } },
             )],
-            9 => match c.find_one(doc! { "_id": i }).await.unwrap() {
-                // Deleted, and inserted again as it was (so the collection keeps its size).
-                Some(d) => vec![Write::Delete(i), Write::Insert(i, d)],
-                None => continue,
-            },
+            // No deletes: `secantusd-rs` keeps the unique-index entry of a value a document
+            // got by an update after the document is deleted, so a later write of that value
+            // fails on the source and the target alike (README, known limits). The
+            // incremental phase has deletes.
+            9 => vec![Write::Update(
+                i,
+                doc! { "$set": { "prefs.theme": format!("t{}", n % 3) }, "$inc": { "score": 1.0 } },
+            )],
             _ => vec![Write::Update(
                 i,
                 doc! { "$set": { "email": format!("new{n}@example.com") } },
