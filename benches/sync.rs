@@ -458,19 +458,8 @@ async fn main() {
             .split(',')
             .filter_map(|v| v.trim().parse::<i64>().ok())
         {
-            let with = backlog::run(
-                &s,
-                &d,
-                src.port,
-                dst.port,
-                dir.path(),
-                size,
-                backlog_ops,
-                true,
-            )
-            .await;
-            if env_str("BENCH_BACKLOG_UNIQUE", "compare") == "compare" {
-                let without = backlog::run(
+            let run = |unique| {
+                backlog::run(
                     &s,
                     &d,
                     src.port,
@@ -478,9 +467,12 @@ async fn main() {
                     dir.path(),
                     size,
                     backlog_ops,
-                    false,
+                    unique,
                 )
-                .await;
+            };
+            let with = run(true).await;
+            if env_str("BENCH_BACKLOG_UNIQUE", "compare") == "compare" {
+                let without = run(false).await;
                 println!(
                     "backlog at {size} docs: catch-up with the unique email index {with:.0} writes/s, without {without:.0}: ratio {:.2} (goal >= 0.8)",
                     with / without

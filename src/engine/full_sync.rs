@@ -192,8 +192,10 @@ async fn worker(
             tx,
         ));
         let mut complete = true;
-        let mut saved_at = std::time::Instant::now();
-        let mut unsaved: u64 = 0;
+        let mut saves = Saves {
+            at: std::time::Instant::now(),
+            unsaved: 0,
+        };
         let sinks: Vec<Arc<dyn crate::connectors::Sink>> =
             copy_sinks(p).into_iter().cloned().collect();
         let depth = sinks
@@ -214,9 +216,7 @@ async fn worker(
                     b = rx.recv() => Some(b),
                     done = async { writing.front_mut().expect("a batch is being written").await }, if !writing.is_empty() => {
                         writing.pop_front();
-                        let (n, bytes, last_id) = done
-                            .map_err(|e| Error::Internal(format!("copy batch panicked: {e}")))??;
-                        saved(p, ci, ki, progress, n, bytes, last_id, &mut unsaved, &mut saved_at).await?;
+                        batch_done(p, ci, ki, progress, done, &mut saves).await?;
                         continue;
                     }
                 }
@@ -228,20 +228,7 @@ async fn worker(
                 // As many batches as the sinks take at once: wait for the oldest.
                 None => {
                     let done = writing.pop_front().expect("a batch is being written").await;
-                    let (n, bytes, last_id) =
-                        done.map_err(|e| Error::Internal(format!("copy batch panicked: {e}")))??;
-                    saved(
-                        p,
-                        ci,
-                        ki,
-                        progress,
-                        n,
-                        bytes,
-                        last_id,
-                        &mut unsaved,
-                        &mut saved_at,
-                    )
-                    .await?;
+                    batch_done(p, ci, ki, progress, done, &mut saves).await?;
                     continue;
                 }
             };
@@ -275,24 +262,10 @@ async fn worker(
                 Ok((n, bytes as u64, last_id))
             }));
         }
-        // Batches handed to the sinks are finished (never dropped mid-write); their progress
-        // counts only if the range goes on.
+        // Batches handed to the sinks are finished (never dropped mid-write), and count: they
+        // are durable, stopped or not.
         while let Some(w) = writing.pop_front() {
-            let (n, bytes, last_id) = w
-                .await
-                .map_err(|e| Error::Internal(format!("copy batch panicked: {e}")))??;
-            saved(
-                p,
-                ci,
-                ki,
-                progress,
-                n,
-                bytes,
-                last_id,
-                &mut unsaved,
-                &mut saved_at,
-            )
-            .await?;
+            batch_done(p, ci, ki, progress, w.await, &mut saves).await?;
         }
         drop(rx);
         reader
@@ -318,31 +291,36 @@ async fn worker(
 /// its bytes and its last `_id`.
 type CopyBatch = tokio::task::JoinHandle<Result<(u64, u64, Option<bson::Bson>)>>;
 
-/// Counts a batch every copy sink has, and moves the range's progress past its last `_id`
-/// (saved every [`PROGRESS_SAVE_EVERY`] or [`PROGRESS_SAVE_DOCS`]).
-#[allow(clippy::too_many_arguments)]
-async fn saved(
+/// When a range's progress was last saved, and how many documents were copied since.
+struct Saves {
+    at: std::time::Instant,
+    unsaved: u64,
+}
+
+/// Counts a finished batch that every copy sink has, and moves the range's progress past its
+/// last `_id` (saved every [`PROGRESS_SAVE_EVERY`] or [`PROGRESS_SAVE_DOCS`]); a batch that
+/// failed or panicked is the range's error.
+async fn batch_done(
     p: &Pipeline,
     ci: usize,
     ki: usize,
     progress: &[Arc<CollectionProgress>],
-    n: u64,
-    bytes: u64,
-    last_id: Option<bson::Bson>,
-    unsaved: &mut u64,
-    saved_at: &mut std::time::Instant,
+    done: std::result::Result<Result<(u64, u64, Option<bson::Bson>)>, tokio::task::JoinError>,
+    saves: &mut Saves,
 ) -> Result<()> {
+    let (n, bytes, last_id) =
+        done.map_err(|e| Error::Internal(format!("copy batch panicked: {e}")))??;
     progress[ci].copied.fetch_add(n, Relaxed);
     progress[ci].bytes.fetch_add(bytes, Relaxed);
     // Every copy sink has the batch: a restart may continue after its last `_id`.
     if let Some(id) = last_id {
         with_plan(p, ci, |plan| plan.chunks[ki].copied_to = Some(id)).await;
         // Not after every batch: a save per batch cost the copy ~12 %.
-        *unsaved += n;
-        if saved_at.elapsed() >= PROGRESS_SAVE_EVERY || *unsaved >= PROGRESS_SAVE_DOCS {
+        saves.unsaved += n;
+        if saves.at.elapsed() >= PROGRESS_SAVE_EVERY || saves.unsaved >= PROGRESS_SAVE_DOCS {
             p.save_checkpoint().await?;
-            *saved_at = std::time::Instant::now();
-            *unsaved = 0;
+            saves.at = std::time::Instant::now();
+            saves.unsaved = 0;
         }
     }
     Ok(())
