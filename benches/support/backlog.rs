@@ -294,10 +294,14 @@ pub async fn run(
     build_indexes(d, "rawbacklog", "docs", &indexes).await;
     let api = free_port();
     let cfg = dir.join(format!("{db}.toml"));
+    // `BENCH_APPLY="queue_depth = 250"`: lines of the pipeline's `[apply]` table.
+    let apply = env_opt("BENCH_APPLY")
+        .map(|lines| format!("[apply]\n{}\n", lines.replace("\\n", "\n")))
+        .unwrap_or_default();
     std::fs::write(
         &cfg,
         format!(
-            "id = \"bench-{db}\"\n[source]\nuri = \"{}\"\n[sink]\nuri = \"{}\"\n[scope]\ninclude = [\"{db}.*\"]\n[full_sync]\nchunk_docs = 100000000\n[api]\nlisten = \"127.0.0.1:{api}\"\n",
+            "id = \"bench-{db}\"\n[source]\nuri = \"{}\"\n[sink]\nuri = \"{}\"\n[scope]\ninclude = [\"{db}.*\"]\n[full_sync]\nchunk_docs = 100000000\n{apply}[api]\nlisten = \"127.0.0.1:{api}\"\n",
             uri(src),
             uri(dst)
         ),
