@@ -61,9 +61,10 @@ impl DeadLetterTopic {
         )
         .create()
         .map_err(|e| KafkaError::Invalid {
-            what: "kafka source",
+            // Also the DynamoDB and Kinesis sources' topic: name the topic, not the source.
+            what: "dead-letter topic of",
             name: pipeline.to_string(),
-            detail: format!("dead-letter producer: {e}"),
+            detail: format!("producer for {topic}: {e}"),
         })?;
         Ok(Self {
             topic,
@@ -144,5 +145,28 @@ impl DeadLetters for DeadLetterTopic {
             .and_then(|o| o.as_any().downcast_ref::<ConsumedRecord>())
             .ok_or_else(|| Error::Internal("a dead letter that is not a Kafka record".into()))?;
         self.send(rec, reason).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_producer_that_cannot_be_made_names_the_topic_not_a_source() {
+        let options = BTreeMap::from([("no.such.property".to_string(), "1".to_string())]);
+        let Err(e) = DeadLetterTopic::open_at(
+            "127.0.0.1:1",
+            &KafkaSecurity::default(),
+            &options,
+            "dead".into(),
+            "orders",
+            &Arc::new(Telemetry::default()),
+        ) else {
+            panic!("an unknown librdkafka property must fail");
+        };
+        let e = e.to_string();
+        assert!(e.starts_with("dead-letter topic of orders: producer for dead:"), "{e}");
+        assert!(!e.contains("kafka source"), "{e}");
     }
 }
