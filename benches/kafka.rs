@@ -136,12 +136,17 @@ async fn insert_batch(c: &mongodb::Collection<Document>, docs: Vec<Document>) ->
 /// Decimal128, dates; one in 1,000 ~100 KB), which compress like real data; `BENCH_KAFKA_DOC=1k`
 /// gives the older ~1 KB document that is mostly one repeated character.
 fn bench_doc(i: i64) -> Document {
-    static ONE_K: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if *ONE_K.get_or_init(|| env_str("BENCH_KAFKA_DOC", "user") == "1k") {
+    if one_k_docs() {
         doc_1k(i)
     } else {
         doc_user(i)
     }
+}
+
+/// Whether the snapshot's documents are the older ~1 KB ones (`BENCH_KAFKA_DOC=1k`).
+fn one_k_docs() -> bool {
+    static ONE_K: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ONE_K.get_or_init(|| env_str("BENCH_KAFKA_DOC", "user") == "1k")
 }
 
 /// Loads `n` documents into `db.coll` with sequential `insert_many`s; returns (elapsed, retries).
@@ -940,9 +945,10 @@ async fn main() {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let doc_kind = match env_str("BENCH_KAFKA_DOC", "user").as_str() {
-        "1k" => "~1 KB, mostly one character",
-        _ => "user-like, ~1.6 KB, one in 1,000 ~100 KB",
+    let doc_kind = if one_k_docs() {
+        "~1 KB, mostly one character"
+    } else {
+        "user-like, ~1.6 KB, one in 1,000 ~100 KB"
     };
     println!();
     println!(

@@ -28,7 +28,8 @@
 //!   `[full_sync]` chunk_docs, parallelism and batch_docs (unset = strait's default);
 //! - BENCH_RSS_TRACE (unset): print strait's RSS every 5 s while it copies;
 //! - BENCH_LOG_DIR: keep the servers' logs there (default: discarded);
-//! - BENCH_APPLY (unset): lines of the backlog pipeline's `[apply]` table, e.g. `queue_depth = 250`;
+//! - BENCH_APPLY (unset): lines of the backlog pipeline's `[apply]` table, e.g. `queue_depth = 250`
+//!   (`\n` between lines);
 //! - STRAIT_BIN: the strait binary to run (default: the one cargo built for this bench).
 //!
 //! Collections are copied as one `_id` range each by default: SecantusDB answers every `_id`

@@ -3,14 +3,14 @@
 //! `$inc`, `$push`, `$pull` + `$set`, `$addToSet` + `$pop`, `$rename`, `$min` / `$max` / `$mul`,
 //! `$unset` + `$set`, whole replaces, changes of the unique `email` to a new value and
 //! two-document transactions (with `BENCH_BACKLOG_SWAPS=1` also transactions that swap two
-//! documents' emails; see [`swaps`]); then strait starts and catches up. The raw limit is the same operations,
-//! already turned into writes, applied by the driver directly into a copy of the same collection
-//! on the same target with strait's parallelism (8 lanes by `_id`) and write concern
-//! (`w: majority`); a write of the raw apply that collides on the unique index (a swap whose
-//! other half another lane has not written yet) is retried until it goes through. Then, with
-//! strait running, the same writer writes `live` more operations at its full rate and the phase
-//! reports the lag from its last write until the target has it. Source and target are compared
-//! document by document, byte for byte, at the end.
+//! documents' emails; see [`swaps`]); then strait starts and catches up. The raw limit is the
+//! same operations, already turned into writes, applied by the driver directly into a copy of
+//! the same collection on the same target with strait's parallelism (8 lanes by `_id`) and
+//! write concern (`w: majority`); a write of the raw apply that collides on the unique index
+//! (a swap whose other half another lane has not written yet) is retried until it goes
+//! through. Then, with strait running, the same writer writes `live` more operations at its
+//! full rate and the phase reports the lag from its last write until the target has it. Source
+//! and target are compared document by document, byte for byte, at the end.
 
 use std::time::{Duration, Instant};
 
@@ -294,7 +294,8 @@ pub async fn run(
     build_indexes(d, "rawbacklog", "docs", &indexes).await;
     let api = free_port();
     let cfg = dir.join(format!("{db}.toml"));
-    // `BENCH_APPLY="queue_depth = 250"`: lines of the pipeline's `[apply]` table.
+    // `BENCH_APPLY="queue_depth = 250"`: lines of the pipeline's `[apply]` table (`\n`
+    // between lines).
     let apply = env_opt("BENCH_APPLY")
         .map(|lines| format!("[apply]\n{}\n", lines.replace("\\n", "\n")))
         .unwrap_or_default();
