@@ -581,10 +581,10 @@ pub struct ApplyConfig {
     /// Parallel writers. Events of one document (or one namespace) always go to the same lane.
     #[serde(default = "default_lanes")]
     pub lanes: usize,
-    /// What picks the lane: `"document"` (hash of the document key; most parallel; with a
-    /// MongoDB source, writes colliding on unique indexes are repaired from the source) or
-    /// `"namespace"` (keeps order across documents of a collection; with a Kafka source, use
-    /// it for collections whose documents swap unique values).
+    /// What picks the lane: `"document"` (hash of the document key; most parallel; writes
+    /// colliding on unique indexes are repaired from a MongoDB source, or their documents
+    /// parked until their values are free when there is no source to read) or `"namespace"`
+    /// (keeps order across documents of a collection).
     #[serde(default)]
     pub lane_by: LaneBy,
     /// Most writes sent in one command per lane.

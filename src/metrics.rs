@@ -250,6 +250,11 @@ impl Collector for PipelineCollector {
                 t.unique_repairs.load(Relaxed),
             ),
             (
+                "strait_unique_key_parked",
+                "Writes that collided on a unique secondary index with no source to repair from (Kafka, Kinesis, DynamoDB): their documents waited in strait's parking collection until their values were free.",
+                t.unique_parked.load(Relaxed),
+            ),
+            (
                 "strait_two_way_applied",
                 "Two-way: changes this direction wrote to the other cluster.",
                 t.two_way.applied.load(Relaxed),

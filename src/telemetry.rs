@@ -74,6 +74,9 @@ pub struct Telemetry {
     /// Writes that collided on a unique secondary index and were repaired from the source's
     /// current documents.
     pub unique_repairs: AtomicU64,
+    /// Writes that collided on a unique secondary index with no source to repair from: their
+    /// documents were parked.
+    pub unique_parked: AtomicU64,
     /// Changes and records sent to the source's dead letters (file, SQS queue, Kafka topic).
     pub dead_lettered: AtomicU64,
     /// Writes per sink round trip.
@@ -272,6 +275,7 @@ impl Default for Telemetry {
             last_error: Mutex::new(None),
             stream_restarts: AtomicU64::new(0),
             unique_repairs: AtomicU64::new(0),
+            unique_parked: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),
             archive: ArchiveCounters::default(),
             kafka: KafkaCounters::default(),

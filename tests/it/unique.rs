@@ -267,3 +267,110 @@ async fn set_aside_comes_back(rename: Option<(&str, &str)>) {
         .contains("set aside by an interrupted repair is back"));
     assert!(st.sigterm().success());
 }
+
+/// The same swaps through Kafka, with the writer running from before the copy: the apply
+/// process has no source to repair from, so a write that collides parks its document until
+/// its values are free. Both processes are SIGKILLed; the target ends byte-identical with
+/// nothing left parked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapped_unique_values_converge_through_kafka() {
+    swap_through_kafka("", 23).await;
+}
+
+/// The same with the apply replaying update descriptions: a parked document's updates are
+/// applied to its parked copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapped_unique_values_converge_through_kafka_in_delta_mode() {
+    swap_through_kafka("[stream]\nupdate_mode = \"delta\"\n", 24).await;
+}
+
+async fn swap_through_kafka(apply_extra: &str, seed: u64) {
+    let (src, dst) = (Server::start(), Server::start());
+    let broker = crate::common::kafka::Broker::start();
+    let (s, d) = (src.client().await, dst.client().await);
+    let users = s.database("app").collection::<Document>("users");
+    users.insert_many((0..DOCS).map(user)).await.unwrap();
+    unique_index(&users, doc! { "email": 1 }, "email_1").await;
+    unique_index(&users, doc! { "team": 1, "slot": 1 }, "team_slot").await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let capture = write_config(
+        dir.path(),
+        "capture.toml",
+        &format!(
+            "id = \"capture\"\n[source]\nuri = \"{}\"\n[sink]\ntype = \"kafka\"\nbrokers = \"{}\"\ntopic_prefix = \"cdc\"\ntopic_partitions = 4\n[checkpoint]\ninterval = \"200ms\"\n",
+            src.uri(),
+            broker.bootstrap()
+        ),
+    );
+    let apply = write_config(
+        dir.path(),
+        "apply.toml",
+        &format!(
+            "id = \"apply\"\n{apply_extra}[apply]\nlanes = 8\nbatch_docs = 50\n[source]\ntype = \"kafka\"\nbrokers = \"{}\"\ntopics = [\"^cdc\\\\..*\"]\ngroup = \"b\"\nsession_timeout = \"6s\"\n[sink]\nuri = \"{}\"\n[checkpoint]\ninterval = \"200ms\"\n",
+            broker.bootstrap(),
+            dst.uri()
+        ),
+    );
+    let (clog, alog) = (dir.path().join("capture.log"), dir.path().join("apply.log"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = tokio::spawn(writer(users.clone(), seed, stop.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut cap = Strait::spawn(&capture, &clog);
+    let mut app = Strait::spawn(&apply, &alog);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    for i in 0..4 {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(2000..5000))).await;
+        if i == 1 {
+            cap.sigkill_running();
+            cap = Strait::spawn(&capture, &clog);
+        } else {
+            app.sigkill_running();
+            app = Strait::spawn(&apply, &alog);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    let ops = w.await.unwrap();
+    let stopped = std::time::Instant::now();
+    wait_identical(
+        &s,
+        ("app", "users"),
+        &d,
+        ("app", "users"),
+        Duration::from_secs(120),
+        Some(&app),
+    )
+    .await;
+    let converged = stopped.elapsed();
+    assert_eq!(
+        indexes(&s, "app", "users").await,
+        indexes(&d, "app", "users").await
+    );
+    // Documents were parked at some point (the collection exists) and none is left there.
+    let lots = d
+        .database("strait")
+        .list_collection_names()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.starts_with("parked.apply."))
+        .collect::<Vec<_>>();
+    assert_eq!(
+        lots,
+        ["parked.apply.sink.app.users"],
+        "no write collided: the test did not test anything ({ops} writer operations)"
+    );
+    let left = d
+        .database("strait")
+        .collection::<Document>(&lots[0])
+        .count_documents(doc! {})
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "documents left parked");
+    assert!(cap.sigterm().success());
+    let text = app.log_text();
+    assert!(!text.contains("kept failing"), "{text}");
+    assert!(app.sigterm().success());
+    eprintln!("unique swaps through Kafka ({apply_extra:?}): {ops} writer operations, converged {:.1} s after the writer stopped", converged.as_secs_f64());
+}

@@ -166,7 +166,10 @@ mod tests {
             panic!("an unknown librdkafka property must fail");
         };
         let e = e.to_string();
-        assert!(e.starts_with("dead-letter topic of orders: producer for dead:"), "{e}");
+        assert!(
+            e.starts_with("dead-letter topic of orders: producer for dead:"),
+            "{e}"
+        );
         assert!(!e.contains("kafka source"), "{e}");
     }
 }

@@ -249,6 +249,10 @@ pub struct MongoSink {
     lookup: SourceLookup,
     /// Strait's database on the target (`checkpoint.database`).
     meta_db: String,
+    /// The pipeline's id (names its parking collections).
+    pipeline: String,
+    /// Documents set aside after a unique-index collision when there is no source to read.
+    parking: Arc<parking::Parking>,
 }
 
 /// What a pipeline's MongoDB sink receives and how it writes it.
@@ -281,6 +285,8 @@ impl MongoSink {
             },
             lookup: SourceLookup::default(),
             meta_db: "strait".into(),
+            pipeline: "sink".into(),
+            parking: Arc::default(),
         }
     }
 
@@ -315,6 +321,7 @@ impl MongoSink {
             batch_docs: cfg.apply.batch_docs,
         };
         s.meta_db = cfg.checkpoint.database.clone();
+        s.pipeline = format!("{}.{name}", cfg.id);
         Ok(s)
     }
 
@@ -391,6 +398,26 @@ impl MongoSink {
     /// failures are retried from the failed write on (writes before it are known applied).
     pub async fn apply(&self, ops: &[WriteOp]) -> Result<ApplyCounts> {
         let mut counts = ApplyCounts::default();
+        if !self.parks() {
+            self.apply_from(ops, &mut counts).await?;
+            return Ok(counts);
+        }
+        // A write that parks its document changes where that document's later writes go:
+        // the rest is planned again.
+        let mut from = 0;
+        while from < ops.len() {
+            let planned = self.plan(&ops[from..]).await?;
+            match self.apply_from(&planned.ops, &mut counts).await? {
+                None => break,
+                Some(parked) => from += parked + 1,
+            }
+        }
+        Ok(counts)
+    }
+
+    /// [`Self::apply`] of writes planned already; stops after a write whose document it
+    /// parked and says which.
+    async fn apply_from(&self, ops: &[WriteOp], counts: &mut ApplyCounts) -> Result<Option<usize>> {
         let mut start = 0;
         while start < ops.len() {
             let mut end = start + 1;
@@ -403,14 +430,17 @@ impl MongoSink {
                 bytes += ops[end].size();
                 end += 1;
             }
-            self.apply_run(&ops[start..end], &mut counts).await?;
+            if let Some(i) = self.apply_run(&ops[start..end], counts).await? {
+                return Ok(Some(start + i));
+            }
             start = end;
         }
-        Ok(counts)
+        Ok(None)
     }
 
-    /// Applies a run of writes to one namespace that go in one kind of command.
-    async fn apply_run(&self, run: &[WriteOp], counts: &mut ApplyCounts) -> Result<()> {
+    /// Applies a run of writes to one namespace that go in one kind of command. `Some(i)` when
+    /// it parked the document of write `i` and stopped there (see [`parking`]).
+    async fn apply_run(&self, run: &[WriteOp], counts: &mut ApplyCounts) -> Result<Option<usize>> {
         let mut from = 0;
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let started = std::time::Instant::now();
@@ -421,7 +451,7 @@ impl MongoSink {
                 // the driver's own write path sends it as a document sequence.
                 self.apply_large(&run[from]).await?;
                 counts.written += 1;
-                return Ok(());
+                return Ok(None);
             }
             let cmd = self.command(&run[from..])?;
             let client = self.client.clone();
@@ -439,15 +469,24 @@ impl MongoSink {
                             if present > 0 {
                                 debug!(ns = %ns, present, "Documents already on the target (replayed snapshot records).");
                             }
-                            return Ok(());
+                            return Ok(None);
                         }
                         // Inserts-if-absent are idempotent: the whole run is tried again.
                         InsertOutcome::Transient(why) => RunFailure::Transient(why),
+                        InsertOutcome::Collided(collided) if self.parks() => {
+                            match self.park_all(&run[from..], &collided).await? {
+                                parking::Step::Retry(why) => RunFailure::Transient(why),
+                                _ => {
+                                    counts.written += (run.len() - from) as u64;
+                                    return Ok(Some(run.len() - 1));
+                                }
+                            }
+                        }
                         InsertOutcome::Collided(collided) => {
                             match self.repair_all(&ns, &run[from..], collided).await {
                                 Ok(None) => {
                                     counts.written += (run.len() - from) as u64;
-                                    return Ok(());
+                                    return Ok(None);
                                 }
                                 Ok(Some(why)) => RunFailure::Transient(why),
                                 Err(e) => return Err(e),
@@ -468,7 +507,7 @@ impl MongoSink {
                             RunFailure::Transient(format!("write concern error: {wce}"))
                         } else {
                             counts.written += (run.len() - from) as u64;
-                            return Ok(());
+                            return Ok(None);
                         }
                     }
                     Some((index, code, msg, we)) => {
@@ -489,10 +528,23 @@ impl MongoSink {
                             counts.written += 1;
                             from += 1;
                             continue;
+                        } else if code == 11000
+                            && !op.is_delete()
+                            && self.parks()
+                            && unique::on_secondary_index(we)
+                        {
+                            // A unique secondary index collided and there is no source to
+                            // repair from: the document is parked.
+                            match self.park(op).await? {
+                                parking::Step::Retry(why) => RunFailure::Transient(why),
+                                _ => {
+                                    counts.written += 1;
+                                    return Ok(Some(from));
+                                }
+                            }
                         } else if code == 11000 && !op.is_delete() {
                             // A unique secondary index collided: repaired from the source's
-                            // current documents where there is a source to read; otherwise
-                            // another lane may be behind, so wait and retry.
+                            // current documents (when that does not settle, retried).
                             // On `_id`: a concurrent upsert of the same document (a repair);
                             // trying again finds it.
                             let repaired = if unique::on_secondary_index(we) {
@@ -506,7 +558,7 @@ impl MongoSink {
                                     from += 1;
                                     continue;
                                 }
-                                Ok(false) => RunFailure::Transient(format!("duplicate key (another lane may be behind; use apply.lane_by = \"namespace\" for collections with unique indexes): {msg}")),
+                                Ok(false) => RunFailure::Transient(format!("duplicate key: {msg}")),
                                 Err(e) => return Err(e),
                             }
                         } else {
@@ -534,7 +586,7 @@ impl MongoSink {
             self.note_error(&format!("sink: writing to {ns}: {why}"));
             self.backoff(&mut backoff).await?;
         }
-        Ok(())
+        Ok(None)
     }
 
     async fn apply_large(&self, op: &WriteOp) -> Result<()> {
@@ -627,6 +679,22 @@ impl MongoSink {
             }
         }
         Ok(None)
+    }
+
+    /// [`Self::park`] for each insert of a run that collided.
+    async fn park_all(
+        &self,
+        run: &[WriteOp],
+        collided: &[(usize, Option<Document>)],
+    ) -> Result<parking::Step> {
+        for (i, _) in collided {
+            if let Some(op) = run.get(*i) {
+                if let parking::Step::Retry(why) = self.park(op).await? {
+                    return Ok(parking::Step::Retry(why));
+                }
+            }
+        }
+        Ok(parking::Step::Done)
     }
 
     /// The `update` or `delete` command for a run of writes to one namespace.
@@ -1015,6 +1083,7 @@ mod tests {
 
 mod copy;
 mod ddl;
+mod parking;
 mod unique;
 
 use unique::SourceLookup;

@@ -18,6 +18,7 @@ impl MongoSink {
     pub async fn apply_ddl(&self, ev: &ChangeEvent) -> Result<()> {
         let ns = &ev.ns;
         let desc = ev.raw.get_document("operationDescription").ok();
+        self.ddl_parked(&ev.op, ns, ev.rename_to.as_ref()).await?;
         let res = match &ev.op {
             OpType::Create => {
                 // Expanded create events carry the collection's options (capped, validator...).

@@ -37,6 +37,10 @@ const MAX_STEPS: usize = 32;
 pub(crate) struct SourceLookup {
     client: Arc<OnceLock<Client>>,
     renamed: Arc<Mutex<HashMap<Namespace, Namespace>>>,
+    /// Documents a repair set aside and could not write back before it gave up: a task
+    /// writes them back (repairing again where they collide).
+    left_aside: Arc<Mutex<Vec<(Namespace, Bson)>>>,
+    writer_started: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl SourceLookup {
@@ -107,10 +111,16 @@ impl MongoSink {
                     stack.push(h);
                 }
             }
+            // Giving up (the caller retries its write) must not leave a document set aside:
+            // nothing else would bring it back before the next start.
+            let give_up = |parked: Vec<Bson>| async {
+                me.leave_aside(&ns, parked);
+                Ok(false)
+            };
             while let Some(id) = stack.last().cloned() {
                 steps += 1;
                 if steps > MAX_STEPS {
-                    return Ok(false);
+                    return give_up(parked).await;
                 }
                 match me.write_current(&source, &src_ns, &ns, &id).await? {
                     Step::Done => {
@@ -127,9 +137,9 @@ impl MongoSink {
                             parked.push(h.clone());
                             me.delete(&ns, &h).await?;
                         }
-                        None => return Ok(false),
+                        None => return give_up(parked).await,
                     },
-                    Step::Retry => return Ok(false),
+                    Step::Retry => return give_up(parked).await,
                 }
             }
             for h in &parked {
@@ -140,6 +150,81 @@ impl MongoSink {
         })
         .await
         .map_err(|e| Error::Internal(format!("repair task failed: {e}")))?
+    }
+
+    /// Hands documents set aside by a repair that gave up to a task that writes them back.
+    fn leave_aside(&self, ns: &Namespace, ids: Vec<Bson>) {
+        if ids.is_empty() {
+            return;
+        }
+        {
+            let mut left = self
+                .lookup
+                .left_aside
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            left.extend(ids.into_iter().map(|id| (ns.clone(), id)));
+        }
+        if self
+            .lookup
+            .writer_started
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                if me.cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
+                    return;
+                }
+                let left: Vec<(Namespace, Bson)> = {
+                    let mut l = me
+                        .lookup
+                        .left_aside
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    std::mem::take(&mut *l)
+                };
+                for (ns, id) in left {
+                    let back = match me.write_back(&ns, &id).await {
+                        Ok(b) => b,
+                        Err(e) => {
+                            debug!(%ns, error = %e, "Writing back a document set aside failed; trying again.");
+                            false
+                        }
+                    };
+                    if !back {
+                        let mut l = me
+                            .lookup
+                            .left_aside
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner());
+                        l.push((ns, id));
+                    }
+                }
+            }
+        });
+    }
+
+    /// Writes the source's current state of a document set aside (repairing the collision
+    /// it may meet) and clears its journal entry; false when it must be tried again.
+    async fn write_back(&self, ns: &Namespace, id: &Bson) -> Result<bool> {
+        let Some(source) = self.lookup.client.get().cloned() else {
+            return Ok(false);
+        };
+        let src_ns = self.lookup.source_ns(ns);
+        let done = match self.write_current(&source, &src_ns, ns, id).await? {
+            Step::Done => true,
+            Step::Collided(kv) => self.repair_duplicate(ns, id.clone(), Some(kv)).await?,
+            Step::Retry => false,
+        };
+        if done {
+            self.unjournal(ns, id).await?;
+            debug!(%ns, %id, "A document set aside by a repair that gave up is back.");
+        }
+        Ok(done)
     }
 
     fn journal_coll(&self) -> mongodb::Collection<Document> {
