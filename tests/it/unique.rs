@@ -46,6 +46,15 @@ async fn unique_index(c: &Collection<Document>, keys: Document, name: &str) {
     .unwrap();
 }
 
+/// `app.users` on `s`: the documents and the two unique indexes the writer works on.
+async fn seed_users(s: &mongodb::Client) -> Collection<Document> {
+    let users = s.database("app").collection::<Document>("users");
+    users.insert_many((0..DOCS).map(user)).await.unwrap();
+    unique_index(&users, doc! { "email": 1 }, "email_1").await;
+    unique_index(&users, doc! { "team": 1, "slot": 1 }, "team_slot").await;
+    users
+}
+
 /// Swaps, replace-swaps and value reuse until `stop`; returns the operations done.
 async fn writer(c: Collection<Document>, seed: u64, stop: Arc<AtomicBool>) -> u64 {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -134,10 +143,7 @@ async fn repairs(port: u16) -> Option<u64> {
 async fn swap_unique_values(update_mode: &str, seed: u64) {
     let (src, dst) = (Server::start(), Server::start());
     let (s, d) = (src.client().await, dst.client().await);
-    let users = s.database("app").collection::<Document>("users");
-    users.insert_many((0..DOCS).map(user)).await.unwrap();
-    unique_index(&users, doc! { "email": 1 }, "email_1").await;
-    unique_index(&users, doc! { "team": 1, "slot": 1 }, "team_slot").await;
+    let users = seed_users(&s).await;
 
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -288,10 +294,7 @@ async fn swap_through_kafka(apply_extra: &str, seed: u64) {
     let (src, dst) = (Server::start(), Server::start());
     let broker = crate::common::kafka::Broker::start();
     let (s, d) = (src.client().await, dst.client().await);
-    let users = s.database("app").collection::<Document>("users");
-    users.insert_many((0..DOCS).map(user)).await.unwrap();
-    unique_index(&users, doc! { "email": 1 }, "email_1").await;
-    unique_index(&users, doc! { "team": 1, "slot": 1 }, "team_slot").await;
+    let users = seed_users(&s).await;
 
     let dir = tempfile::tempdir().unwrap();
     let capture = write_config(
@@ -373,4 +376,134 @@ async fn swap_through_kafka(apply_extra: &str, seed: u64) {
     assert!(!text.contains("kept failing"), "{text}");
     assert!(app.sigterm().success());
     eprintln!("unique swaps through Kafka ({apply_extra:?}): {ops} writer operations, converged {:.1} s after the writer stopped", converged.as_secs_f64());
+}
+
+/// A value only the target has keeps a document parked: it stays out of the target (and in
+/// the parking collection) until that value goes, then moves back; a drop of its collection
+/// takes the parked copy along, so it does not come back into the recreated collection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_document_moves_back_and_goes_with_its_collection() {
+    let (src, dst) = (Server::start(), Server::start());
+    let broker = crate::common::kafka::Broker::start();
+    let (s, d) = (src.client().await, dst.client().await);
+    let users = s.database("app").collection::<Document>("users");
+    let target = d.database("app").collection::<Document>("users");
+    let lot = d
+        .database("strait")
+        .collection::<Document>("parked.apply.sink.app.users");
+    users
+        .insert_one(doc! { "_id": 0, "email": "a" })
+        .await
+        .unwrap();
+    unique_index(&users, doc! { "email": 1 }, "email_1").await;
+    // The target has the index and a document the source does not.
+    target
+        .insert_one(doc! { "_id": "extra", "email": "b" })
+        .await
+        .unwrap();
+    unique_index(&target, doc! { "email": 1 }, "email_1").await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let capture = write_config(
+        dir.path(),
+        "capture.toml",
+        &format!(
+            "id = \"capture\"\n[source]\nuri = \"{}\"\n[sink]\ntype = \"kafka\"\nbrokers = \"{}\"\ntopic_prefix = \"cdc\"\ntopic_partitions = 1\n[checkpoint]\ninterval = \"200ms\"\n",
+            src.uri(),
+            broker.bootstrap()
+        ),
+    );
+    let apply = write_config(
+        dir.path(),
+        "apply.toml",
+        &format!(
+            "id = \"apply\"\n[source]\ntype = \"kafka\"\nbrokers = \"{}\"\ntopics = [\"^cdc\\\\..*\"]\ngroup = \"b\"\nsession_timeout = \"6s\"\n[sink]\nuri = \"{}\"\n[checkpoint]\ninterval = \"200ms\"\n",
+            broker.bootstrap(),
+            dst.uri()
+        ),
+    );
+    let cap = Strait::spawn(&capture, &dir.path().join("capture.log"));
+    let app = Strait::spawn(&apply, &dir.path().join("apply.log"));
+    let has = |c: &Collection<Document>, id: i32| {
+        let c = c.clone();
+        async move { c.find_one(doc! { "_id": id }).await.unwrap().is_some() }
+    };
+    wait_for(Duration::from_secs(60), "the copy", &app, || {
+        has(&target, 0)
+    })
+    .await;
+
+    // Parked behind the target's own "b", then back once it goes.
+    users
+        .insert_one(doc! { "_id": 1, "email": "b" })
+        .await
+        .unwrap();
+    wait_for(Duration::from_secs(30), "doc 1 parked", &app, || {
+        has(&lot, 1)
+    })
+    .await;
+    users
+        .update_one(doc! { "_id": 1 }, doc! { "$set": { "n": 1 } })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!has(&target, 1).await, "a parked document is on the target");
+    target.delete_one(doc! { "_id": "extra" }).await.unwrap();
+    wait_identical(
+        &s,
+        ("app", "users"),
+        &d,
+        ("app", "users"),
+        Duration::from_secs(30),
+        Some(&app),
+    )
+    .await;
+    assert_eq!(lot.count_documents(doc! {}).await.unwrap(), 0);
+
+    // Parked again, then its collection is dropped and made again on the source.
+    target
+        .insert_one(doc! { "_id": "extra", "email": "c" })
+        .await
+        .unwrap();
+    users
+        .insert_one(doc! { "_id": 2, "email": "c" })
+        .await
+        .unwrap();
+    wait_for(Duration::from_secs(30), "doc 2 parked", &app, || {
+        has(&lot, 2)
+    })
+    .await;
+    users.drop().await.unwrap();
+    let names = || async { d.database("strait").list_collection_names().await.unwrap() };
+    wait_for(
+        Duration::from_secs(30),
+        "the parking collection dropped",
+        &app,
+        || async {
+            !names()
+                .await
+                .contains(&"parked.apply.sink.app.users".to_string())
+        },
+    )
+    .await;
+    users
+        .insert_one(doc! { "_id": 3, "email": "c" })
+        .await
+        .unwrap();
+    wait_identical(
+        &s,
+        ("app", "users"),
+        &d,
+        ("app", "users"),
+        Duration::from_secs(30),
+        Some(&app),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !has(&target, 2).await,
+        "a dropped collection's parked document came back"
+    );
+    drop(cap);
+    drop(app);
 }

@@ -178,10 +178,7 @@ impl MongoSink {
 
     /// `ops` with the writes of parked documents sent to their parked copies.
     pub(super) async fn plan<'a>(&'a self, ops: &'a [WriteOp]) -> Result<Planned<'a>> {
-        self.parking
-            .loaded
-            .get_or_try_init(|| self.load_parked())
-            .await?;
+        self.ensure_loaded().await?;
         let borrowed = || Planned {
             ops: std::borrow::Cow::Borrowed(ops),
             _gate: None,
@@ -207,6 +204,15 @@ impl MongoSink {
             },
             None => borrowed(),
         })
+    }
+
+    /// The documents parked before a restart, read back once.
+    async fn ensure_loaded(&self) -> Result<()> {
+        self.parking
+            .loaded
+            .get_or_try_init(|| self.load_parked())
+            .await
+            .map(|_| ())
     }
 
     /// Reads back the documents parked before a restart, and starts moving them back.
@@ -323,31 +329,33 @@ impl MongoSink {
         to: Option<&Namespace>,
     ) -> Result<()> {
         use crate::core::event::OpType;
-        if !self.parks() || self.parking.is_empty() {
+        if !self.parks() {
+            return Ok(());
+        }
+        self.ensure_loaded().await?;
+        if self.parking.is_empty() {
             return Ok(());
         }
         let _gate = self.parking.gate.write().await;
         match op {
+            // The parking collection goes first: one left behind would be read back at the
+            // next start.
             OpType::Drop => {
+                self.drop_lot(ns).await?;
                 self.parking.forget(|n| n == ns);
-                self.run(&self.meta_db, doc! { "drop": self.lot(ns).coll_name() })
-                    .await
-                    .ok();
             }
             OpType::DropDatabase => {
-                let gone: Vec<Namespace> = self
+                let gone: std::collections::HashSet<Namespace> = self
                     .parking
                     .snapshot()
                     .into_iter()
                     .map(|(n, _)| n)
                     .filter(|n| n.db == ns.db)
                     .collect();
-                self.parking.forget(|n| n.db == ns.db);
                 for n in gone {
-                    self.run(&self.meta_db, doc! { "drop": self.lot(&n).coll_name() })
-                        .await
-                        .ok();
+                    self.drop_lot(&n).await?;
                 }
+                self.parking.forget(|n| n.db == ns.db);
             }
             OpType::Rename => {
                 let Some(to) = to else { return Ok(()) };
@@ -374,6 +382,18 @@ impl MongoSink {
             _ => {}
         }
         Ok(())
+    }
+
+    async fn drop_lot(&self, ns: &Namespace) -> Result<()> {
+        let lot = self.lot(ns);
+        match self.run(&lot.db, doc! { "drop": lot.coll_name() }).await {
+            Err(Error::Mongo { source, .. })
+                if crate::connectors::mongo::driver_error::error_code(&source) == Some(26) =>
+            {
+                Ok(())
+            }
+            other => other.map(|_| ()),
+        }
     }
 
     fn start_mover(&self) {
