@@ -297,11 +297,14 @@ async fn swap_through_kafka(apply_extra: &str, seed: u64) {
     let users = seed_users(&s).await;
 
     let dir = tempfile::tempdir().unwrap();
+    // One partition: the unique indexes' createIndexes record (keyed by namespace) must reach
+    // the apply before the copy's records, which several partitions do not order (a README
+    // known limit); the apply's 8 lanes still reorder documents.
     let capture = write_config(
         dir.path(),
         "capture.toml",
         &format!(
-            "id = \"capture\"\n[source]\nuri = \"{}\"\n[sink]\ntype = \"kafka\"\nbrokers = \"{}\"\ntopic_prefix = \"cdc\"\ntopic_partitions = 4\n[checkpoint]\ninterval = \"200ms\"\n",
+            "id = \"capture\"\n[source]\nuri = \"{}\"\n[sink]\ntype = \"kafka\"\nbrokers = \"{}\"\ntopic_prefix = \"cdc\"\ntopic_partitions = 1\n[checkpoint]\ninterval = \"200ms\"\n",
             src.uri(),
             broker.bootstrap()
         ),
