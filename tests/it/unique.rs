@@ -290,18 +290,19 @@ async fn swapped_unique_values_converge_through_kafka_in_delta_mode() {
     swap_through_kafka("[stream]\nupdate_mode = \"delta\"\n", 24).await;
 }
 
-async fn swap_through_kafka(apply_extra: &str, seed: u64) {
-    let (src, dst) = (Server::start(), Server::start());
-    let broker = crate::common::kafka::Broker::start();
-    let (s, d) = (src.client().await, dst.client().await);
-    let users = seed_users(&s).await;
-
-    let dir = tempfile::tempdir().unwrap();
-    // One partition: the unique indexes' createIndexes record (keyed by namespace) must reach
-    // the apply before the copy's records, which several partitions do not order (a README
-    // known limit); the apply's 8 lanes still reorder documents.
+/// Config files of a capture from `src` into Kafka and an apply (`apply_extra` at its top)
+/// from Kafka into `dst`. One partition: the unique indexes' createIndexes record (keyed by
+/// namespace) must reach the apply before the copy's records, which several partitions do not
+/// order (a README known limit); the apply's lanes still reorder documents.
+fn kafka_pair(
+    dir: &std::path::Path,
+    src: &Server,
+    dst: &Server,
+    broker: &crate::common::kafka::Broker,
+    apply_extra: &str,
+) -> (std::path::PathBuf, std::path::PathBuf) {
     let capture = write_config(
-        dir.path(),
+        dir,
         "capture.toml",
         &format!(
             "id = \"capture\"\n[source]\nuri = \"{}\"\n[sink]\ntype = \"kafka\"\nbrokers = \"{}\"\ntopic_prefix = \"cdc\"\ntopic_partitions = 1\n[checkpoint]\ninterval = \"200ms\"\n",
@@ -310,13 +311,30 @@ async fn swap_through_kafka(apply_extra: &str, seed: u64) {
         ),
     );
     let apply = write_config(
-        dir.path(),
+        dir,
         "apply.toml",
         &format!(
-            "id = \"apply\"\n{apply_extra}[apply]\nlanes = 8\nbatch_docs = 50\n[source]\ntype = \"kafka\"\nbrokers = \"{}\"\ntopics = [\"^cdc\\\\..*\"]\ngroup = \"b\"\nsession_timeout = \"6s\"\n[sink]\nuri = \"{}\"\n[checkpoint]\ninterval = \"200ms\"\n",
+            "id = \"apply\"\n{apply_extra}[source]\ntype = \"kafka\"\nbrokers = \"{}\"\ntopics = [\"^cdc\\\\..*\"]\ngroup = \"b\"\nsession_timeout = \"6s\"\n[sink]\nuri = \"{}\"\n[checkpoint]\ninterval = \"200ms\"\n",
             broker.bootstrap(),
             dst.uri()
         ),
+    );
+    (capture, apply)
+}
+
+async fn swap_through_kafka(apply_extra: &str, seed: u64) {
+    let (src, dst) = (Server::start(), Server::start());
+    let broker = crate::common::kafka::Broker::start();
+    let (s, d) = (src.client().await, dst.client().await);
+    let users = seed_users(&s).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (capture, apply) = kafka_pair(
+        dir.path(),
+        &src,
+        &dst,
+        &broker,
+        &format!("{apply_extra}[apply]\nlanes = 8\nbatch_docs = 50\n"),
     );
     let (clog, alog) = (dir.path().join("capture.log"), dir.path().join("apply.log"));
     let stop = Arc::new(AtomicBool::new(false));
@@ -407,24 +425,7 @@ async fn a_parked_document_moves_back_and_goes_with_its_collection() {
     unique_index(&target, doc! { "email": 1 }, "email_1").await;
 
     let dir = tempfile::tempdir().unwrap();
-    let capture = write_config(
-        dir.path(),
-        "capture.toml",
-        &format!(
-            "id = \"capture\"\n[source]\nuri = \"{}\"\n[sink]\ntype = \"kafka\"\nbrokers = \"{}\"\ntopic_prefix = \"cdc\"\ntopic_partitions = 1\n[checkpoint]\ninterval = \"200ms\"\n",
-            src.uri(),
-            broker.bootstrap()
-        ),
-    );
-    let apply = write_config(
-        dir.path(),
-        "apply.toml",
-        &format!(
-            "id = \"apply\"\n[source]\ntype = \"kafka\"\nbrokers = \"{}\"\ntopics = [\"^cdc\\\\..*\"]\ngroup = \"b\"\nsession_timeout = \"6s\"\n[sink]\nuri = \"{}\"\n[checkpoint]\ninterval = \"200ms\"\n",
-            broker.bootstrap(),
-            dst.uri()
-        ),
-    );
+    let (capture, apply) = kafka_pair(dir.path(), &src, &dst, &broker, "");
     let cap = Strait::spawn(&capture, &dir.path().join("capture.log"));
     let app = Strait::spawn(&apply, &dir.path().join("apply.log"));
     let has = |c: &Collection<Document>, id: i32| {

@@ -257,18 +257,7 @@ impl MongoSink {
         };
         let lot = self.lot(&ns);
         let q = id_filter(&id)?;
-        let current = || async {
-            let coll = self
-                .client
-                .database(&ns.db)
-                .collection::<RawDocumentBuf>(ns.coll_name());
-            let id = id.clone();
-            // Spawned: a driver future must never be dropped mid-call.
-            tokio::spawn(async move { coll.find_one(doc! { "_id": id }).await })
-                .await
-                .map_err(|e| Error::Internal(format!("read task failed: {e}")))?
-                .map_err(|e| Error::mongo(Role::Sink, format!("reading a document of {ns}"), e))
-        };
+        let current = || self.find_by_id(&ns, &id);
         macro_rules! step {
             ($e:expr) => {
                 match $e {
@@ -434,16 +423,7 @@ impl MongoSink {
         for (ns, id) in self.parking.snapshot() {
             let lot = self.lot(&ns);
             let q = id_filter(&id)?;
-            let coll = self
-                .client
-                .database(&lot.db)
-                .collection::<RawDocumentBuf>(lot.coll_name());
-            let key = id.clone();
-            let parked = tokio::spawn(async move { coll.find_one(doc! { "_id": key }).await })
-                .await
-                .map_err(|e| Error::Internal(format!("read task failed: {e}")))?
-                .map_err(|e| Error::mongo(Role::Sink, "reading a parked document", e))?;
-            let moved = match parked {
+            let moved = match self.find_by_id(&lot, &id).await? {
                 // Deleted while parked. Its target copy is deleted too: after a crash between
                 // parking and deleting it, that copy is an old state.
                 None => self.delete_one(&ns, &q).await?,
@@ -474,6 +454,20 @@ impl MongoSink {
             }
         }
         Ok(())
+    }
+
+    /// The document `id` of `ns` (a target or a parking collection), as stored.
+    async fn find_by_id(&self, ns: &Namespace, id: &Bson) -> Result<Option<RawDocumentBuf>> {
+        let coll = self
+            .client
+            .database(&ns.db)
+            .collection::<RawDocumentBuf>(ns.coll_name());
+        let filter = doc! { "_id": id.clone() };
+        // Spawned: a driver future must never be dropped mid-call.
+        tokio::spawn(async move { coll.find_one(filter).await })
+            .await
+            .map_err(|e| Error::Internal(format!("read task failed: {e}")))?
+            .map_err(|e| Error::mongo(Role::Sink, format!("reading a document of {ns}"), e))
     }
 
     fn raw_write_concern(&self) -> Result<RawDocumentBuf> {
