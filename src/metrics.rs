@@ -255,6 +255,11 @@ impl Collector for PipelineCollector {
                 t.unique_parked.load(Relaxed),
             ),
             (
+                "strait_unique_index_deferred",
+                "Unique index builds that met duplicate values on the target (states from different times, e.g. across Kafka partitions) and were built again once later changes removed them.",
+                t.unique_indexes_deferred.load(Relaxed),
+            ),
+            (
                 "strait_two_way_applied",
                 "Two-way: changes this direction wrote to the other cluster.",
                 t.two_way.applied.load(Relaxed),

@@ -77,6 +77,9 @@ pub struct Telemetry {
     /// Writes that collided on a unique secondary index with no source to repair from: their
     /// documents were parked.
     pub unique_parked: AtomicU64,
+    /// Unique index builds that met duplicate values on the target and were deferred until
+    /// later changes removed them.
+    pub unique_indexes_deferred: AtomicU64,
     /// Changes and records sent to the source's dead letters (file, SQS queue, Kafka topic).
     pub dead_lettered: AtomicU64,
     /// Writes per sink round trip.
@@ -276,6 +279,7 @@ impl Default for Telemetry {
             stream_restarts: AtomicU64::new(0),
             unique_repairs: AtomicU64::new(0),
             unique_parked: AtomicU64::new(0),
+            unique_indexes_deferred: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),
             archive: ArchiveCounters::default(),
             kafka: KafkaCounters::default(),

@@ -233,6 +233,12 @@ pub(crate) trait Sink: Send + Sync {
         Ok(())
     }
 
+    /// Called once before the stream's first change is applied (under the lease, if any): picks
+    /// up work a previous run left unfinished.
+    async fn resume(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Called once when the pipeline stops: flush what the client still buffers (bounded).
     async fn close(&self) {}
 }

@@ -75,6 +75,9 @@ impl Engine {
         let cfg = &self.cfg;
         let stop = self.cancel.child_token();
         let dead_letters = source.dead_letters();
+        for sink in &self.sinks {
+            sink.resume().await?;
+        }
 
         // Lanes of every sink: a failed one stops the pipeline and reports its own error.
         let mut writers = JoinSet::new();

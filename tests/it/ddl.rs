@@ -243,3 +243,116 @@ async fn idle_stream_advances_checkpoint() {
         );
     }
 }
+
+/// A unique index whose build meets duplicate values on the target (here a document only the
+/// target has; through Kafka partitions, states from different times) is built again once the
+/// duplicate is gone, also after a SIGKILL; one whose collection is dropped meanwhile is
+/// forgotten and does not bring the collection back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unique_index_that_meets_duplicates_is_built_once_they_are_gone() {
+    let (src, dst) = (Server::start(), Server::start());
+    let (s, d) = (src.client().await, dst.client().await);
+    for coll in ["a", "b"] {
+        s.database("u")
+            .collection::<Document>(coll)
+            .insert_many([doc! { "_id": 1, "e": "x" }, doc! { "_id": 2, "e": "y" }])
+            .await
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "p.toml", &pipeline(&src, &dst, ""));
+    let log = dir.path().join("log");
+    let mut st = Strait::spawn(&cfg, &log);
+    for coll in ["a", "b"] {
+        wait_identical(
+            &s,
+            ("u", coll),
+            &d,
+            ("u", coll),
+            Duration::from_secs(30),
+            Some(&st),
+        )
+        .await;
+        // A document only the target has, with a value a source document has.
+        d.database("u")
+            .collection::<Document>(coll)
+            .insert_one(doc! { "_id": 99, "e": "x" })
+            .await
+            .unwrap();
+    }
+    let deferred = d
+        .database("strait")
+        .collection::<Document>("deferred_indexes");
+    for coll in ["a", "b"] {
+        s.database("u")
+            .collection::<Document>(coll)
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "e": 1 })
+                    .options(IndexOptions::builder().unique(true).build())
+                    .build(),
+            )
+            .await
+            .unwrap();
+    }
+    wait_for(
+        Duration::from_secs(30),
+        "two builds deferred",
+        &st,
+        || async { deferred.count_documents(doc! {}).await.unwrap() == 2 },
+    )
+    .await;
+    assert_eq!(
+        indexes(&d, "u", "a").await.len(),
+        1,
+        "built over a duplicate"
+    );
+    // Past the checkpoint save (every second): the restart does not replay the two
+    // createIndexes events, so only the records bring the builds back.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    st.sigkill_running();
+    let mut st2 = Strait::spawn(&cfg, &log);
+    // The first collection's duplicate goes: its index is built.
+    d.database("u")
+        .collection::<Document>("a")
+        .delete_one(doc! { "_id": 99 })
+        .await
+        .unwrap();
+    wait_for(
+        Duration::from_secs(30),
+        "u.a's unique index built",
+        &st2,
+        || async { indexes(&d, "u", "a").await == indexes(&s, "u", "a").await },
+    )
+    .await;
+    // The second collection is dropped on the source while its build waits: dropped on the
+    // target, its build forgotten, and nothing creates it again.
+    s.database("u")
+        .collection::<Document>("b")
+        .drop()
+        .await
+        .unwrap();
+    wait_for(
+        Duration::from_secs(30),
+        "u.b dropped, its build forgotten",
+        &st2,
+        || async {
+            !d.database("u")
+                .list_collection_names()
+                .await
+                .unwrap()
+                .contains(&"b".to_string())
+                && deferred.count_documents(doc! {}).await.unwrap() == 0
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!d
+        .database("u")
+        .list_collection_names()
+        .await
+        .unwrap()
+        .contains(&"b".to_string()));
+    assert!(st2.log_text().contains("Deferred unique index built."));
+    st2.sigkill_running();
+}

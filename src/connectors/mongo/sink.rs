@@ -253,6 +253,8 @@ pub struct MongoSink {
     pipeline: String,
     /// Documents set aside after a unique-index collision when there is no source to read.
     parking: Arc<parking::Parking>,
+    /// Unique indexes whose build met duplicate values, built again later.
+    deferred: Arc<deferred_index::DeferredIndexes>,
 }
 
 /// What a pipeline's MongoDB sink receives and how it writes it.
@@ -287,6 +289,7 @@ impl MongoSink {
             meta_db: "strait".into(),
             pipeline: "sink".into(),
             parking: Arc::default(),
+            deferred: Arc::default(),
         }
     }
 
@@ -897,11 +900,11 @@ impl Sink for MongoSink {
     }
 
     async fn finish_copy(&self, ns: &Namespace, indexes: &[Document]) -> Result<()> {
-        if let Err(e) = self.create_indexes(ns, indexes).await {
+        if let Err(e) = self.build_or_defer(ns, indexes).await {
             // One unsupported index must not cost the others.
             warn!(%ns, error = %e, "Building all indexes at once failed; building them one by one.");
             for spec in indexes {
-                if let Err(e) = self.create_indexes(ns, std::slice::from_ref(spec)).await {
+                if let Err(e) = self.build_or_defer(ns, std::slice::from_ref(spec)).await {
                     warn!(%ns, index = %spec.get_str("name").unwrap_or("?"), error = %e, "Index not created on the sink.");
                 }
             }
@@ -911,6 +914,15 @@ impl Sink for MongoSink {
 
     async fn drop_for_resync(&self, ns: &Namespace) -> Result<()> {
         self.drop_collection(ns).await
+    }
+
+    /// Documents parked and unique index builds deferred before a restart are tried again
+    /// even if no change comes.
+    async fn resume(&self) -> Result<()> {
+        if self.parks() {
+            self.ensure_loaded().await?;
+        }
+        self.deferred_loaded().await
     }
 }
 
@@ -1083,6 +1095,7 @@ mod tests {
 
 mod copy;
 mod ddl;
+mod deferred_index;
 mod parking;
 mod unique;
 

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 
 /// Codes meaning "already done": NamespaceNotFound, NamespaceExists, IndexNotFound,
 /// IndexOptionsConflict, IndexKeySpecsConflict, IndexAlreadyExists.
-const ALREADY_DONE: &[i32] = &[26, 48, 27, 85, 86, 68];
+pub(super) const ALREADY_DONE: &[i32] = &[26, 48, 27, 85, 86, 68];
 
 impl MongoSink {
     /// Applies one DDL event (namespaces already renamed).
@@ -19,6 +19,15 @@ impl MongoSink {
         let ns = &ev.ns;
         let desc = ev.raw.get_document("operationDescription").ok();
         self.ddl_parked(&ev.op, ns, ev.rename_to.as_ref()).await?;
+        let dropped: Vec<String> = match ev.op {
+            OpType::DropIndexes => index_specs(desc)
+                .iter()
+                .filter_map(|s| s.get_str("name").ok().map(String::from))
+                .collect(),
+            _ => Vec::new(),
+        };
+        self.ddl_deferred(&ev.op, ns, ev.rename_to.as_ref(), &dropped)
+            .await?;
         let res = match &ev.op {
             OpType::Create => {
                 // Expanded create events carry the collection's options (capped, validator...).
@@ -60,7 +69,7 @@ impl MongoSink {
                 if specs.is_empty() {
                     return Ok(());
                 }
-                self.create_indexes(ns, &specs)
+                self.build_or_defer(ns, &specs)
                     .await
                     .map(|_| Document::new())
             }

@@ -207,7 +207,7 @@ impl MongoSink {
     }
 
     /// The documents parked before a restart, read back once.
-    async fn ensure_loaded(&self) -> Result<()> {
+    pub(super) async fn ensure_loaded(&self) -> Result<()> {
         self.parking
             .loaded
             .get_or_try_init(|| self.load_parked())
