@@ -6,8 +6,8 @@ use tracing::{info, warn};
 
 use super::MongoSink;
 use crate::connectors::mongo::driver_error::error_code;
-use crate::core::event::{ChangeEvent, OpType};
-use crate::error::{Error, Result};
+use crate::core::event::{ChangeEvent, Namespace, OpType};
+use crate::error::{Error, Result, Role};
 
 /// Codes meaning "already done": NamespaceNotFound, NamespaceExists, IndexNotFound,
 /// IndexOptionsConflict, IndexKeySpecsConflict, IndexAlreadyExists.
@@ -49,8 +49,7 @@ impl MongoSink {
                     other => other,
                 }
             }
-            OpType::Drop => self.run(&ns.db, doc! { "drop": ns.coll_name() }).await,
-            OpType::DropDatabase => self.run(&ns.db, doc! { "dropDatabase": 1 }).await,
+            OpType::Drop | OpType::DropDatabase => self.drop_confirmed(&ev.op, ns).await,
             OpType::Rename => {
                 let Some(to) = &ev.rename_to else {
                     return Err(Error::Internal("rename event without target".into()));
@@ -118,6 +117,50 @@ impl MongoSink {
         }
     }
 }
+
+impl MongoSink {
+    /// Drops a collection or database and checks it is gone, dropping again if not: once on
+    /// the test server a drop answered ok and the collection stayed listed for good (cause not
+    /// found), and a collection left behind differs from the source for good. One
+    /// `listCollections` per drop.
+    async fn drop_confirmed(&self, op: &OpType, ns: &Namespace) -> Result<Document> {
+        let cmd = || match op {
+            OpType::DropDatabase => doc! { "dropDatabase": 1 },
+            _ => doc! { "drop": ns.coll_name() },
+        };
+        let mut reply = self.run(&ns.db, cmd()).await?;
+        for attempt in 1..=DROP_CHECKS {
+            let filter = match op {
+                OpType::DropDatabase => doc! {},
+                _ => doc! { "name": ns.coll_name() },
+            };
+            let left = self
+                .client
+                .database(&ns.db)
+                .list_collection_names()
+                .filter(filter)
+                .await
+                .map_err(|e| {
+                    Error::mongo(Role::Sink, format!("listing {} after a drop", ns.db), e)
+                })?;
+            if left.is_empty() {
+                return Ok(reply);
+            }
+            warn!(ns = %ns, attempt, left = ?left, "Still listed after the drop; dropping again.");
+            tokio::time::sleep(std::time::Duration::from_millis(100 * attempt as u64)).await;
+            reply = match self.run(&ns.db, cmd()).await {
+                Err(Error::Mongo { source, .. }) if error_code(&source) == Some(26) => reply,
+                r => r?,
+            };
+        }
+        // Something else writes there (a user of the target): not strait's to fight.
+        warn!(ns = %ns, "Still listed after {DROP_CHECKS} drops; going on.");
+        Ok(reply)
+    }
+}
+
+/// How many times a drop is checked (and repeated).
+const DROP_CHECKS: u32 = 5;
 
 fn index_specs(desc: Option<&RawDocument>) -> Vec<Document> {
     let Some(arr) = desc.and_then(|d| d.get_array("indexes").ok()) else {
