@@ -293,6 +293,20 @@ impl MongoSink {
         }
     }
 
+    /// Sleeps `every`; false once the sink is shut down (its background tasks end then).
+    async fn sleep_unless_stopped(&self, every: Duration) -> bool {
+        let stop = async {
+            match &self.cancel {
+                Some(c) => c.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = stop => false,
+            _ = tokio::time::sleep(every) => true,
+        }
+    }
+
     /// Reads documents' current state from `source` to repair duplicate keys on unique
     /// indexes (then [`Self::finish_interrupted_repairs`] before applying anything).
     pub(crate) fn repair_from(&self, source: Client) {

@@ -262,17 +262,7 @@ impl MongoSink {
         let me = self.clone();
         tokio::spawn(async move {
             let mut warned: Option<Instant> = None;
-            loop {
-                let stop = async {
-                    match &me.cancel {
-                        Some(c) => c.cancelled().await,
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    _ = stop => return,
-                    _ = tokio::time::sleep(RETRY_FIRST) => {}
-                }
+            while me.sleep_unless_stopped(RETRY_FIRST).await {
                 // The sink is gone when only this task holds its deferred builds.
                 if Arc::strong_count(&me.deferred) == 1 {
                     return;

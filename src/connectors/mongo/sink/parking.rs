@@ -391,17 +391,7 @@ impl MongoSink {
         }
         let me = self.clone();
         tokio::spawn(async move {
-            loop {
-                let stop = async {
-                    match &me.cancel {
-                        Some(c) => c.cancelled().await,
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    _ = stop => return,
-                    _ = tokio::time::sleep(UNPARK_EVERY) => {}
-                }
+            while me.sleep_unless_stopped(UNPARK_EVERY).await {
                 // The sink is gone when only this task holds its parking.
                 if Arc::strong_count(&me.parking) == 1 {
                     return;
