@@ -417,7 +417,8 @@ async fn swap_through_kafka(apply_extra: &str, partitions: u32, seed: u64) {
 }
 
 /// A value only the target has keeps a document parked: it stays out of the target (and in
-/// the parking collection) until that value goes, then moves back; a drop of its collection
+/// the parking collection) until that value goes, then moves back (also when the value goes
+/// while the apply is down and nothing changes after its restart); a drop of its collection
 /// takes the parked copy along, so it does not come back into the recreated collection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parked_document_moves_back_and_goes_with_its_collection() {
@@ -444,7 +445,7 @@ async fn a_parked_document_moves_back_and_goes_with_its_collection() {
     let dir = tempfile::tempdir().unwrap();
     let (capture, apply) = kafka_pair(dir.path(), &src, &dst, &broker, "", 1);
     let cap = Strait::spawn(&capture, &dir.path().join("capture.log"));
-    let app = Strait::spawn(&apply, &dir.path().join("apply.log"));
+    let mut app = Strait::spawn(&apply, &dir.path().join("apply.log"));
     let has = |c: &Collection<Document>, id: i32| {
         let c = c.clone();
         async move { c.find_one(doc! { "_id": id }).await.unwrap().is_some() }
@@ -469,7 +470,11 @@ async fn a_parked_document_moves_back_and_goes_with_its_collection() {
         .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(!has(&target, 1).await, "a parked document is on the target");
+    // Killed while the document is parked (its changes committed), and its value freed
+    // meanwhile: the restarted apply moves it back with no further change coming.
+    app.sigkill_running();
     target.delete_one(doc! { "_id": "extra" }).await.unwrap();
+    let app = Strait::spawn(&apply, &dir.path().join("apply.log"));
     wait_identical(
         &s,
         ("app", "users"),
