@@ -153,7 +153,7 @@ impl MongoSink {
 
     /// Drops `ns` if it exists.
     pub async fn drop_collection(&self, ns: &Namespace) -> Result<()> {
-        self.ddl_parked(&crate::core::event::OpType::Drop, ns, None)
+        self.before_ddl(&crate::core::event::OpType::Drop, ns, None, &[])
             .await?;
         match self.run(&ns.db, doc! { "drop": ns.coll_name() }).await {
             Err(Error::Mongo { source, .. }) if error_code(&source) == Some(26) => Ok(()),

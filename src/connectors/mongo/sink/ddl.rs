@@ -18,7 +18,6 @@ impl MongoSink {
     pub async fn apply_ddl(&self, ev: &ChangeEvent) -> Result<()> {
         let ns = &ev.ns;
         let desc = ev.raw.get_document("operationDescription").ok();
-        self.ddl_parked(&ev.op, ns, ev.rename_to.as_ref()).await?;
         let dropped: Vec<String> = match ev.op {
             OpType::DropIndexes => index_specs(desc)
                 .iter()
@@ -26,7 +25,7 @@ impl MongoSink {
                 .collect(),
             _ => Vec::new(),
         };
-        self.ddl_deferred(&ev.op, ns, ev.rename_to.as_ref(), &dropped)
+        self.before_ddl(&ev.op, ns, ev.rename_to.as_ref(), &dropped)
             .await?;
         let res = match &ev.op {
             OpType::Create => {
@@ -119,6 +118,20 @@ impl MongoSink {
 }
 
 impl MongoSink {
+    /// What strait keeps of a namespace beside the target's collection (parked documents,
+    /// deferred unique builds) follows a DDL that drops or renames it, or drops indexes;
+    /// before the DDL is applied.
+    pub(super) async fn before_ddl(
+        &self,
+        op: &OpType,
+        ns: &Namespace,
+        to: Option<&Namespace>,
+        dropped_indexes: &[String],
+    ) -> Result<()> {
+        self.ddl_parked(op, ns, to).await?;
+        self.ddl_deferred(op, ns, to, dropped_indexes).await
+    }
+
     /// Drops a collection or database and checks it is gone, dropping again if not: once on
     /// the test server a drop answered ok and the collection stayed listed for good (cause not
     /// found), and a collection left behind differs from the source for good. One
