@@ -20,6 +20,7 @@
 //! Sizes (0 skips a part): BENCH_DOCS (200000), BENCH_OPS (100000), BENCH_RSS_DOCS (1000000).
 //! Other knobs:
 //! - BENCH_FULL_RUNS (1): full-sync repetitions;
+//! - BENCH_FULL_COLLECTIONS (4): collections the full sync's documents are spread over;
 //! - BENCH_WRITERS (8): concurrent incremental writers, each on its own key range;
 //! - BENCH_CACHE (6G): `--cache-size` of each server (2G made SecantusDB fail with InternalError
 //!   while loading 1,000,000 documents);
@@ -136,6 +137,19 @@ async fn load(
     like_strait: bool,
     make: fn(i64) -> Document,
 ) -> (Duration, u32) {
+    load_into(client, db, "docs", 0..n, like_strait, make).await
+}
+
+/// Loads the documents `ids` into `db.coll`, as [`load`] does.
+async fn load_into(
+    client: &Client,
+    db: &str,
+    coll: &str,
+    ids: std::ops::Range<i64>,
+    like_strait: bool,
+    make: fn(i64) -> Document,
+) -> (Duration, u32) {
+    let n = ids.end;
     let batch = env_u64("BENCH_LOAD_BATCH", 1000) as i64;
     let mut opts = mongodb::options::CollectionOptions::default();
     if like_strait {
@@ -143,11 +157,11 @@ async fn load(
     }
     let c = client
         .database(db)
-        .collection_with_options::<Document>("docs", opts);
+        .collection_with_options::<Document>(coll, opts);
     let t = Instant::now();
     let mut retries = 0;
-    let mut next_report = 200_000;
-    for start in (0..n).step_by(batch as usize) {
+    let mut next_report = ids.start + 200_000;
+    for start in ids.step_by(batch as usize) {
         retries += insert_batch(
             &c,
             (start..(start + batch).min(n)).map(make).collect(),
@@ -256,19 +270,37 @@ async fn main() {
     // same indexes built by the server: user-like documents with 7 secondary indexes.
     if docs > 0 {
         let indexes = user_indexes();
-        let (_, r) = load(&s, "full", docs, false, doc_user).await;
-        build_indexes(&s, "full", "docs", &indexes).await;
+        // Users' databases have several collections: the documents are spread over
+        // `BENCH_FULL_COLLECTIONS` of them, each with the 7 indexes.
+        let colls = env_u64("BENCH_FULL_COLLECTIONS", 4).max(1) as i64;
+        let names: Vec<String> = (0..colls).map(|k| format!("docs{k}")).collect();
+        let part = |k: i64| (k * docs / colls)..((k + 1) * docs / colls);
+        // Raw: each collection loaded, then its indexes built, one after the other (a
+        // single client, as a restore would); returns (insert time, build time, retries).
+        let raw_load = |c: Client, db: &'static str, like_strait: bool| {
+            let names = names.clone();
+            let indexes = indexes.clone();
+            async move {
+                let (mut ins, mut idx, mut retries) = (Duration::ZERO, Duration::ZERO, 0);
+                for (k, name) in names.iter().enumerate() {
+                    let (t, r) = load_into(&c, db, name, part(k as i64), like_strait, doc_user).await;
+                    ins += t;
+                    retries += r;
+                    idx += build_indexes(&c, db, name, &indexes).await;
+                }
+                (ins, idx, retries)
+            }
+        };
+        let (_, _, r) = raw_load(s.clone(), "full", false).await;
         if r > 0 {
             println!("  source load: {r} retried batches");
         }
         for run in 1..=full_runs {
             // The same target state for both measurements: neither database present.
             drop_db(&d, "full").await;
-            let (raw, raw_retries) = load(&d, "raw", docs, false, doc_user).await;
-            let raw_idx = build_indexes(&d, "raw", "docs", &indexes).await;
+            let (raw, raw_idx, raw_retries) = raw_load(d.clone(), "raw", false).await;
             drop_db(&d, "raw").await;
-            let (raw2, raw2_retries) = load(&d, "raw", docs, true, doc_user).await;
-            let raw2_idx = build_indexes(&d, "raw", "docs", &indexes).await;
+            let (raw2, raw2_idx, raw2_retries) = raw_load(d.clone(), "raw", true).await;
             drop_db(&d, "raw").await;
             let (copy, peak) = run_full(&config(
                 dir.path(),
@@ -279,37 +311,41 @@ async fn main() {
                 run,
                 None,
             ));
-            let copied = d
-                .database("full")
-                .collection::<Document>("docs")
-                .count_documents(doc! {})
-                .await
-                .unwrap();
-            assert_eq!(
-                copied, docs as u64,
-                "documents on the target after the copy"
-            );
-            let built = d
-                .database("full")
-                .run_command(doc! { "listIndexes": "docs" })
-                .await
-                .unwrap()
-                .get_document("cursor")
-                .and_then(|c| c.get_array("firstBatch"))
-                .map(|b| b.len())
-                .unwrap_or(0);
-            assert_eq!(
-                built,
-                indexes.len() + 1,
-                "indexes on the target after the copy"
-            );
+            for (k, name) in names.iter().enumerate() {
+                let copied = d
+                    .database("full")
+                    .collection::<Document>(name)
+                    .count_documents(doc! {})
+                    .await
+                    .unwrap();
+                let want = part(k as i64);
+                assert_eq!(
+                    copied,
+                    (want.end - want.start) as u64,
+                    "documents in full.{name} on the target after the copy"
+                );
+                let built = d
+                    .database("full")
+                    .run_command(doc! { "listIndexes": name.as_str() })
+                    .await
+                    .unwrap()
+                    .get_document("cursor")
+                    .and_then(|c| c.get_array("firstBatch"))
+                    .map(|b| b.len())
+                    .unwrap_or(0);
+                assert_eq!(
+                    built,
+                    indexes.len() + 1,
+                    "indexes on full.{name} on the target after the copy"
+                );
+            }
             let rate = |t: Duration| docs as f64 / t.as_secs_f64();
             let c = copy.as_secs_f64();
-            println!("full sync run {run}/{full_runs}: {docs} user-like docs (~960 B, 1 in 1,000 ~100 KB) with 7 secondary indexes (one unique) in {c:.1} s = {:.0} docs/s, indexes included, peak RSS {} MB",
+            println!("full sync run {run}/{full_runs}: {docs} user-like docs (~960 B, 1 in 1,000 ~100 KB) in {colls} collections, each with 7 secondary indexes (one unique), in {c:.1} s = {:.0} docs/s, indexes included, peak RSS {} MB",
                 rate(copy), peak / 1024);
-            println!("  raw insert_many (ordered, default write concern) {:.1} s = {:.0} docs/s ({raw_retries} retried batches), + index build {:.1} s: ratio to insert + build {:.2} (goal >= 1.0), to insert alone {:.2}",
+            println!("  raw insert_many (ordered, default write concern) {:.1} s = {:.0} docs/s ({raw_retries} retried batches), + index builds {:.1} s: ratio to insert + build {:.2} (goal >= 1.0), to insert alone {:.2}",
                 raw.as_secs_f64(), rate(raw), raw_idx.as_secs_f64(), (raw + raw_idx).as_secs_f64() / c, raw.as_secs_f64() / c);
-            println!("  raw insert_many with strait's write options (unordered, w: majority) {:.1} s = {:.0} docs/s ({raw2_retries} retried), + index build {:.1} s: ratio to insert + build {:.2}, to insert alone {:.2}",
+            println!("  raw insert_many with strait's write options (unordered, w: majority) {:.1} s = {:.0} docs/s ({raw2_retries} retried), + index builds {:.1} s: ratio to insert + build {:.2}, to insert alone {:.2}",
                 raw2.as_secs_f64(), rate(raw2), raw2_idx.as_secs_f64(), (raw2 + raw2_idx).as_secs_f64() / c, raw2.as_secs_f64() / c);
         }
         drop_db(&d, "full").await;

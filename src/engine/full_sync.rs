@@ -73,26 +73,14 @@ pub async fn copy(p: &Arc<Pipeline>, fresh: bool) -> Result<bool> {
         }
         let target = p.engine.transforms.target_ns(&Namespace::parse(&plan.ns));
         let opts = options.get(&plan.ns).cloned().unwrap_or_default();
-        // Unique indexes come first: a copy that is not a point-in-time snapshot can hold two
-        // documents with one value (they swapped it meanwhile), and building the index after
-        // the copy would then fail. With the index there, such an insert collides and is
-        // repaired from the source's current documents; the other indexes are built after
-        // the copy, which is faster.
-        let unique = if p.engine.cfg.full_sync.indexes {
-            list_indexes(&p.source, &Namespace::parse(&plan.ns))
-                .await?
-                .into_iter()
-                .filter(|s| s.get_bool("unique").unwrap_or(false))
-                .collect()
-        } else {
-            Vec::new()
-        };
+        // The indexes, unique ones included, are built after the copy, which is faster than
+        // inserting into them (and on some servers much faster than unique checks during the
+        // copy). A copy taken under writes may hold two documents with one unique value (they
+        // swapped it meanwhile): that build is deferred until the stream has removed the
+        // duplicate (see the MongoDB sink's deferred builds).
         for sink in copy_sinks(p) {
             sink.prepare_copy(&target, &opts, fresh && p.engine.cfg.full_sync.drop_target)
                 .await?;
-            if !unique.is_empty() {
-                sink.finish_copy(&target, &unique).await?;
-            }
         }
         with_plan(p, ci, |plan| plan.created = true).await;
     }
@@ -120,11 +108,18 @@ pub async fn copy(p: &Arc<Pipeline>, fresh: bool) -> Result<bool> {
     let queue = Arc::new(std::sync::Mutex::new(queue));
     let progress = Arc::new(progress);
     let stop = p.engine.cancel.child_token();
+    let builds: Builds = Arc::default();
     let mut workers = JoinSet::new();
     for _ in 0..p.engine.cfg.full_sync.parallelism {
-        let (p, queue, progress, stop) = (p.clone(), queue.clone(), progress.clone(), stop.clone());
+        let (p, queue, progress, stop, builds) = (
+            p.clone(),
+            queue.clone(),
+            progress.clone(),
+            stop.clone(),
+            builds.clone(),
+        );
         workers.spawn(tracing::Instrument::in_current_span(async move {
-            let r = worker(&p, &queue, &progress, &stop).await;
+            let r = worker(&p, &queue, &progress, &stop, &builds).await;
             if r.is_err() {
                 stop.cancel();
             }
@@ -134,6 +129,15 @@ pub async fn copy(p: &Arc<Pipeline>, fresh: bool) -> Result<bool> {
     let mut result = Ok(());
     while let Some(r) = workers.join_next().await {
         let r = r.unwrap_or_else(|e| Err(Error::Internal(format!("copy worker panicked: {e}"))));
+        result = result.and(r);
+    }
+    // Index builds still running are awaited, stopped or not: a build is one server command,
+    // never dropped halfway.
+    let running: Vec<_> = std::mem::take(&mut *builds.lock().unwrap());
+    for b in running {
+        let r = b
+            .await
+            .unwrap_or_else(|e| Err(Error::Internal(format!("index build panicked: {e}"))));
         result = result.and(r);
     }
     result?;
@@ -164,11 +168,15 @@ const PROGRESS_SAVE_EVERY: std::time::Duration = std::time::Duration::from_milli
 /// thousands of documents (a loaded test run republished 5,899 of 9,004 after a kill).
 const PROGRESS_SAVE_DOCS: u64 = 2000;
 
+/// Index builds of copied collections, running while the workers copy other collections.
+type Builds = Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<Result<()>>>>>;
+
 async fn worker(
     p: &Arc<Pipeline>,
     queue: &std::sync::Mutex<VecDeque<(usize, usize)>>,
-    progress: &[Arc<CollectionProgress>],
+    progress: &Arc<Vec<Arc<CollectionProgress>>>,
     stop: &tokio_util::sync::CancellationToken,
+    builds: &Builds,
 ) -> Result<()> {
     loop {
         if stop.is_cancelled() {
@@ -281,8 +289,15 @@ async fn worker(
         .await;
         p.save_checkpoint().await?;
         if collection_done {
-            finish_collection(p, ci).await?;
-            progress[ci].done.store(true, Relaxed);
+            // The worker goes on with the next range while the server builds this
+            // collection's indexes: builds overlap the copy of the other collections.
+            let (p, progress) = (p.clone(), progress.clone());
+            let build = tokio::spawn(tracing::Instrument::in_current_span(async move {
+                finish_collection(&p, ci).await?;
+                progress[ci].done.store(true, Relaxed);
+                Ok(())
+            }));
+            builds.lock().unwrap().push(build);
         }
     }
 }
