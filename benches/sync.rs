@@ -31,6 +31,8 @@
 //! - BENCH_LOG_DIR: keep the servers' logs there (default: discarded);
 //! - BENCH_APPLY (unset): lines of the backlog pipeline's `[apply]` table, e.g. `queue_depth = 250`
 //!   (`\n` between lines);
+//! - BENCH_STREAM (unset): lines of the backlog pipeline's `[stream]` table, e.g.
+//!   `update_mode = "delta"`;
 //! - STRAIT_BIN: the strait binary to run (default: the one cargo built for this bench).
 //!
 //! Collections are copied as one `_id` range each by default: SecantusDB answers every `_id`

@@ -303,10 +303,14 @@ pub async fn run(
     let apply = env_opt("BENCH_APPLY")
         .map(|lines| format!("[apply]\n{}\n", lines.replace("\\n", "\n")))
         .unwrap_or_default();
+    // `BENCH_STREAM="update_mode = \"delta\""`: lines of the pipeline's `[stream]` table.
+    let stream = env_opt("BENCH_STREAM")
+        .map(|lines| format!("[stream]\n{}\n", lines.replace("\\n", "\n")))
+        .unwrap_or_default();
     std::fs::write(
         &cfg,
         format!(
-            "id = \"{id}\"\n[source]\nuri = \"{}\"\n[sink]\nuri = \"{}\"\n[scope]\ninclude = [\"{db}.*\"]\n[full_sync]\nchunk_docs = 100000000\n{apply}[api]\nlisten = \"127.0.0.1:{api}\"\n",
+            "id = \"{id}\"\n[source]\nuri = \"{}\"\n[sink]\nuri = \"{}\"\n[scope]\ninclude = [\"{db}.*\"]\n[full_sync]\nchunk_docs = 100000000\n{stream}{apply}[api]\nlisten = \"127.0.0.1:{api}\"\n",
             uri(src),
             uri(dst)
         ),
