@@ -285,7 +285,8 @@ async fn main() {
             async move {
                 let (mut ins, mut idx, mut retries) = (Duration::ZERO, Duration::ZERO, 0);
                 for (k, name) in names.iter().enumerate() {
-                    let (t, r) = load_into(&c, db, name, part(k as i64), like_strait, doc_user).await;
+                    let (t, r) =
+                        load_into(&c, db, name, part(k as i64), like_strait, doc_user).await;
                     ins += t;
                     retries += r;
                     idx += build_indexes(&c, db, name, &indexes).await;

@@ -9,7 +9,8 @@
 //! write concern (`w: majority`); a write of the raw apply that collides on the unique index
 //! (a swap whose other half another lane has not written yet) is retried until it goes
 //! through. Then, with strait running, the same writer writes `live` more operations at its
-//! full rate and the phase reports the lag from its last write until the target has it. Source
+//! full rate and the phase reports the lag from its last write until the target has all of them
+//! (a sentinel write to 256 documents spread over every lane, see `SENTINELS`). Source
 //! and target are compared document by document, byte for byte, at the end.
 
 use std::time::{Duration, Instant};
@@ -60,6 +61,10 @@ impl Write {
         }
     }
 }
+
+/// Documents the end-of-backlog sentinel writes to (see `run`): with 8 lanes, the chance
+/// that one lane gets none of 256 spread `_id`s is about 8 * (7/8)^256, nil.
+const SENTINELS: i64 = 256;
 
 /// Whether the backlog swaps unique emails (`BENCH_BACKLOG_SWAPS=1`). Off by default: strait
 /// repairs a swap that lanes applied out of order by setting one document aside (delete, then
@@ -332,18 +337,36 @@ pub async fn run(
     sigterm(&mut child);
     let c = s.database(&db).collection::<Document>("docs");
     let (writes, wrote) = write_backlog(s, &c, docs, 0, ops).await;
-    c.update_one(doc! { "_id": 0_i64 }, doc! { "$set": { "sentinel": 1 } })
-        .await
-        .unwrap();
+    // The sentinel is one write to each of `SENTINELS` documents spread over the collection,
+    // after the writer's last: strait's lanes are chosen by `_id`, and each applies its
+    // writes in order, so once the target has every sentinel, every lane has applied all the
+    // writer did (one document's sentinel would only show its own lane had).
+    let sentinels: Vec<i64> = {
+        let n = docs.clamp(1, SENTINELS);
+        (0..n).map(|k| k * docs / n).collect()
+    };
+    let sentinel = |v: i64| {
+        let (c, ids) = (c.clone(), sentinels.clone());
+        async move {
+            c.update_many(
+                doc! { "_id": { "$in": ids } },
+                doc! { "$set": { "sentinel": v } },
+            )
+            .await
+            .unwrap();
+        }
+    };
+    sentinel(1).await;
     let target = d.database(&db).collection::<Document>("docs");
     let arrived = |v: i64| {
-        let target = target.clone();
+        let (target, ids) = (target.clone(), sentinels.clone());
         async move {
+            let n = ids.len() as u64;
             target
-                .find_one(doc! { "_id": 0_i64, "sentinel": v })
+                .count_documents(doc! { "_id": { "$in": ids }, "sentinel": v })
                 .await
                 .unwrap()
-                .is_some()
+                == n
         }
     };
     let t = Instant::now();
@@ -364,10 +387,8 @@ pub async fn run(
     // write (the sentinel) until the target has it.
     let live_ops = (ops / 4).max(1);
     let (live_writes, live_t) = write_backlog(s, &c, docs, ops, live_ops).await;
-    c.update_one(doc! { "_id": 0_i64 }, doc! { "$set": { "sentinel": 2 } })
-        .await
-        .unwrap();
     let last = Instant::now();
+    sentinel(2).await;
     while !arrived(2).await {
         assert!(
             last.elapsed() < Duration::from_secs(120),
@@ -388,7 +409,7 @@ pub async fn run(
     let rate = n / caught.as_secs_f64();
     let raw_rate = n / raw.as_secs_f64();
     let email = if unique { "unique" } else { "not unique" };
-    println!("backlog at {docs} docs (7 indexes, email {email}): {ops} ops = {} writes by one client in {:.1} s ({:.0} writes/s); strait caught up in {:.1} s = {rate:.0} writes/s, {:.2} CPU s per 1,000; raw apply of the same writes (8 lanes, w: majority; {raw_retries} duplicate-key retries) {:.1} s = {raw_rate:.0} writes/s; ratio {:.2} (goal >= 0.7); live: {} more writes at {:.0}/s, target had the last one {:.2} s after it was written (goal < 0.3 s); documents differing from the source afterwards: {diff}; peak RSS {} MB",
+    println!("backlog at {docs} docs (7 indexes, email {email}): {ops} ops = {} writes by one client in {:.1} s ({:.0} writes/s); strait caught up in {:.1} s = {rate:.0} writes/s, {:.2} CPU s per 1,000; raw apply of the same writes (8 lanes, w: majority; {raw_retries} duplicate-key retries) {:.1} s = {raw_rate:.0} writes/s; ratio {:.2} (goal >= 0.7); live: {} more writes at {:.0}/s, target had all of them {:.2} s after the last was written (goal < 0.3 s); documents differing from the source afterwards: {diff}; peak RSS {} MB",
         writes.len(), wrote.as_secs_f64(), n / wrote.as_secs_f64(), caught.as_secs_f64(), cpu / n * 1000.0, raw.as_secs_f64(), rate / raw_rate,
         live_writes.len(), live_writes.len() as f64 / live_t.as_secs_f64(), live_lag.as_secs_f64(), peak / 1024);
     assert_eq!(diff, 0, "the target differs from the source");

@@ -318,13 +318,7 @@ async fn a_unique_index_that_meets_duplicates_is_built_once_they_are_gone() {
         .delete_one(doc! { "_id": 99 })
         .await
         .unwrap();
-    wait_for(
-        Duration::from_secs(30),
-        "u.a's unique index built",
-        &st2,
-        || async { indexes(&d, "u", "a").await == indexes(&s, "u", "a").await },
-    )
-    .await;
+    wait_same_indexes(&s, &d, ("u", "a"), Duration::from_secs(30), &st2).await;
     // The second collection is dropped on the source while its build waits: dropped on the
     // target, its build forgotten, and nothing creates it again.
     s.database("u")

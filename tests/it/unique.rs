@@ -177,13 +177,7 @@ async fn swap_unique_values(update_mode: &str, seed: u64) {
     .await;
     // The copy under writes may hold duplicates of a unique value: that build is deferred
     // until the stream removed them, and comes within its backoff.
-    wait_for(
-        Duration::from_secs(60),
-        "the same indexes",
-        &st,
-        || async { indexes(&s, "app", "users").await == indexes(&d, "app", "users").await },
-    )
-    .await;
+    wait_same_indexes(&s, &d, ("app", "users"), Duration::from_secs(60), &st).await;
     let repaired = repairs(port).await.expect("metrics");
     let text = st.log_text();
     assert!(
@@ -376,13 +370,7 @@ async fn swap_through_kafka(apply_extra: &str, partitions: u32, seed: u64) {
     .await;
     let converged = stopped.elapsed();
     // A unique build deferred over duplicates (several partitions) comes within its backoff.
-    wait_for(
-        Duration::from_secs(60),
-        "the same indexes",
-        &app,
-        || async { indexes(&s, "app", "users").await == indexes(&d, "app", "users").await },
-    )
-    .await;
+    wait_same_indexes(&s, &d, ("app", "users"), Duration::from_secs(60), &app).await;
     // Documents were parked at some point (the collection exists) and none is left there, or
     // (several partitions) the unique build waited until the copy's duplicates were gone.
     let lots = d

@@ -450,6 +450,24 @@ pub fn free_port_for_tests() -> u16 {
     free_port()
 }
 
+/// Waits until `db.coll` has the same indexes on `d` as on `s` (a unique build deferred over
+/// duplicates comes within its backoff), or panics after `timeout` with strait's log.
+pub async fn wait_same_indexes(
+    s: &Client,
+    d: &Client,
+    (db, coll): (&str, &str),
+    timeout: Duration,
+    st: &Strait,
+) {
+    wait_for(
+        timeout,
+        &format!("the indexes of {db}.{coll}"),
+        st,
+        || async { indexes(s, db, coll).await == indexes(d, db, coll).await },
+    )
+    .await;
+}
+
 /// Polls `f` until it holds, or panics after `timeout` with `what` and strait's log.
 pub async fn wait_for<F, Fut>(timeout: Duration, what: &str, st: &Strait, mut f: F)
 where
