@@ -22,8 +22,9 @@
 //!   (then the target's document count is checked). Raw references: an rdkafka consumer
 //!   subscribing with a fresh group and strait's consumer settings, reading the same topic
 //!   (events/s, timed from client creation, so it includes the group join like strait);
-//!   `insert_many` of the same documents into an empty database of the target (docs/s); and the
-//!   write strait actually sends for a snapshot insert event (an ordered `update` command of
+//!   `insert_many` of the same documents into an empty database of the target (docs/s; strait
+//!   writes snapshot records as unordered inserts-if-absent); and, for scale, the write strait
+//!   sends for a change event that is not a snapshot insert (an ordered `update` command of
 //!   replacement upserts by `_id`, `w: "majority"`, `BENCH_KAFKA_APPLY_BATCH` per command);
 //! - CPU of each process per phase (% of one core, from /proc/<pid>/stat) and the peak RSS
 //!   (VmHWM) of each strait process.
