@@ -98,17 +98,17 @@ pub async fn copy(p: &Arc<Pipeline>, fresh: bool) -> Result<bool> {
                 .map(move |(ki, _)| (ci, ki))
         })
         .collect();
-    // Collections with nothing left to copy may still need their indexes.
-    for (ci, plan) in state.collections.iter().enumerate() {
-        if plan.chunks.iter().all(|c| c.done) && !plan.indexes_done {
-            finish_collection(p, ci).await?;
-            progress[ci].done.store(true, Relaxed);
-        }
-    }
     let queue = Arc::new(std::sync::Mutex::new(queue));
     let progress = Arc::new(progress);
     let stop = p.engine.cancel.child_token();
     let builds: Builds = Arc::default();
+    // Collections with nothing left to copy (a restart) may still need their indexes: built
+    // in the background like the others.
+    for (ci, plan) in state.collections.iter().enumerate() {
+        if plan.chunks.iter().all(|c| c.done) && !plan.indexes_done {
+            build_in_background(p, ci, &progress, &builds);
+        }
+    }
     let mut workers = JoinSet::new();
     for _ in 0..p.engine.cfg.full_sync.parallelism {
         let (p, queue, progress, stop, builds) = (
@@ -291,13 +291,7 @@ async fn worker(
         if collection_done {
             // The worker goes on with the next range while the server builds this
             // collection's indexes: builds overlap the copy of the other collections.
-            let (p, progress) = (p.clone(), progress.clone());
-            let build = tokio::spawn(tracing::Instrument::in_current_span(async move {
-                finish_collection(&p, ci).await?;
-                progress[ci].done.store(true, Relaxed);
-                Ok(())
-            }));
-            builds.lock().unwrap().push(build);
+            build_in_background(p, ci, progress, builds);
         }
     }
 }
@@ -342,6 +336,23 @@ async fn batch_done(
 }
 
 /// Builds the indexes of a copied collection and records it.
+/// Builds collection `ci`'s indexes (and marks it copied) in a task of `builds`, which
+/// [`copy`] awaits before the copy is done.
+fn build_in_background(
+    p: &Arc<Pipeline>,
+    ci: usize,
+    progress: &Arc<Vec<Arc<CollectionProgress>>>,
+    builds: &Builds,
+) {
+    let (p, progress) = (p.clone(), progress.clone());
+    let build = tokio::spawn(tracing::Instrument::in_current_span(async move {
+        finish_collection(&p, ci).await?;
+        progress[ci].done.store(true, Relaxed);
+        Ok(())
+    }));
+    builds.lock().unwrap().push(build);
+}
+
 async fn finish_collection(p: &Pipeline, ci: usize) -> Result<()> {
     let ns = with_plan(p, ci, |plan| plan.ns.clone()).await;
     let src = Namespace::parse(&ns);
