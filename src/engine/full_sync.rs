@@ -335,7 +335,6 @@ async fn batch_done(
     Ok(())
 }
 
-/// Builds the indexes of a copied collection and records it.
 /// Builds collection `ci`'s indexes (and marks it copied) in a task of `builds`, which
 /// [`copy`] awaits before the copy is done.
 fn build_in_background(
@@ -353,6 +352,7 @@ fn build_in_background(
     builds.lock().unwrap().push(build);
 }
 
+/// Builds the indexes of a copied collection and records it.
 async fn finish_collection(p: &Pipeline, ci: usize) -> Result<()> {
     let ns = with_plan(p, ci, |plan| plan.ns.clone()).await;
     let src = Namespace::parse(&ns);
